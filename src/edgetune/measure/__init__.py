@@ -1,0 +1,1 @@
+"""Measurement: peak memory, step time, FLOPs and bytes saved for backward."""

@@ -1,0 +1,135 @@
+"""`UpdateScheme`: the one description of a sparse update, shared by every part of edgetune.
+
+A scheme names *units* of a transformer block by layer index and role, independent of the
+architecture's module names (the runtime maps roles to modules in `edgetune.models.anatomy`;
+the cost model maps them to its analytic blocks). Anything the scheme does not name is frozen.
+
+Pure Python (no torch) so that `edgetune.cost` can read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from edgetune.errors import EdgetuneError
+
+# Roles of the trainable pieces of a transformer block, plus the task head.
+#   qkv      the query/key/value projections of self-attention
+#   attn_out the attention output projection
+#   ffn1     the first feed-forward linear (gate and up projections of a gated FFN)
+#   ffn2     the second feed-forward linear (down projection)
+#   norm     the block's normalization layers (weight and bias)
+#   head     the task head (classifier or LM head); `layer` is ignored
+UNITS = ("qkv", "attn_out", "ffn1", "ffn2", "norm", "head")
+
+
+@dataclass(frozen=True)
+class UnitUpdate:
+    """How one unit of one layer trains.
+
+    weight_fraction: 0 leaves the weight frozen, 1 trains all of it, a value in between trains
+        that fraction of the weight's output channels (rows), the rest stays frozen.
+    bias: whether the unit's biases train (a bias gradient needs no stored input activation).
+    """
+
+    unit: str
+    layer: int = -1
+    weight_fraction: float = 1.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise EdgetuneError(f"unknown unit {self.unit!r} in update scheme; known: {UNITS}")
+        if not 0.0 <= self.weight_fraction <= 1.0:
+            raise EdgetuneError(
+                f"weight_fraction must be in [0, 1], got {self.weight_fraction} for {self.unit}"
+            )
+        if self.weight_fraction == 0.0 and not self.bias:
+            raise EdgetuneError(f"unit {self.unit} of layer {self.layer} trains nothing")
+        if self.unit != "head" and self.layer < 0:
+            raise EdgetuneError(f"unit {self.unit} needs a layer index >= 0")
+
+
+@dataclass(frozen=True)
+class UpdateScheme:
+    """A set of unit updates; everything not named stays frozen."""
+
+    updates: tuple[UnitUpdate, ...] = field(default_factory=tuple)
+    name: str = "custom"
+
+    # -- built-in schemes ---------------------------------------------------------------
+    @classmethod
+    def last_k(cls, n_layers: int, k: int, fraction: float = 1.0) -> UpdateScheme:
+        """Every unit of the last k blocks, weights at `fraction` of their output channels."""
+        layers = _last_layers(n_layers, k)
+        ups = [UnitUpdate(u, i, fraction) for i in layers for u in UNITS if u != "head"]
+        return cls((*ups, UnitUpdate("head")), f"last-{k}")
+
+    @classmethod
+    def bias_only(cls, n_layers: int, k: int | None = None) -> UpdateScheme:
+        """Biases (and norms) of the last k blocks (all blocks if k is None), plus the head."""
+        layers = _last_layers(n_layers, n_layers if k is None else k)
+        units = [u for u in UNITS if u != "head"]
+        ups = [UnitUpdate(u, i, 0.0, True) for i in layers for u in units]
+        return cls((*ups, UnitUpdate("head")), "bias-only")
+
+    @classmethod
+    def qkv_ffn1(cls, n_layers: int, k: int, fraction: float = 1.0) -> UpdateScheme:
+        """PockEngine's BERT choice: QKV and first FFN linear of the last k blocks, biases of
+        the other units of those blocks, plus the head."""
+        ups: list[UnitUpdate] = []
+        for i in _last_layers(n_layers, k):
+            ups += [UnitUpdate("qkv", i, fraction), UnitUpdate("ffn1", i, fraction)]
+            ups += [UnitUpdate(u, i, 0.0, True) for u in ("attn_out", "ffn2", "norm")]
+        return cls((*ups, UnitUpdate("head")), f"qkv-ffn1-{k}")
+
+    # -- queries --------------------------------------------------------------------------
+    def lowest_layer(self) -> int | None:
+        """The lowest block index that trains (backward stops there); None if only the head."""
+        layers = [u.layer for u in self.updates if u.unit != "head"]
+        return min(layers) if layers else None
+
+    def for_layer(self, layer: int) -> list[UnitUpdate]:
+        return [u for u in self.updates if u.layer == layer and u.unit != "head"]
+
+    def trains_head(self) -> bool:
+        return any(u.unit == "head" for u in self.updates)
+
+    # -- files ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"name": self.name, "updates": [asdict(u) for u in self.updates]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> UpdateScheme:
+        if not isinstance(data, dict) or not isinstance(data.get("updates"), list):
+            raise EdgetuneError("an update scheme needs a list under 'updates'")
+        try:
+            ups = tuple(UnitUpdate(**u) for u in data["updates"])
+        except TypeError as e:
+            raise EdgetuneError(f"bad unit in update scheme: {e}") from None
+        return cls(ups, str(data.get("name", "custom")))
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        from edgetune.io import atomic_write_text
+
+        atomic_write_text(Path(path), yaml.safe_dump({**self.to_dict(), **(extra or {})}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> UpdateScheme:
+        p = Path(path)
+        if not p.is_file():
+            raise EdgetuneError(f"scheme file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise EdgetuneError(f"scheme file {p} is not valid YAML: {e}") from None
+        return cls.from_dict(data)
+
+
+def _last_layers(n_layers: int, k: int) -> range:
+    if not 0 <= k <= n_layers:
+        raise EdgetuneError(f"k={k} must be between 0 and the model's {n_layers} layers")
+    return range(n_layers - k, n_layers)
