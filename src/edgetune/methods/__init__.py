@@ -10,10 +10,19 @@ from torch import nn
 from edgetune.errors import EdgetuneError
 from edgetune.methods.backprop import Backprop
 from edgetune.methods.base import Batch, Method, MethodSettings, StepResult
+from edgetune.methods.lora import Lora
+from edgetune.methods.mezo import Mezo
+from edgetune.methods.pepita import Pepita, mempepita
+from edgetune.methods.sparse import Sparse
 
 # name -> factory(model, settings) -> Method
 METHODS: dict[str, Callable[[nn.Module, MethodSettings], Method]] = {
     "backprop": Backprop,
+    "sparse": Sparse,
+    "pepita": Pepita,
+    "mempepita": mempepita,
+    "mezo": Mezo,
+    "lora": Lora,
 }
 
 

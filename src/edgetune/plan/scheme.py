@@ -9,6 +9,7 @@ Pure Python (no torch) so that `edgetune.cost` can read it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,41 @@ class UpdateScheme:
             ups += [UnitUpdate("qkv", i, fraction), UnitUpdate("ffn1", i, fraction)]
             ups += [UnitUpdate(u, i, 0.0, True) for u in ("attn_out", "ffn2", "norm")]
         return cls((*ups, UnitUpdate("head")), f"qkv-ffn1-{k}")
+
+    @classmethod
+    def channel_ratios(cls, n_layers: int, ratios: Sequence[float]) -> UpdateScheme:
+        """MIT tiny-training's schedule: the last len(ratios) blocks train every unit's weight at
+        the given output-channel ratio (ratios[-1] is the last block's), with biases, plus the
+        head. A ratio of 0 leaves that block bias-only."""
+        layers = _last_layers(n_layers, len(ratios))
+        ups = [UnitUpdate(u, i, float(r)) for i, r in zip(layers, ratios, strict=True)
+               for u in UNITS if u != "head"]
+        return cls((*ups, UnitUpdate("head")), "ratios-" + ",".join(f"{r:g}" for r in ratios))
+
+    @classmethod
+    def builtin(cls, name: str, n_layers: int) -> UpdateScheme:
+        """A built-in scheme by name: `last-K`, `bias-only` or `bias-only-K`, `qkv-ffn1-K`
+        (the first and third optionally `@F` for an output-channel fraction, e.g. `last-2@0.25`)
+        and `ratios-R1,R2,...` (one channel ratio per block, the last block's last)."""
+        base, _, frac = name.partition("@")
+        try:
+            fraction = float(frac) if frac else 1.0
+            if base.startswith("ratios-"):
+                return cls.channel_ratios(n_layers, [float(r) for r in base[7:].split(",")])
+            if base == "bias-only":
+                return cls.bias_only(n_layers)
+            if base.startswith("bias-only-"):
+                return cls.bias_only(n_layers, int(base[10:]))
+            if base.startswith("qkv-ffn1-"):
+                return cls.qkv_ffn1(n_layers, int(base[9:]), fraction)
+            if base.startswith("last-"):
+                return cls.last_k(n_layers, int(base[5:]), fraction)
+        except ValueError:
+            pass
+        raise EdgetuneError(
+            f"unknown scheme {name!r}; use last-K, bias-only[-K], qkv-ffn1-K (optionally @F, "
+            "e.g. last-2@0.25), ratios-R1,R2,... or a path to a YAML scheme file"
+        )
 
     # -- queries --------------------------------------------------------------------------
     def lowest_layer(self) -> int | None:

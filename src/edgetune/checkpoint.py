@@ -1,0 +1,84 @@
+"""Checkpoints of a run, each a folder written atomically:
+
+    checkpoints/step-000040/
+      checkpoint.json        format, edgetune version, model, method, step, tensor shapes
+      trainable.safetensors  the method's trainable state (what changed)
+      state.pt               optimizer/schedule state and the torch RNG state (weights_only)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from edgetune import __version__
+from edgetune.errors import EdgetuneError
+from edgetune.io import atomic_dir
+
+FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    trainable: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, identity: dict[str, str], trainable: dict, state: dict, keep: int
+) -> Path:
+    target = run_dir / "checkpoints" / f"step-{step:06d}"
+    tensors = {k: v.detach().contiguous().clone() for k, v in trainable.items()}
+    meta = {
+        "format": FORMAT,
+        "edgetune": __version__,
+        "step": step,
+        **identity,
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+    }
+    with atomic_dir(target) as tmp:
+        save_file(tensors, str(tmp / "trainable.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=1))
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    folder = run_dir / "checkpoints"
+    return sorted(folder.glob("step-[0-9]*")) if folder.is_dir() else []
+
+
+def load_checkpoint(path: Path, identity: dict[str, str]) -> Checkpoint:
+    """Read a checkpoint, refusing a corrupt one or one from a different model or method."""
+    try:
+        meta = json.loads((path / "checkpoint.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise EdgetuneError(f"{path} is not an edgetune checkpoint (checkpoint.json missing or corrupt)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise EdgetuneError(f"{path} is a checkpoint of an unknown format")
+    for key, want in identity.items():
+        if meta.get(key) != want:
+            raise EdgetuneError(
+                f"checkpoint {path} was made with {key}={meta.get(key)!r}, "
+                f"this run has {key}={want!r}; use a matching config or another --out"
+            )
+    try:
+        trainable = load_file(str(path / "trainable.safetensors"))
+        state = torch.load(path / "state.pt", weights_only=True)
+    except (OSError, SafetensorError, RuntimeError, EOFError) as e:
+        raise EdgetuneError(f"checkpoint {path} is corrupt: {str(e).splitlines()[0]}") from None
+    shapes = {k: list(v.shape) for k, v in trainable.items()}
+    if shapes != meta.get("tensors"):
+        raise EdgetuneError(f"checkpoint {path} is corrupt: its tensors do not match checkpoint.json")
+    return Checkpoint(path, int(meta["step"]), trainable, state)

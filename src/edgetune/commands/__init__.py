@@ -1,0 +1,1 @@
+"""CLI commands, plain functions that the typer app in `edgetune.cli` registers."""

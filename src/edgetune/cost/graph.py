@@ -1,0 +1,258 @@
+"""An analytic autograd: record a model's forward ops and get MACs, backward MACs and the bytes
+autograd would save, without running anything.
+
+Each `Node` stands for a tensor: its element count, its bytes per element, whether it requires
+grad (it does when a trained parameter lies upstream of it), and the storage it lives in. The
+`Tape` methods mirror PyTorch's autograd rules:
+
+- an op records a backward node only if one of its inputs requires grad;
+- it computes the gradient of an input only if that input requires grad (a frozen first layer
+  needs no input gradient, backward stops below the lowest trained layer);
+- it saves for backward only what those gradients need (a linear saves its input only if its
+  weight trains; a bias gradient is a sum of the output gradient and saves nothing);
+- tensors sharing a storage are counted once, parameters are never counted.
+
+Matrix products are counted as MACs (one multiply-accumulate = 2 FLOPs), the unit of
+`torch.utils.flop_counter`; element-wise work (norms, softmax, activations) is counted apart in
+`elementwise` FLOPs, which the flop counter ignores.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+_ids = itertools.count()
+
+ACT_SAVES = {"gelu": 1, "gelu_pytorch_tanh": 1, "silu": 1, "relu": 1, "gelu_new": 4}
+ACT_FLOPS = {"gelu": 8, "gelu_pytorch_tanh": 8, "silu": 4, "relu": 1, "gelu_new": 9}
+
+
+@dataclass
+class Node:
+    """A tensor of the analytic graph."""
+
+    numel: int
+    nbytes_el: float
+    rg: bool = False
+    storage: int = field(default_factory=lambda: next(_ids))
+
+    @property
+    def nbytes(self) -> float:
+        return self.numel * self.nbytes_el
+
+
+@dataclass(frozen=True)
+class Train:
+    """How one linear (or norm) trains: fraction of output channels of its weight, its bias,
+    and a LoRA rank (0: none)."""
+
+    weight: float = 0.0
+    bias: bool = False
+    lora_rank: int = 0
+
+    @property
+    def any(self) -> bool:
+        return self.weight > 0 or self.bias or self.lora_rank > 0
+
+
+FROZEN = Train()
+FULL = Train(1.0, True)
+
+
+@dataclass
+class Segment:
+    """Totals of one part of the model (embeddings, one block, the head)."""
+
+    name: str
+    fwd_macs: float = 0.0
+    bwd_input_macs: float = 0.0
+    bwd_weight_macs: float = 0.0
+    fwd_elementwise: float = 0.0
+    bwd_elementwise: float = 0.0
+    saved: dict[int, float] = field(default_factory=dict)
+    # largest working set of one op in a no-grad forward: its inputs plus its output
+    peak_op_bytes: float = 0.0
+    # bytes of the outputs of trained linears (what PEPITA keeps from its clean pass)
+    trained_out_bytes: float = 0.0
+    # weight-update MACs of a forward-only rule (dW = delta^T x per trained weight)
+    update_macs: float = 0.0
+    trained_params: float = 0.0
+    max_linear_params: float = 0.0  # largest single trained linear (in-place local updates)
+
+    @property
+    def saved_bytes(self) -> float:
+        return sum(self.saved.values())
+
+
+class Tape:
+    """Records ops into segments. `act` is bytes per activation element."""
+
+    def __init__(self, act_bytes: float, softmax_jacobian: bool = False) -> None:
+        self.act_bytes = act_bytes
+        self.softmax_jacobian = softmax_jacobian
+        self.segments: list[Segment] = []
+        self.seg = self.begin("start")
+        self._global: set[int] = set()
+        self.shared: dict = {}  # tensors made once per forward and read by every block
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def begin(self, name: str) -> Segment:
+        self.seg = Segment(name)
+        self.segments.append(self.seg)
+        return self.seg
+
+    def new(self, numel: int, rg: bool = False, nbytes_el: float | None = None) -> Node:
+        return Node(numel, self.act_bytes if nbytes_el is None else nbytes_el, rg)
+
+    def save(self, node: Node) -> None:
+        """Autograd keeps `node` for backward. A storage saved twice (the input of q, k and v;
+        the encoder output read by every cross-attention; RoPE tables) is counted once, in
+        the segment that saved it first."""
+        if node.storage in self._global:
+            return
+        self._global.add(node.storage)
+        self.seg.saved[node.storage] = node.nbytes
+
+    def _op(self, out: Node, *inputs: Node, flops: float = 0.0) -> None:
+        self.seg.fwd_elementwise += flops
+        if out.rg:
+            self.seg.bwd_elementwise += 2 * flops
+        work = out.nbytes + sum(i.nbytes for i in inputs)
+        self.seg.peak_op_bytes = max(self.seg.peak_op_bytes, work)
+
+    # -- ops --------------------------------------------------------------------------------
+    def linear(self, x: Node, rows: int, d_in: int, d_out: int, t: Train, bias: bool) -> Node:
+        """y = x W^T + b with x (rows, d_in). Saves x when W (or a LoRA adapter) trains."""
+        s = self.seg
+        macs = rows * d_in * d_out
+        s.fwd_macs += macs
+        if x.rg:
+            s.bwd_input_macs += macs
+        if t.weight > 0:
+            s.bwd_weight_macs += t.weight * macs
+            s.update_macs += t.weight * macs
+            s.trained_params += t.weight * d_in * d_out
+            s.max_linear_params = max(s.max_linear_params, t.weight * d_in * d_out + d_out)
+            self.save(x)
+        if t.bias and bias:
+            s.trained_params += d_out
+        y = self.new(rows * d_out, x.rg or t.weight > 0 or (t.bias and bias) or t.lora_rank > 0)
+        if t.weight > 0 or (t.bias and bias):
+            s.trained_out_bytes += y.nbytes
+        if t.lora_rank:  # y += B(A x): A (r, d_in), B (d_out, r) train; x and A x are saved
+            r = t.lora_rank
+            lmacs = rows * r * (d_in + d_out)
+            s.fwd_macs += lmacs
+            s.bwd_weight_macs += lmacs
+            s.update_macs += lmacs
+            s.bwd_input_macs += rows * r * d_out + (rows * r * d_in if x.rg else 0)
+            s.trained_params += r * (d_in + d_out)
+            self.save(x)
+            self.save(self.new(rows * r))
+            s.trained_out_bytes += y.nbytes
+        self._op(y, x)
+        return y
+
+    def matmul(
+        self, a: Node, b: Node, macs: float, out_numel: int, copy_a: bool = True, copy_b: bool = True
+    ) -> Node:
+        """A product of two activations (attention scores, attention-weighted values). bmm
+        saves each operand when the other needs a gradient; a non-contiguous operand is saved
+        as the contiguous copy matmul makes (`copy_*`)."""
+        s = self.seg
+        s.fwd_macs += macs
+        s.bwd_input_macs += macs * (a.rg + b.rg)
+        if b.rg:
+            self.save(self.new(a.numel) if copy_a else a)
+        if a.rg:
+            self.save(self.new(b.numel) if copy_b else b)
+        y = self.new(out_numel, a.rg or b.rg)
+        self._op(y, a, b)
+        return y
+
+    def softmax(self, x: Node, rows: int) -> Node:
+        """Saves its output. The paper's convention (`softmax_jacobian`) charges the backward a
+        full (N x N) Jacobian product per row: rows * N^2 MACs instead of element-wise work."""
+        y = self.new(x.numel, x.rg)
+        if x.rg:
+            self.save(y)
+            if self.softmax_jacobian:
+                n = x.numel // rows
+                self.seg.bwd_input_macs += rows * n * n
+        self._op(y, x, flops=5 * x.numel)
+        return y
+
+    def act(self, x: Node, kind: str) -> Node:
+        """Activation: relu saves its output, gelu/silu their input, the Python gelu_new of
+        transformers saves four tensors of the input's size (x, tanh, x/2, 1 + tanh)."""
+        y = self.new(x.numel, x.rg)
+        if x.rg:
+            if kind == "relu":
+                self.save(y)
+            else:
+                self.save(x)
+                for _ in range(ACT_SAVES.get(kind, 1) - 1):
+                    self.save(self.new(x.numel))
+        self._op(y, x, flops=ACT_FLOPS.get(kind, 8) * x.numel)
+        return y
+
+    def mul(self, a: Node, b: Node) -> Node:
+        """Element-wise product (gated FFN): saves each factor when the other needs a grad."""
+        if b.rg:
+            self.save(a)
+        if a.rg:
+            self.save(b)
+        y = self.new(a.numel, a.rg or b.rg)
+        self._op(y, a, b, flops=a.numel)
+        return y
+
+    def norm(self, x: Node, rows: int, kind: str, t: Train) -> Node:
+        """LayerNorm (aten native_layer_norm saves input, mean and rstd whenever a backward
+        node exists) or the RMSNorm of transformers (Python: saves x and rstd for the input
+        gradient, the normalized x for the weight gradient). Statistics are fp32."""
+        width = x.numel // rows
+        stats = self.new(rows, nbytes_el=4)
+        trained = t.weight > 0 or (t.bias and kind == "layernorm")  # RMSNorm has no bias
+        if trained:
+            self.seg.trained_params += width * ((t.weight > 0) + (t.bias and kind == "layernorm"))
+        if kind == "layernorm":
+            if x.rg or trained:
+                self.save(x)
+                self.save(stats)
+                self.save(self.new(rows, nbytes_el=4))
+        else:
+            if x.rg:
+                self.save(x)
+                self.save(stats)
+            if t.weight > 0:
+                self.save(self.new(x.numel))
+        y = self.new(x.numel, x.rg or trained)
+        if trained:
+            self.seg.trained_out_bytes += y.nbytes
+        self._op(y, x, flops=8 * x.numel)
+        return y
+
+    def embedding(self, rows: int, width: int, vocab: int, trained: bool) -> Node:
+        """A table lookup: no MACs; its backward saves the int64 indices."""
+        if trained:
+            self.save(self.new(rows, nbytes_el=8))
+            self.seg.trained_params += vocab * width
+        y = self.new(rows * width, trained)
+        self._op(y)
+        return y
+
+    def add(self, a: Node, b: Node) -> Node:
+        """Residual or embedding sum: saves nothing."""
+        y = self.new(max(a.numel, b.numel), a.rg or b.rg)
+        self._op(y, a, b, flops=y.numel)
+        return y
+
+    def cross_entropy(self, logits: Node, rows: int) -> None:
+        """log_softmax saves its output (fp32: transformers upcasts logits for the loss),
+        nll_loss its int64 targets."""
+        out = self.new(logits.numel, logits.rg, nbytes_el=4)
+        if logits.rg:
+            self.save(out)
+            self.save(self.new(rows, nbytes_el=8))
+        self._op(out, logits, flops=5 * logits.numel)

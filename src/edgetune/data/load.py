@@ -1,0 +1,69 @@
+"""Resolve `data.name` (bundled name, file or folder, hub id) into text splits and a task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from datasets import DatasetDict
+
+from edgetune.config import DataConfig
+from edgetune.data.files import _columns, load_files
+from edgetune.data.registry import DATASETS, SPLITS, load_bundled
+from edgetune.data.tasks import label_names
+from edgetune.errors import EdgetuneError
+
+datasets.disable_progress_bars()
+
+
+@dataclass
+class TextData:
+    """Text splits, their task and (classify) the class names of the full train split."""
+
+    splits: DatasetDict
+    task: str
+    labels: list[str]
+
+
+def load_data(cfg: DataConfig) -> TextData:
+    """The train/validation/test text splits and the task they are for."""
+    columns = {"text": cfg.text_column, "label": cfg.label_column, "target": cfg.target_column}
+    if cfg.name in DATASETS:
+        task = DATASETS[cfg.name].task
+        if cfg.task and cfg.task != task:
+            raise EdgetuneError(f"{cfg.name} is a {task} data set, not {cfg.task}")
+        data = load_bundled(cfg.name)
+    else:
+        if not cfg.task:
+            raise EdgetuneError(f"say which task {cfg.name} is for: --task classify|lm|summarize|chat")
+        task = cfg.task
+        path = Path(cfg.name)
+        data = load_files(path, task, columns) if path.exists() else _hub(cfg.name, task, columns)
+    labels = label_names(data) if task == "classify" else []
+    if cfg.train_samples:
+        data["train"] = data["train"].shuffle(seed=0).select(range(min(cfg.train_samples, len(data["train"]))))
+    if cfg.eval_samples:
+        data["validation"] = data["validation"].select(range(min(cfg.eval_samples, len(data["validation"]))))
+    for split in SPLITS:
+        if len(data[split]) == 0:
+            raise EdgetuneError(f"the {split} split of {cfg.name} is empty")
+    return TextData(data, task, labels)
+
+
+def _hub(name: str, task: str, columns: dict[str, str]) -> DatasetDict:
+    looks_like_file = Path(name).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet")
+    if looks_like_file or "/" not in name:
+        raise EdgetuneError(
+            f"data {name!r} is not a bundled data set (see `edgetune data list`) and no such file exists"
+        )
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as e:  # the hub client raises many types; the message is what matters
+        raise EdgetuneError(f"cannot load data set {name!r} from the hub: {str(e).splitlines()[0]}") from None
+    if "train" not in loaded:
+        raise EdgetuneError(f"hub data set {name} has no train split")
+    split = loaded["train"].train_test_split(test_size=0.1, seed=0)
+    out = {"train": split["train"], "validation": loaded.get("validation", split["test"])}
+    out["test"] = loaded.get("test", out["validation"])
+    return DatasetDict({s: _columns(ds, task, columns, f"{name} ({s})") for s, ds in out.items()})

@@ -1,0 +1,151 @@
+"""Turn text rows into model inputs for each task, and batch them.
+
+- classify: `text` -> input_ids; `label` -> class id (from the train split's sorted names).
+- lm: every text, ended by EOS, concatenated and cut into blocks of `seq_len` tokens.
+- summarize: decoder-only models see `text + SUMMARY_PROMPT + target` with the loss on the
+  target only; encoder-decoder models map "summarize: text" to target.
+- chat: `text` as the user turn and `target` as the assistant turn through the tokenizer's chat
+  template, loss on the assistant turn only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from datasets import DatasetDict
+from transformers import PreTrainedTokenizerBase
+
+from edgetune.errors import EdgetuneError
+
+if TYPE_CHECKING:
+    from edgetune.data.load import TextData
+
+IGNORE = -100
+SUMMARY_PROMPT = "\nSubject:"  # decoder-only summarization cue, followed by the target
+Example = dict[str, list[int]]
+
+
+@dataclass
+class TaskData:
+    """Tokenized splits and what the loop needs to know about them."""
+
+    task: str
+    splits: dict[str, list[Example]]
+    labels: list[str]  # class names (classify), else empty
+    raw: DatasetDict  # the text rows, for generation-based evaluation
+
+
+def label_names(data: DatasetDict) -> list[str]:
+    """Sorted class names of the train split; held-out labels must all occur in train."""
+    names = sorted(set(data["train"]["label"]))
+    if len(names) < 2:
+        raise EdgetuneError(f"classification needs at least 2 labels in train, found {names}")
+    for split in ("validation", "test"):
+        unseen = sorted(set(data[split]["label"]) - set(names))
+        if unseen:
+            raise EdgetuneError(
+                f"the {split} split has labels that train never saw: {', '.join(unseen[:5])}"
+            )
+    return names
+
+
+def tokenize(
+    text: TextData, tokenizer: PreTrainedTokenizerBase, seq_len: int, kind: str
+) -> TaskData:
+    data, task, labels = text.splits, text.task, text.labels
+    splits = {}
+    for split, ds in data.items():
+        rows = list(ds)
+        if task == "classify":
+            index = {name: i for i, name in enumerate(labels)}
+            enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=seq_len)
+            examples = [
+                {"input_ids": ids, "labels": index[r["label"]]}
+                for ids, r in zip(enc["input_ids"], rows, strict=True)
+            ]
+        elif task == "lm":
+            examples = _lm_blocks([r["text"] for r in rows], tokenizer, seq_len)
+        elif kind == "encoder-decoder":
+            examples = [_seq2seq(r, tokenizer, seq_len) for r in rows]
+        else:
+            examples = [_prompted(r, task, tokenizer, seq_len) for r in rows]
+        if not examples:
+            raise EdgetuneError(f"the {split} split is empty after tokenization")
+        splits[split] = examples
+    return TaskData(task, splits, labels, data)
+
+
+def _lm_blocks(texts: list[str], tokenizer, seq_len: int) -> list[Example]:
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream += ids + ([eos] if eos is not None else [])
+    n = len(stream) // seq_len
+    return [{"input_ids": stream[i * seq_len : (i + 1) * seq_len]} for i in range(n)]
+
+
+def prompt_ids(row: dict, task: str, tokenizer, budget: int) -> list[int]:
+    """The prompt tokens a decoder-only model conditions on (source truncated to `budget`)."""
+    if task == "chat":
+        messages = [{"role": "user", "content": row["text"]}]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        return ids[-budget:]
+    cue = tokenizer(SUMMARY_PROMPT, add_special_tokens=False)["input_ids"]
+    source = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+    return source[: max(1, budget - len(cue))] + cue
+
+
+def _prompted(row: dict, task: str, tokenizer, seq_len: int) -> Example:
+    target = tokenizer(" " + row["target"], add_special_tokens=False)["input_ids"]
+    target = target[: seq_len // 4] + [tokenizer.eos_token_id]
+    prompt = prompt_ids(row, task, tokenizer, seq_len - len(target))
+    return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
+
+
+def _seq2seq(row: dict, tokenizer, seq_len: int) -> Example:
+    source = tokenizer("summarize: " + row["text"], truncation=True, max_length=seq_len)
+    target = tokenizer(row["target"], truncation=True, max_length=max(8, seq_len // 4))
+    return {"input_ids": source["input_ids"], "labels": target["input_ids"]}
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; LM labels are the inputs (the model shifts them) with pads ignored."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        mask[i, : len(e["input_ids"])] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    first = examples[0].get("labels")
+    if isinstance(first, int):
+        batch["labels"] = torch.tensor([e["labels"] for e in examples])
+    elif first is None:
+        batch["labels"] = ids.masked_fill(mask == 0, IGNORE)
+    else:
+        lab_width = max(len(e["labels"]) for e in examples)
+        labels = torch.full((len(examples), lab_width), IGNORE, dtype=torch.long)
+        for i, e in enumerate(examples):
+            labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
+        batch["labels"] = labels
+    return batch
+
+
+def batches(
+    examples: Sequence[Example], batch_size: int, pad_id: int, order: Sequence[int] | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches in `order` (default: as stored); the last partial batch is kept."""
+    idx = list(order) if order is not None else list(range(len(examples)))
+    for start in range(0, len(idx), batch_size):
+        yield collate([examples[i] for i in idx[start : start + batch_size]], pad_id)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled order of epoch `epoch`: a pure function of (seed, epoch), so resume can
+    rebuild it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()

@@ -1,0 +1,245 @@
+"""`mezo`: zeroth-order SPSA with the seed trick (Malladi et al., NeurIPS 2023).
+
+Per step, with z ~ N(0, I) regenerated from a per-step seed and never stored:
+    L+ = L(theta + eps z),  L- = L(theta - eps z),  g = (L+ - L-) / (2 eps)
+    theta <- theta - lr (g z + wd theta)       (wd on matrices only, as the reference code)
+Two forward passes, no backward, no optimizer state: training memory is inference memory plus
+one module's weight.
+
+Exact restoration. The reference perturbs in place (+eps z, -2 eps z, +eps z), which in floating
+point does not give back the same bits. Here the stored weights are never written during the
+two evaluations: a forward pre-hook on each module that owns a trainable tensor swaps in
+theta +- eps z (computed into a temporary from the regenerated z) and its forward hook swaps the
+original back, so the weights after the evaluations are the weights before, bit for bit, and
+at most one module's perturbed copy exists at a time. Only the update writes the weights.
+
+Seeds. The step seed is a hash of (settings.seed, step); tensor i of the trainable list draws its
+z from a torch.Generator seeded with a hash of (step seed, i), so a step can be replayed from
+(seed, g) alone: `history` keeps those pairs since the last `clear_history()` (what a
+FedKSeed-style client ships) and `replay(seed, g, lr)` applies one.
+
+Classification: encoders train their classifier head like any parameter (a head set first by a
+cheap fit, e.g. a few backprop steps on the head alone or a linear probe, is allowed and speeds
+MeZO up a lot); for a causal LM, classify through label words of the LM head
+(`edgetune.methods.label_words.LabelWords`), as the paper does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetune.errors import EdgetuneError
+from edgetune.methods.base import (
+    Batch,
+    MethodSettings,
+    StepResult,
+    check_finite,
+    forward_loss,
+    lr_lambda,
+)
+from edgetune.methods.common import (
+    freeze_all,
+    parse_key,
+    parse_options,
+    plan_modules,
+    plan_parameters,
+    resolve_scheme,
+    row_key,
+)
+from edgetune.models.anatomy import describe, is_conv1d
+from edgetune.plan.scheme import UpdateScheme
+
+_MASK = (1 << 64) - 1
+
+
+def mix_seed(a: int, b: int) -> int:
+    """splitmix64 of (a, b): decorrelated 63-bit seeds for consecutive steps and tensors."""
+    x = (a * 0x9E3779B97F4A7C15 + b + 1) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return (x ^ (x >> 31)) >> 1
+
+
+@dataclass
+class MezoOptions:
+    """Options of `mezo`."""
+
+    eps: float = 1e-3
+    """Perturbation scale."""
+    trainable: str | Path | UpdateScheme = "all"
+    """`all` (every parameter, embeddings included) or a scheme (name, YAML path, object)."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.eps, int | float) and self.eps > 0):
+            raise EdgetuneError(f"mezo option eps must be a positive number, got {self.eps!r}")
+        if not isinstance(self.trainable, str | Path | UpdateScheme):
+            raise EdgetuneError("mezo option trainable must be 'all' or a scheme")
+
+
+@dataclass
+class _Tensor:
+    key: str  # trainable_state key (row key for a part of a weight)
+    param: nn.Parameter
+    index: tuple[slice, ...] | None  # the part that trains; None: all of it
+
+    def view(self) -> torch.Tensor:
+        return self.param.data if self.index is None else self.param.data[self.index]
+
+
+class Mezo:
+    name = "mezo"
+
+    def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
+        self.options = parse_options(MezoOptions, settings.options, "mezo")
+        self.model, self.settings = model, settings
+        self.lam = lr_lambda(settings)
+        self.tensors = self._select(model)
+        if not self.tensors:
+            raise EdgetuneError("mezo: nothing to train")
+        freeze_all(model)  # no autograd anywhere
+        ids = {id(t.param) for t in self.tensors}
+        self._owners = [
+            m
+            for m in model.modules()
+            if any(id(p) in ids for p in m._parameters.values() if p is not None)
+        ]
+        self.steps = 0
+        self.history: list[tuple[int, float]] = []
+
+    def _select(self, model: nn.Module) -> list[_Tensor]:
+        if self.options.trainable == "all":
+            return [_Tensor(n, p, None) for n, p in model.named_parameters()]
+        anatomy = describe(model)
+        scheme = resolve_scheme(self.options.trainable, anatomy.n_layers)
+        out: list[_Tensor] = []
+        for plan in plan_modules(model, anatomy, scheme):
+            out += [_Tensor(n, p, None) for n, p in plan_parameters(plan)]
+            if plan.split:
+                conv = is_conv1d(plan.module)
+                rows = slice(0, plan.rows)
+                index = (slice(None), rows) if conv else (rows,)
+                out.append(
+                    _Tensor(
+                        row_key(f"{plan.name}.weight", plan.rows, conv), plan.module.weight, index
+                    )
+                )
+        return out
+
+    # -- z and perturbations ------------------------------------------------------------------
+    def z(self, seed: int, i: int) -> torch.Tensor:
+        """The direction for trainable tensor i at step seed `seed` (regenerated, not stored)."""
+        t = self.tensors[i]
+        g = torch.Generator(device=t.param.device).manual_seed(mix_seed(seed, i))
+        shape = t.view().shape
+        return torch.randn(shape, generator=g, device=t.param.device).to(t.param.dtype)
+
+    @contextmanager
+    def perturbed(self, seed: int, scale: float):
+        """Inside, every module sees its trainable tensors as theta + scale * z(seed); the stored
+        weights are never written."""
+        by_param = {id(t.param): i for i, t in enumerate(self.tensors)}
+        swapped: dict[int, tuple[torch.Tensor, int]] = {}  # param id -> (original, owner id)
+
+        def pre(module: nn.Module, _args) -> None:
+            for p in module._parameters.values():
+                if p is None or id(p) not in by_param or id(p) in swapped:
+                    continue
+                i = by_param[id(p)]
+                t = self.tensors[i]
+                original = p.data
+                if t.index is None:
+                    new = torch.add(original, self.z(seed, i), alpha=scale)
+                else:
+                    new = original.clone()
+                    new[t.index] = torch.add(original[t.index], self.z(seed, i), alpha=scale)
+                swapped[id(p)] = (original, id(module))
+                p.data = new
+
+        def post(module: nn.Module, _args, _out) -> None:
+            for p in module._parameters.values():
+                if p is not None and swapped.get(id(p), (None, None))[1] == id(module):
+                    p.data = swapped.pop(id(p))[0]
+
+        handles = [m.register_forward_pre_hook(pre) for m in self._owners]
+        handles += [m.register_forward_hook(post) for m in self._owners]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for pid, (original, _) in swapped.items():  # after an exception mid-forward
+                next(t.param for t in self.tensors if id(t.param) == pid).data = original
+
+    def replay(
+        self, seed: int, projected_grad: float, lr: float, weight_decay: float = 0.0
+    ) -> None:
+        """theta <- theta - lr (g z(seed) + wd theta): one step's update from its (seed, g)."""
+        with torch.no_grad():
+            for i, t in enumerate(self.tensors):
+                view = t.view()
+                wd = weight_decay if t.param.ndim >= 2 else 0.0
+                view.sub_(lr * (projected_grad * self.z(seed, i) + wd * view))
+
+    # -- protocol -------------------------------------------------------------------------
+    def step(self, batches: Sequence[Batch]) -> StepResult:
+        self.model.eval()  # both evaluations must see the same function: no dropout
+        seed = mix_seed(self.settings.seed, self.steps)
+        eps, lr = self.options.eps, self.settings.lr * self.lam(self.steps)
+        losses = []
+        with torch.no_grad():
+            for scale in (eps, -eps):
+                with self.perturbed(seed, scale):
+                    total = sum(float(forward_loss(self.model, b)) for b in batches)
+                losses.append(total / len(batches))
+        loss_plus, loss_minus = losses
+        check_finite(loss_plus + loss_minus)
+        g = (loss_plus - loss_minus) / (2 * eps)
+        self.replay(seed, g, lr, self.settings.weight_decay)
+        self.history.append((seed, g))
+        self.steps += 1
+        metrics = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus, "lr": lr}
+        return StepResult((loss_plus + loss_minus) / 2, metrics)
+
+    def clear_history(self) -> list[tuple[int, float]]:
+        """The (seed, projected_grad) pairs since the last call, and forget them."""
+        out, self.history = self.history, []
+        return out
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {
+            t.key: t.view().detach() if t.index is None else t.view().contiguous()
+            for t in self.tensors
+        }
+
+    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        by_key = {t.key: t for t in self.tensors}
+        for key, value in state.items():
+            if key not in by_key:
+                raise EdgetuneError(
+                    f"checkpoint tensor {key!r} ({parse_key(key)[0]}) is not "
+                    "trained by this mezo configuration"
+                )
+            view = by_key[key].view()
+            if view.shape != value.shape:
+                raise EdgetuneError(
+                    f"checkpoint tensor {key!r} has shape "
+                    f"{tuple(value.shape)}, expected {tuple(view.shape)}"
+                )
+            with torch.no_grad():
+                view.copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps = int(state["steps"])
+
+    def export_model(self) -> nn.Module:
+        return self.model

@@ -1,0 +1,215 @@
+"""`pepita` and `mempepita`: forward-only learning on transformer models (BERT, Llama, T5, ...).
+
+The rule and its passes are in `edgetune.methods.pepita_core`; this module maps a model onto it:
+- the modulated input is the embedding output (a forward hook on the embedding module adds F e;
+  T5 has one per stack);
+- the rule applies to every Linear of the chosen layers (`layers`: all, last-K, head) with the
+  hidden form, and to the head's output layer (classifier, score, lm_head) with the last-layer
+  form; norms and embeddings do not train;
+- classification: e (B, C) and F e (B, d) is added to every position; LM: e is per token over the
+  vocabulary (B, T, V) and F e (B, T, d) is added at the same positions (for a causal LM the
+  error at t scores the token t + 1; T5's encoder gets the mean over the scored decoder tokens),
+  which costs B T V d multiply-adds and a (d, V) matrix F;
+- both passes run in eval mode (no dropout): the rule compares two passes, and dropout noise
+  would dominate the difference h - h';
+- the update is applied by plain SGD (momentum option, weight decay on matrices) with the run's
+  learning-rate schedule; `mempepita` applies each layer's update inside the concatenated pass
+  as soon as it is formed (modules that run more than once per forward, or share weights, wait
+  for the end of the pass), so it never holds more than one layer's activations or update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgetune.errors import EdgetuneError
+from edgetune.methods.base import (
+    Batch,
+    MethodSettings,
+    StepResult,
+    check_finite,
+    load_named,
+)
+from edgetune.methods.common import (
+    ParamSteppers,
+    freeze_all,
+    parse_options,
+    sgd_factory,
+    shared_parameters,
+)
+from edgetune.methods.pepita_core import (
+    PepitaCore,
+    classification_loss,
+    feedback_matrix,
+    lm_loss,
+    output_error,
+)
+from edgetune.models.anatomy import Anatomy, describe, is_linear
+
+
+@dataclass
+class PepitaOptions:
+    """Options of `pepita` and `mempepita`."""
+
+    layers: str = "all"
+    """Which Linears train: all, last-K (the last K blocks plus the head) or head."""
+    feedback_scale: float = 0.05
+    """F = feedback_scale * U[-sqrt(6/d), sqrt(6/d)], d the embedding width."""
+    momentum: float = 0.0
+    """SGD momentum (0: plain SGD, no optimizer state; the reference code uses 0.9)."""
+
+    def __post_init__(self) -> None:
+        ok = self.layers in ("all", "head") or (
+            self.layers.startswith("last-") and self.layers[5:].isdigit()
+        )
+        if not ok:
+            raise EdgetuneError(f"pepita option layers={self.layers!r}: use all, last-K or head")
+        if not self.feedback_scale > 0:
+            raise EdgetuneError("pepita option feedback_scale must be positive")
+        if not 0.0 <= self.momentum < 1.0:
+            raise EdgetuneError("pepita option momentum must be in [0, 1)")
+
+
+class Pepita:
+    """PEPITA (clean pass, modulated pass, every layer's update from the two); with
+    lockstep=True, MEMPEPITA (the second pass runs [x ; x + F e] so no layer's activations
+    outlive that layer)."""
+
+    def __init__(self, model: nn.Module, settings: MethodSettings, lockstep: bool = False) -> None:
+        self.name = "mempepita" if lockstep else "pepita"
+        self.lockstep = lockstep
+        self.options = parse_options(PepitaOptions, settings.options, self.name)
+        self.model, self.settings = model, settings
+        anatomy = describe(model)
+        modules = dict(model.named_modules())
+        hidden_names = _hidden_modules(anatomy, self.options.layers)
+        self.hidden = {n: modules[n] for n in hidden_names if is_linear(modules[n])}
+        self.output = {n: modules[n] for n in anatomy.output}
+        self.targets = {**self.hidden, **self.output}
+        freeze_all(model)
+        self.params = _unique(p for m in self.targets.values() for p in m.parameters(False))
+        self._shared = shared_parameters(model)
+
+        d = model.get_input_embeddings().weight.shape[1]
+        n_out = model.config.num_labels if anatomy.task == "classify" else model.config.vocab_size
+        self.feedback = feedback_matrix(d, n_out, self.options.feedback_scale, settings.seed)
+        causal, classify = anatomy.causal, anatomy.task == "classify"
+        enc_dec = anatomy.family == "t5"
+        inputs = [
+            (modules[n], not (enc_dec and ".encoder." in f".{n}")) for n in anatomy.embeddings
+        ]
+
+        def loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+            if classify:
+                return classification_loss(logits, batch["labels"])
+            return lm_loss(logits, batch["labels"], causal)
+
+        self.core = PepitaCore(
+            run=self._run,
+            hidden=self.hidden,
+            output=self.output,
+            inputs=inputs,
+            feedback=self.feedback,
+            loss=loss,
+            error=lambda logits, batch: output_error(logits, batch["labels"], causal),
+            lockstep=self.lockstep,
+        )
+        self.steppers = ParamSteppers(
+            self.params, settings, sgd_factory(settings, self.options.momentum)
+        )
+
+    def _run(self, batch: Batch) -> torch.Tensor:
+        """The model's logits, without letting it compute its own loss."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if (
+            getattr(self.model.config, "is_encoder_decoder", False)
+            and "decoder_input_ids" not in inputs
+            and hasattr(self.model, "prepare_decoder_input_ids_from_labels")
+            and "labels" in batch
+        ):
+            labels = batch["labels"]
+            inputs["decoder_input_ids"] = self.model.prepare_decoder_input_ids_from_labels(
+                labels=labels
+            )
+        return self.model(**inputs).logits
+
+    # -- protocol -------------------------------------------------------------------------
+    def step(self, batches: Sequence[Batch]) -> StepResult:
+        self.model.eval()
+        self.steppers.begin()
+        lr, total, done = self.steppers.lr, 0.0, set()
+
+        def apply(module: nn.Module) -> None:
+            for p in module.parameters(False):
+                if id(p) not in self._shared:
+                    self.steppers.step(p)
+                    done.add(id(p))
+
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            on_ready = apply if (self.lockstep and last) else None
+            loss = self.core.accumulate(batch, 1.0 / len(batches), on_ready)
+            check_finite(loss)
+            total += loss / len(batches)
+        for p in self.params:  # PEPITA: every update at the end; MEMPEPITA: the deferred ones
+            if id(p) not in done:
+                self.steppers.step(p)
+        self.steppers.end()
+        return StepResult(total, {"lr": lr})
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {
+            f"{n}.{pn}": p.detach()
+            for n, m in self.targets.items()
+            for pn, p in m.named_parameters(recurse=False)
+        }
+
+    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_named(self.model, state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steppers": self.steppers.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steppers.load_state_dict(state["steppers"])
+
+    def export_model(self) -> nn.Module:
+        return self.model
+
+
+def mempepita(model: nn.Module, settings: MethodSettings) -> Pepita:
+    """The `mempepita` factory: PEPITA in lockstep."""
+    return Pepita(model, settings, lockstep=True)
+
+
+def _hidden_modules(anatomy: Anatomy, layers: str) -> list[str]:
+    if layers == "head":
+        first = anatomy.n_layers
+    elif layers == "all":
+        first = 0
+    else:
+        k = int(layers[5:])
+        if not 0 <= k <= anatomy.n_layers:
+            raise EdgetuneError(f"layers={layers!r}: the model has {anatomy.n_layers} blocks")
+        first = anatomy.n_layers - k
+    names = [
+        n
+        for i in range(first, anatomy.n_layers)
+        for u in ("qkv", "attn_out", "ffn1", "ffn2")
+        for n in anatomy.modules(u, i)
+    ]
+    return names + [n for n in anatomy.head if n not in anatomy.output]
+
+
+def _unique(params) -> list[torch.Tensor]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out

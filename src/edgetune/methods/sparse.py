@@ -1,0 +1,261 @@
+"""`sparse`: PockEngine-style sparse backpropagation over an `UpdateScheme`.
+
+Only what the scheme names trains; every other parameter (embeddings included) has
+requires_grad off, so autograd builds no graph below the lowest trainable module and never forms
+a gradient the scheme does not need. A weight trained at a fraction of its output channels is
+replaced by a `SplitLinear` that holds the trained rows as a Parameter and the frozen rows as a
+buffer, so only the trained rows' dW is ever formed. With `in_place`, each parameter's AdamW
+update runs inside its post-accumulate-grad hook and frees the gradient at once, so gradients of
+different parameters never coexist (PockEngine's operator reordering).
+
+Checkpoint names: see `edgetune.methods.common` (row keys `name[0:k]`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgetune.errors import EdgetuneError
+from edgetune.methods.backprop import backward_step, make_adamw
+from edgetune.methods.base import (
+    Batch,
+    MethodSettings,
+    StepResult,
+    check_finite,
+    forward_loss,
+    lr_lambda,
+)
+from edgetune.methods.common import (
+    ParamSteppers,
+    adamw_factory,
+    freeze_all,
+    parse_key,
+    parse_options,
+    plan_modules,
+    plan_parameters,
+    resolve_scheme,
+    row_key,
+    shared_parameters,
+)
+from edgetune.models.anatomy import describe, is_conv1d, linear_weight
+from edgetune.plan.scheme import UpdateScheme
+
+
+@dataclass
+class SparseOptions:
+    """Options of `sparse` (the `method:` section of a run config)."""
+
+    scheme: str | Path | UpdateScheme = "qkv-ffn1-2"
+    """Built-in name (last-K, bias-only[-K], qkv-ffn1-K, @F for a channel fraction,
+    ratios-R1,...), a YAML scheme file, or an UpdateScheme."""
+    in_place: bool = False
+    """Apply each parameter's AdamW update in its gradient hook and free the gradient at once
+    (needs max_grad_norm null: clipping needs every gradient at the same time)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheme, str | Path | UpdateScheme):
+            raise EdgetuneError("sparse option 'scheme' must be a scheme name or a file path")
+        if not isinstance(self.in_place, bool):
+            raise EdgetuneError("sparse option 'in_place' must be true or false")
+
+
+class SplitLinear(nn.Module):
+    """A Linear (or GPT-2 Conv1D) whose first `rows` output channels train and the rest do not.
+
+    weight_train (rows, in) is a Parameter, weight_frozen (out - rows, in) a buffer; the output
+    is cat([x W_t^T + b[:rows], x W_f^T + b[rows:]]), so autograd forms dW for W_t only.
+    """
+
+    def __init__(self, module: nn.Module, rows: int, train_bias: bool) -> None:
+        super().__init__()
+        w = linear_weight(module).detach()  # (out, in)
+        self.rows, self.conv1d = rows, is_conv1d(module)
+        self.weight_train = nn.Parameter(w[:rows].clone())
+        self.register_buffer("weight_frozen", w[rows:].clone())
+        b = module.bias
+        self.bias = None if b is None else nn.Parameter(b.detach().clone(), train_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, k = self.bias, self.rows
+        trained = F.linear(x, self.weight_train, None if b is None else b[:k])
+        frozen = F.linear(x, self.weight_frozen, None if b is None else b[k:])
+        return torch.cat([trained, frozen], dim=-1)  # (..., out)
+
+    def merged(self) -> nn.Module:
+        """A plain nn.Linear (or Conv1D) with the trained and frozen rows put back together."""
+        w = torch.cat([self.weight_train.detach(), self.weight_frozen], 0)  # (out, in)
+        if self.conv1d:
+            from transformers.pytorch_utils import Conv1D
+
+            m = Conv1D(w.shape[0], w.shape[1])
+            m.weight = nn.Parameter(w.t().contiguous())
+        else:
+            m = nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None)
+            m.weight = nn.Parameter(w)
+        if self.bias is not None:
+            m.bias = nn.Parameter(self.bias.detach().clone())
+        return m.to(w.dtype)
+
+    def extra_repr(self) -> str:
+        out = self.rows + self.weight_frozen.shape[0]
+        return f"trained rows {self.rows}/{out}, in={self.weight_train.shape[1]}"
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+class Sparse:
+    name = "sparse"
+
+    def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
+        self.options = parse_options(SparseOptions, settings.options, "sparse")
+        self.model, self.settings = model, settings
+        anatomy = describe(model)
+        self.scheme = resolve_scheme(self.options.scheme, anatomy.n_layers)
+        self.plans = plan_modules(model, anatomy, self.scheme)
+        if not self.plans:
+            raise EdgetuneError(f"scheme {self.scheme.name!r} trains nothing in this model")
+        shared = shared_parameters(model)
+        freeze_all(model)
+        self.split: dict[str, SplitLinear] = {}
+        for plan in self.plans:
+            for _, p in plan_parameters(plan):
+                p.requires_grad_(True)
+            if plan.split:
+                if id(plan.module.weight) in shared:
+                    raise EdgetuneError(
+                        f"{plan.name} shares its weight with another module (tied); train it "
+                        "whole or not at all, not a fraction of its channels"
+                    )
+                self.split[plan.name] = SplitLinear(plan.module, plan.rows, plan.bias)
+                _set_module(model, plan.name, self.split[plan.name])
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # A trained tied head (lm_head = embeddings) must not open a path into the embedding
+        # lookup: detach the embedding output so backward stops at the lowest scheme module.
+        self._handles: list[Any] = []
+        self._embeddings = [model.get_submodule(n) for n in anatomy.embeddings]
+        self._tensor_hooks = bool(self.options.in_place)
+        self._register_hooks()
+        if self.options.in_place:
+            if settings.max_grad_norm:
+                raise EdgetuneError(
+                    "sparse in_place updates each parameter as soon as its gradient exists, so "
+                    "it cannot clip the global gradient norm: set max_grad_norm to null"
+                )
+            self.steppers = ParamSteppers(self.params, settings, adamw_factory(settings))
+            self._apply_now = False
+        else:
+            self.optimizer = make_adamw(model, settings)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(settings))
+
+    # -- hooks ----------------------------------------------------------------------------
+    def _register_hooks(self) -> None:
+        if any(p.requires_grad for m in self._embeddings for p in m.parameters()):
+            for m in self._embeddings:
+                self._handles.append(m.register_forward_hook(lambda _m, _i, out: out.detach()))
+        if self._tensor_hooks:
+            for p in self.params:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
+
+    @contextmanager
+    def _hooks_removed(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        try:
+            yield
+        finally:
+            self._register_hooks()
+
+    def _on_grad(self, p: torch.Tensor) -> None:
+        # Called once per backward after p.grad is complete; earlier micro-batches only
+        # accumulate, the last one applies the update and frees the gradient.
+        if self._apply_now:
+            self.steppers.step(p)
+
+    # -- protocol -------------------------------------------------------------------------
+    def step(self, batches: Sequence[Batch]) -> StepResult:
+        if not self.options.in_place:
+            return backward_step(self, batches)
+        self.model.train()
+        self.steppers.begin()
+        lr, total = self.steppers.lr, 0.0
+        for i, batch in enumerate(batches):
+            loss = forward_loss(self.model, batch) / len(batches)
+            check_finite(loss.item())
+            self._apply_now = i == len(batches) - 1
+            loss.backward()
+            total += loss.item()
+        self._apply_now = False
+        self.steppers.end()
+        return StepResult(total, {"lr": lr})
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        for plan in self.plans:
+            if plan.name in self.split:
+                s = self.split[plan.name]
+                w = s.weight_train.detach()
+                key = row_key(f"{plan.name}.weight", s.rows, s.conv1d)
+                state[key] = w.t().contiguous() if s.conv1d else w
+                if plan.bias:
+                    state[f"{plan.name}.bias"] = s.bias.detach()
+            else:
+                state.update({n: p.detach() for n, p in plan_parameters(plan)})
+        return state
+
+    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        for key, value in state.items():
+            name, index = parse_key(key)
+            module = name.rpartition(".")[0]
+            if index is not None or (module in self.split and name.endswith(".weight")):
+                s = self.split.get(module)
+                if s is None or index is None:
+                    raise EdgetuneError(f"{key!r} does not match this scheme's split weights")
+                target, value = s.weight_train, (value.t() if s.conv1d else value)
+            elif name in params:
+                target = params[name]
+            else:
+                raise EdgetuneError(f"checkpoint tensor {key!r} does not exist in this model")
+            if target.shape != value.shape:
+                raise EdgetuneError(
+                    f"checkpoint tensor {key!r} has shape "
+                    f"{tuple(value.shape)}, expected {tuple(target.shape)}"
+                )
+            with torch.no_grad():
+                target.copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.options.in_place:
+            return {"steppers": self.steppers.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.options.in_place:
+            self.steppers.load_state_dict(state["steppers"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def export_model(self) -> nn.Module:
+        """A copy of the model with every SplitLinear merged back into a plain Linear (Conv1D),
+        so `save_pretrained` writes the original structure; the method keeps training its own."""
+        with self._hooks_removed():
+            model = copy.deepcopy(self.model)
+        for name, s in self.split.items():
+            _set_module(model, name, s.merged())
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model

@@ -1,0 +1,281 @@
+"""Where the units of an `UpdateScheme` live in a real model: module names per family.
+
+`describe(model)` reads a transformers model (BERT/MiniLM/RoBERTa/Longformer, DistilBERT, ALBERT,
+Llama/SmolLM2/Mistral/Qwen2, GPT-2, T5/FLAN-T5) and returns an `Anatomy`: the ordered blocks,
+the modules of each unit (qkv, attn_out, ffn1, ffn2, norm) of each block, the task head, the
+head modules that produce the logits, and the modules whose output is the input embedding.
+
+Conventions (shared with the cost model and the planner):
+- Layer indices count blocks from the input: encoder blocks first, then decoder blocks (T5:
+  `encoder.block.0..n-1` are layers 0..n-1, `decoder.block.j` is layer n + j), so `last-k` of
+  an encoder-decoder model trains the top of the decoder.
+- A stack's final norm (Llama `model.norm`, GPT-2 `ln_f`, T5 `final_layer_norm`) belongs to the
+  `norm` unit of that stack's last block. T5 decoder blocks add the cross-attention
+  (`EncDecAttention.q/k/v` to qkv, `.o` to attn_out). Gated FFNs put gate and up in ffn1.
+- The head is every top-level child outside the backbone (classifier, score, lm_head, cls,
+  pre_classifier, classification_head) plus the backbone's pooler (BERT, ALBERT).
+- ALBERT shares one layer's weights across all its passes: its layers here are the *distinct*
+  shared layers (`num_hidden_groups * inner_group_num`, usually 1), not the passes. Training a
+  shared layer makes backward run through every pass, so on ALBERT a sparse scheme saves weight
+  gradients and optimizer state but not backward depth.
+- GPT-2 uses `Conv1D` (weight stored as (in, out)); `linear_weight` returns it in Linear layout.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgetune.errors import EdgetuneError
+from edgetune.plan.scheme import UNITS
+
+
+@dataclass(frozen=True)
+class _Layout:
+    blocks: str  # regex matched (search) against the names of the ModuleLists of blocks
+    units: dict[str, tuple[str, ...]]  # unit -> module names relative to a block (missing: skip)
+    final_norms: tuple[str, ...] = ()  # stack final norms, relative to the stack's parent
+    embeddings: str = "input"  # "input": get_input_embeddings(); "module": <prefix>.embeddings
+
+
+_BERT = _Layout(
+    r"(^|\.)encoder\.layer$",
+    {
+        "qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+        "attn_out": ("attention.output.dense",),
+        "ffn1": ("intermediate.dense",),
+        "ffn2": ("output.dense",),
+        "norm": ("attention.output.LayerNorm", "output.LayerNorm"),
+    },
+    embeddings="module",
+)
+_DISTILBERT = _Layout(
+    r"(^|\.)transformer\.layer$",
+    {
+        "qkv": ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        "attn_out": ("attention.out_lin",),
+        "ffn1": ("ffn.lin1",),
+        "ffn2": ("ffn.lin2",),
+        "norm": ("sa_layer_norm", "output_layer_norm"),
+    },
+    embeddings="module",
+)
+_ALBERT = _Layout(
+    r"(^|\.)albert_layers$",
+    {
+        "qkv": ("attention.query", "attention.key", "attention.value"),
+        "attn_out": ("attention.dense",),
+        "ffn1": ("ffn",),
+        "ffn2": ("ffn_output",),
+        "norm": ("attention.LayerNorm", "full_layer_layer_norm"),
+    },
+    embeddings="module",
+)
+_LLAMA = _Layout(
+    r"(^|\.)layers$",
+    {
+        "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "attn_out": ("self_attn.o_proj",),
+        "ffn1": ("mlp.gate_proj", "mlp.up_proj"),
+        "ffn2": ("mlp.down_proj",),
+        "norm": ("input_layernorm", "post_attention_layernorm"),
+    },
+    final_norms=("norm",),
+)
+_GPT2 = _Layout(
+    r"(^|\.)h$",
+    {
+        "qkv": ("attn.c_attn",),
+        "attn_out": ("attn.c_proj",),
+        "ffn1": ("mlp.c_fc",),
+        "ffn2": ("mlp.c_proj",),
+        "norm": ("ln_1", "ln_2"),
+    },
+    final_norms=("ln_f",),
+)
+_T5 = _Layout(
+    r"(^|\.)block$",
+    {
+        "qkv": tuple(
+            f"layer.{i}.{a}.{p}"
+            for i, a in ((0, "SelfAttention"), (1, "EncDecAttention"))
+            for p in "qkv"
+        ),
+        "attn_out": ("layer.0.SelfAttention.o", "layer.1.EncDecAttention.o"),
+        "ffn1": tuple(
+            f"layer.{i}.DenseReluDense.{w}" for i in (1, 2) for w in ("wi", "wi_0", "wi_1")
+        ),
+        "ffn2": ("layer.1.DenseReluDense.wo", "layer.2.DenseReluDense.wo"),
+        "norm": ("layer.0.layer_norm", "layer.1.layer_norm", "layer.2.layer_norm"),
+    },
+    final_norms=("final_layer_norm",),
+    embeddings="stack",
+)
+
+FAMILIES: dict[str, _Layout] = {
+    "bert": _BERT,
+    "distilbert": _DISTILBERT,
+    "albert": _ALBERT,
+    "llama": _LLAMA,
+    "gpt2": _GPT2,
+    "t5": _T5,
+}
+# config.model_type -> family
+MODEL_TYPES = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "longformer": "bert",
+    "distilbert": "distilbert",
+    "albert": "albert",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "gpt2": "gpt2",
+    "t5": "t5",
+    "mt5": "t5",
+}
+_BACKBONE_CHILDREN = ("shared", "encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """The module names of one model, by scheme unit. All names are `named_modules` names."""
+
+    family: str
+    task: str  # "classify" (logits (B, C)) or "lm" (logits (B, T, V))
+    causal: bool  # decoder-only LM: logits at t predict the token at t + 1
+    blocks: tuple[str, ...]
+    units: dict[tuple[str, int], tuple[str, ...]]  # (unit, layer) -> module names
+    head: tuple[str, ...]  # modules of the task head that own parameters
+    output: tuple[str, ...]  # head modules that produce the logits (PEPITA's last layer)
+    embeddings: tuple[str, ...]  # modules whose output is the input embedding (one per stack)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    def modules(self, unit: str, layer: int = -1) -> tuple[str, ...]:
+        """Module names of a unit of a layer (`head` ignores the layer)."""
+        if unit == "head":
+            return self.head
+        if unit not in UNITS:
+            raise EdgetuneError(f"unknown unit {unit!r}; known: {UNITS}")
+        if not 0 <= layer < self.n_layers:
+            raise EdgetuneError(f"layer {layer} out of range: the model has {self.n_layers}")
+        return self.units.get((unit, layer), ())
+
+    def leaf_names(self, unit: str) -> list[str]:
+        """The last name component of a unit's modules (what PEFT's target_modules matches)."""
+        names = {
+            n.rsplit(".", 1)[-1]
+            for layer in range(self.n_layers)
+            for n in self.modules(unit, layer)
+        }
+        return sorted(names)
+
+
+def family_of(model: nn.Module) -> str:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in MODEL_TYPES:
+        raise EdgetuneError(
+            f"model type {model_type!r} is not supported by the learning methods; "
+            f"supported: {', '.join(sorted(MODEL_TYPES))}"
+        )
+    return MODEL_TYPES[model_type]
+
+
+def describe(model: nn.Module) -> Anatomy:
+    """Map scheme units to the modules of `model` (a plain transformers model, not PEFT)."""
+    family = family_of(model)
+    layout = FAMILIES[family]
+    modules = dict(model.named_modules())
+    lists = [
+        n
+        for n, m in modules.items()
+        if isinstance(m, nn.ModuleList) and re.search(layout.blocks, n)
+    ]
+    if not lists:
+        raise EdgetuneError(f"could not find the blocks of this {family} model")
+    blocks: list[str] = []
+    units: dict[tuple[str, int], tuple[str, ...]] = {}
+    for list_name in lists:
+        first = len(blocks)
+        blocks += [f"{list_name}.{i}" for i in range(len(modules[list_name]))]
+        for i in range(first, len(blocks)):
+            for unit, rel in layout.units.items():
+                found = tuple(f"{blocks[i]}.{r}" for r in rel if f"{blocks[i]}.{r}" in modules)
+                units[(unit, i)] = found
+        # the stack's final norm joins the norm unit of its last block
+        parent = list_name.rsplit(".", 1)[0] if "." in list_name else ""
+        finals = tuple(
+            n for r in layout.final_norms if (n := f"{parent}.{r}" if parent else r) in modules
+        )
+        if finals and len(blocks) > first:
+            units[("norm", len(blocks) - 1)] += finals
+
+    prefix = getattr(model, "base_model_prefix", "")
+    backbone = {prefix, *_BACKBONE_CHILDREN}
+    roots = [
+        n
+        for n, m in model.named_children()
+        if n not in backbone and any(True for _ in m.parameters())
+    ]
+    roots += [n for n in (f"{prefix}.pooler",) if n in modules]
+    head = tuple(
+        n
+        for n, m in modules.items()
+        if any(n == r or n.startswith(r + ".") for r in roots)
+        and any(True for _ in m.parameters(recurse=False))
+    )
+
+    classify = type(model).__name__.endswith("ForSequenceClassification")
+    n_out = model.config.num_labels if classify else model.config.vocab_size
+    output = tuple(
+        n for n in head if is_linear(modules[n]) and linear_shape(modules[n])[0] == n_out
+    )
+    if head and not output:
+        raise EdgetuneError(f"could not find the output layer of the {family} head")
+
+    if layout.embeddings == "module":
+        emb = tuple(n for n in (f"{prefix}.embeddings", "embeddings") if n in modules)[:1]
+    elif layout.embeddings == "stack":
+        emb = tuple(
+            n
+            for n, _ in model.named_modules()
+            if n.endswith("embed_tokens") and ("encoder" in n or "decoder" in n)
+        )
+    else:
+        inp = model.get_input_embeddings()
+        emb = tuple(n for n, m in modules.items() if m is inp)[:1]
+    causal = family in ("llama", "gpt2") and not classify
+    return Anatomy(
+        family, "classify" if classify else "lm", causal, tuple(blocks), units, head, output, emb
+    )
+
+
+# -- Linear-like modules (nn.Linear and GPT-2's Conv1D) -----------------------------------
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's transformers.pytorch_utils.Conv1D: y = x @ W + b with W of shape (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a Linear-like module."""
+    w = module.weight
+    return (w.shape[1], w.shape[0]) if is_conv1d(module) else (w.shape[0], w.shape[1])
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight in nn.Linear layout (out, in); a view for Conv1D."""
+    return module.weight.t() if is_conv1d(module) else module.weight

@@ -1,0 +1,1 @@
+"""Reports of runs: metrics.json, a Markdown summary, figures."""

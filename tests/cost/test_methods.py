@@ -1,0 +1,90 @@
+"""Relations between methods that follow from their definitions, on a real-size shape."""
+
+import pytest
+
+from edgetune.cost.methods import Precision, step_cost
+from edgetune.cost.shapes import ModelShape, n_params
+from edgetune.errors import EdgetuneError
+from edgetune.plan.scheme import UnitUpdate, UpdateScheme
+
+# a BERT-base-like encoder written out, so these tests need no transformers
+S = ModelShape("enc", "bert", "encoder", 30522, 768, 12, 12, 12, 64, 3072, n_positions=512,
+               type_vocab=2, pooler=True)  # fmt: skip
+
+
+def test_mezo_is_two_forwards_at_inference_memory():
+    bp, mz = (step_cost(S, m, 4, 128) for m in ("backprop", "mezo"))
+    assert mz.macs == 2 * bp.fwd_macs
+    assert mz.memory.gradients == mz.memory.optimizer == mz.memory.activations == 0
+    assert mz.memory.weights == n_params(S, "lm") * 4
+    assert bp.memory.total / mz.memory.total > 3  # MeZO: several times less than backprop
+
+
+def test_pepita_and_mempepita_forwards():
+    pe, mp = (step_cost(S, m, 1, 256) for m in ("pepita", "mempepita"))
+    bp = step_cost(S, "backprop", 1, 256)
+    assert pe.fwd_macs == 2 * bp.fwd_macs and mp.fwd_macs == 3 * bp.fwd_macs
+    assert pe.update_macs == mp.update_macs
+    # the error projection F e costs M x V x d MACs with an LM head
+    proj = 256 * S.vocab * S.d_model
+    # local updates dW = delta^T x: one weight-gradient product per trained linear
+    block = 4 * 768**2 + 2 * 768 * 3072
+    head = 768 * 768 + 768 * S.vocab  # MLM transform and decoder
+    assert pe.update_macs - proj == 256 * (12 * block + head)
+    assert mp.memory.activations < pe.memory.activations
+
+
+def test_adamw_states_and_sgd():
+    adam = step_cost(S, "backprop", optimizer="adamw")
+    sgd = step_cost(S, "backprop", optimizer="sgd")
+    assert adam.memory.optimizer == 2 * adam.memory.gradients and sgd.memory.optimizer == 0
+    bf = step_cost(S, "backprop", precision=Precision("bf16", "bf16", "fp32", "bf16"))
+    assert bf.memory.weights == adam.memory.weights / 2
+    assert bf.memory.optimizer == adam.memory.optimizer
+    with pytest.raises(EdgetuneError, match="unknown dtype"):
+        Precision("fp8")
+
+
+def test_sparse_backward_stops_at_lowest_layer_and_fraction_scales():
+    top = UpdateScheme((UnitUpdate("ffn1", 11), UnitUpdate("head")))
+    low = UpdateScheme((UnitUpdate("ffn1", 0), UnitUpdate("head")))
+    # classifier head: a tied LM head would train the embedding table and reopen the backward
+    kw = dict(head="classifier")
+    c_top, c_low = (step_cost(S, "sparse", 1, 128, scheme=x, **kw) for x in (top, low))
+    assert c_top.bwd_macs < c_low.bwd_macs / 5
+    quarter = UpdateScheme((UnitUpdate("ffn1", 11, 0.25), UnitUpdate("head")))
+    c_q = step_cost(S, "sparse", 1, 128, scheme=quarter, **kw)
+    ffn1_w = 128 * 768 * 3072
+    assert c_top.bwd_macs - c_q.bwd_macs == pytest.approx(0.75 * ffn1_w)
+    assert c_top.trained_params - c_q.trained_params == pytest.approx(0.75 * 768 * 3072)
+    bias = UpdateScheme((UnitUpdate("ffn1", 11, 0.0, True), UnitUpdate("head")))
+    c_b = step_cost(S, "sparse", 1, 128, scheme=bias, **kw)
+    assert c_b.memory.activations < c_top.memory.activations  # no stored input for a bias
+    with pytest.raises(EdgetuneError, match="needs an update scheme"):
+        step_cost(S, "sparse")
+
+
+def test_lora_adapters():
+    c = step_cost(S, "lora", 1, 128, lora_rank=8, lora_units=("q", "v"))
+    assert c.trained_params == 12 * 2 * 8 * (768 + 768)  # A and B on q and v of 12 layers
+    assert c.memory.optimizer == 2 * c.trained_params * 4
+    with pytest.raises(EdgetuneError, match="unknown LoRA targets"):
+        step_cost(S, "lora", lora_units=("qq",))
+
+
+def test_encoder_decoder_source_and_target_lengths():
+    t5 = ModelShape("t5", "t5", "encoder-decoder", 32128, 512, 6, 8, 8, 64, 2048, n_dec_layers=6,
+                    act="relu", norm="rmsnorm", bias=False, rel_buckets=32, emb_norm=False,
+                    final_norm=True)  # fmt: skip
+    a = step_cost(t5, "backprop", 1, 512, tgt_seq=32)
+    b = step_cost(t5, "backprop", 1, 512, tgt_seq=128)
+    assert b.fwd_macs > a.fwd_macs
+    # the LM head runs on target tokens only: 96 more tokens x V x d
+    assert b.fwd_macs - a.fwd_macs > 96 * 32128 * 512
+
+
+def test_bad_numbers():
+    with pytest.raises(EdgetuneError, match="positive"):
+        step_cost(S, "backprop", batch=0)
+    with pytest.raises(EdgetuneError, match="unknown method"):
+        step_cost(S, "adam")

@@ -1,0 +1,140 @@
+"""The training loop: learning, run folder, checkpoints, exact resume, failures."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from edgetune.config import load_config
+from edgetune.errors import EdgetuneError
+from edgetune.train import finetune
+
+
+def _cfg(model, data, out, *extra):
+    return load_config(
+        None,
+        [f"model.name={model}", f"data.name={data}", "data.task=classify", "data.seq_len=16",
+         "train.batch_size=8", "train.lr=3e-3", "train.max_steps=12", "train.save_every=4",
+         f"out={out}", *extra],
+    )
+
+
+def test_finetune_learns_and_writes_the_run_folder(tiny_bert, topics_jsonl, tmp_path):
+    out = tmp_path / "run"
+    result = finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=30", "train.eval_before=true"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["eval"]["accuracy"] > m["test_before"]["accuracy"] + 0.2
+    assert m["train"]["loss_last"] < m["train"]["loss_first"]
+    assert m["time"]["step_s_median"] > 0 and m["memory"]["peak_rss_mb"] > 0
+    assert result.metrics["eval"] == m["eval"]
+    for name in ("config.yaml", "summary.md", "model/config.json", "model/model.safetensors"):
+        assert (out / name).is_file(), name
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-000028", "step-000030"]
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_same_seed_same_weights(tiny_bert, topics_jsonl, tmp_path):
+    for name in ("a", "b"):
+        finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / name, "train.max_steps=5"))
+    a = load_file(tmp_path / "a/model/model.safetensors")
+    b = load_file(tmp_path / "b/model/model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    import edgetune.train as train
+    from edgetune.config import load_config
+
+    kill_after = int(sys.argv[1])
+    saved = train.save_checkpoint
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        path = saved(run_dir, step, *args, **kwargs)
+        if step == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no cleanup runs
+        return path
+
+    train.save_checkpoint = save_then_die
+    train.finetune(load_config(sys.argv[2]))
+    """
+)
+
+
+def test_resume_after_kill_is_bit_identical(tiny_bert, topics_jsonl, tmp_path):
+    # accumulation and an epoch boundary inside the run, dropout on: all must line up
+    extra = ["train.grad_accum=2", "train.max_steps=16", "train.threads=1"]  # same math order
+    finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "whole", *extra))
+
+    cfg = _cfg(tiny_bert, topics_jsonl, tmp_path / "killed", *extra)
+    cfg_file = tmp_path / "killed.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLED_RUN)
+    proc = subprocess.run([sys.executable, str(script), "8", str(cfg_file)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert not (tmp_path / "killed/metrics.json").exists()
+
+    finetune(cfg, resume=True)
+    whole = load_file(tmp_path / "whole/model/model.safetensors")
+    resumed = load_file(tmp_path / "killed/model/model.safetensors")
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+    a = json.loads((tmp_path / "whole/metrics.json").read_text())["train"]["loss_history"]
+    b = json.loads((tmp_path / "killed/metrics.json").read_text())["train"]["loss_history"]
+    assert a == b
+
+
+def test_existing_run_needs_resume(tiny_bert, topics_jsonl, tmp_path):
+    finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", "train.max_steps=2"))
+    with pytest.raises(EdgetuneError, match="already holds a run"):
+        finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", "train.max_steps=2"))
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tiny_bert, topics_jsonl, tmp_path):
+    out = tmp_path / "r"
+    finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=4"))
+    ckpt = sorted((out / "checkpoints").iterdir())[-1]
+    # foreign: made by another method
+    meta = json.loads((ckpt / "checkpoint.json").read_text())
+    (ckpt / "checkpoint.json").write_text(json.dumps({**meta, "method": "mezo"}))
+    with pytest.raises(EdgetuneError, match="made with method='mezo'"):
+        finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=8"), resume=True)
+    # corrupt: truncated tensors
+    (ckpt / "checkpoint.json").write_text(json.dumps(meta))
+    data = (ckpt / "trainable.safetensors").read_bytes()
+    (ckpt / "trainable.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(EdgetuneError, match="is corrupt"):
+        finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=8"), resume=True)
+
+
+def test_non_finite_loss_stops_and_leaves_nothing(tiny_bert, topics_jsonl, tmp_path):
+    out = tmp_path / "r"
+    cfg = _cfg(tiny_bert, topics_jsonl, out, "train.lr=1e30", "train.max_grad_norm=null",
+               "train.warmup_ratio=0", "train.save_every=0")
+    with pytest.raises(EdgetuneError, match="loss became"):
+        finetune(cfg)
+    assert not out.exists()
+
+
+def test_full_disk_leaves_no_half_written_checkpoint(tiny_bert, topics_jsonl, tmp_path, monkeypatch):
+    import edgetune.checkpoint as checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    out = tmp_path / "r"
+    with pytest.raises(EdgetuneError, match="disk full"):
+        finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=4"))
+    assert not out.exists()
