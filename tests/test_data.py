@@ -39,7 +39,9 @@ def test_jsonl_with_custom_columns(tmp_path):
     path = tmp_path / "d.jsonl"
     rows = [{"body": f"text {i}", "tag": i % 2} for i in range(50)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = load_data(DataConfig(name=str(path), task="classify", text_column="body", label_column="tag"))
+    data = load_data(
+        DataConfig(name=str(path), task="classify", text_column="body", label_column="tag")
+    )
     assert data.labels == ["0", "1"]
     assert sum(len(d) for d in data.splits.values()) == 50
     assert set(data.splits["train"].column_names) == {"text", "label"}
@@ -59,7 +61,9 @@ def test_csv_and_parquet(tmp_path):
 def test_folder_of_split_files(tmp_path):
     for split, n in (("train", 20), ("test", 5)):
         (tmp_path / f"{split}.jsonl").write_text(
-            "".join(json.dumps({"text": f"{split} {i}", "label": "ab"[i % 2]}) + "\n" for i in range(n))
+            "".join(
+                json.dumps({"text": f"{split} {i}", "label": "ab"[i % 2]}) + "\n" for i in range(n)
+            )
         )
     data = load_data(DataConfig(name=str(tmp_path), task="classify"))
     assert len(data.splits["test"]) == 5

@@ -20,15 +20,26 @@ from edgetune.train import finetune
 def _cfg(model, data, out, *extra):
     return load_config(
         None,
-        [f"model.name={model}", f"data.name={data}", "data.task=classify", "data.seq_len=16",
-         "train.batch_size=8", "train.lr=3e-3", "train.max_steps=12", "train.save_every=4",
-         f"out={out}", *extra],
+        [
+            f"model.name={model}",
+            f"data.name={data}",
+            "data.task=classify",
+            "data.seq_len=16",
+            "train.batch_size=8",
+            "train.lr=3e-3",
+            "train.max_steps=12",
+            "train.save_every=4",
+            f"out={out}",
+            *extra,
+        ],
     )
 
 
 def test_finetune_learns_and_writes_the_run_folder(tiny_bert, topics_jsonl, tmp_path):
     out = tmp_path / "run"
-    result = finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=30", "train.eval_before=true"))
+    result = finetune(
+        _cfg(tiny_bert, topics_jsonl, out, "train.max_steps=30", "train.eval_before=true")
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["eval"]["accuracy"] > m["test_before"]["accuracy"] + 0.2
     assert m["train"]["loss_last"] < m["train"]["loss_first"]
@@ -36,7 +47,10 @@ def test_finetune_learns_and_writes_the_run_folder(tiny_bert, topics_jsonl, tmp_
     assert result.metrics["eval"] == m["eval"]
     for name in ("config.yaml", "summary.md", "model/config.json", "model/model.safetensors"):
         assert (out / name).is_file(), name
-    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-000028", "step-000030"]
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == [
+        "step-000028",
+        "step-000030",
+    ]
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
 
 
@@ -120,14 +134,23 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tiny_bert, topics_jsonl, tm
 
 def test_non_finite_loss_stops_and_leaves_nothing(tiny_bert, topics_jsonl, tmp_path):
     out = tmp_path / "r"
-    cfg = _cfg(tiny_bert, topics_jsonl, out, "train.lr=1e30", "train.max_grad_norm=null",
-               "train.warmup_ratio=0", "train.save_every=0")
+    cfg = _cfg(
+        tiny_bert,
+        topics_jsonl,
+        out,
+        "train.lr=1e30",
+        "train.max_grad_norm=null",
+        "train.warmup_ratio=0",
+        "train.save_every=0",
+    )
     with pytest.raises(EdgetuneError, match="loss became"):
         finetune(cfg)
     assert not out.exists()
 
 
-def test_full_disk_leaves_no_half_written_checkpoint(tiny_bert, topics_jsonl, tmp_path, monkeypatch):
+def test_full_disk_leaves_no_half_written_checkpoint(
+    tiny_bert, topics_jsonl, tmp_path, monkeypatch
+):
     import edgetune.checkpoint as checkpoint
 
     def full(*args, **kwargs):

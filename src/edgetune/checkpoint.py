@@ -1,9 +1,9 @@
 """Checkpoints of a run, each a folder written atomically:
 
-    checkpoints/step-000040/
-      checkpoint.json        format, edgetune version, model, method, step, tensor shapes
-      trainable.safetensors  the method's trainable state (what changed)
-      state.pt               optimizer/schedule state and the torch RNG state (weights_only)
+checkpoints/step-000040/
+  checkpoint.json        format, edgetune version, model, method, step, tensor shapes
+  trainable.safetensors  the method's trainable state (what changed)
+  state.pt               optimizer/schedule state and the torch RNG state (weights_only)
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def load_checkpoint(path: Path, identity: dict[str, str]) -> Checkpoint:
     try:
         meta = json.loads((path / "checkpoint.json").read_text())
     except (OSError, json.JSONDecodeError):
-        raise EdgetuneError(f"{path} is not an edgetune checkpoint (checkpoint.json missing or corrupt)") from None
+        raise EdgetuneError(
+            f"{path} is not an edgetune checkpoint (checkpoint.json missing or corrupt)"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise EdgetuneError(f"{path} is a checkpoint of an unknown format")
     for key, want in identity.items():
@@ -80,5 +82,7 @@ def load_checkpoint(path: Path, identity: dict[str, str]) -> Checkpoint:
         raise EdgetuneError(f"checkpoint {path} is corrupt: {str(e).splitlines()[0]}") from None
     shapes = {k: list(v.shape) for k, v in trainable.items()}
     if shapes != meta.get("tensors"):
-        raise EdgetuneError(f"checkpoint {path} is corrupt: its tensors do not match checkpoint.json")
+        raise EdgetuneError(
+            f"checkpoint {path} is corrupt: its tensors do not match checkpoint.json"
+        )
     return Checkpoint(path, int(meta["step"]), trainable, state)

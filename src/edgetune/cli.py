@@ -23,7 +23,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-data_app = typer.Typer(help="Bundled data sets: list, prepare, inspect, fetch.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Bundled data sets: list, prepare, inspect, fetch.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
@@ -44,12 +46,16 @@ Opt = typer.Option
 def finetune(
     ctx: typer.Context,
     config: Annotated[Path | None, Opt("--config", "-c", help="YAML run config.")] = None,
-    model: Annotated[str | None, Opt(help="Registry name, model folder, .gguf file or hub id.")] = None,
+    model: Annotated[
+        str | None, Opt(help="Registry name, model folder, .gguf file or hub id.")
+    ] = None,
     data: Annotated[str | None, Opt(help="Bundled data set, file/folder or hub id.")] = None,
     task: Annotated[str | None, Opt(help="classify, lm, summarize or chat (for files).")] = None,
     method: Annotated[str | None, Opt(help="Learning rule (see `edgetune methods`).")] = None,
     out_dir: Annotated[str | None, Opt("--out", help="Run folder to write.")] = None,
-    resume: Annotated[bool, Opt(help="Continue the run in --out from its newest checkpoint.")] = False,
+    resume: Annotated[
+        bool, Opt(help="Continue the run in --out from its newest checkpoint.")
+    ] = False,
     random_init: Annotated[bool, Opt(help="Random weights from the registry spec.")] = False,
     max_steps: Annotated[int | None, Opt(help="Optimizer steps (overrides epochs).")] = None,
     epochs: Annotated[float | None, Opt(help="Passes over the training split.")] = None,
@@ -77,11 +83,20 @@ def finetune(
     from edgetune.config import load_config
 
     flags = {
-        "model.name": model, "model.random_init": random_init or None, "data.name": data,
-        "data.task": task, "train.method": method, "out": out_dir, "train.max_steps": max_steps,
-        "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
-        "data.seq_len": seq_len, "data.text_column": text_column,
-        "data.label_column": label_column, "data.target_column": target_column,
+        "model.name": model,
+        "model.random_init": random_init or None,
+        "data.name": data,
+        "data.task": task,
+        "train.method": method,
+        "out": out_dir,
+        "train.max_steps": max_steps,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "data.seq_len": seq_len,
+        "data.text_column": text_column,
+        "data.label_column": label_column,
+        "data.target_column": target_column,
     }
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + ctx.args
     cfg = load_config(config, overrides)
@@ -134,8 +149,9 @@ def eval_(
         text.splits[split] = text.splits[split].select(range(min(samples, len(text.splits[split]))))
     loaded = load_model(model, text.task, num_labels=len(text.labels) or None)
     td = tokenize(text, loaded.tokenizer, data_cfg.seq_len, loaded.kind)
-    metrics = evaluate(loaded.model, td, split, loaded.tokenizer.pad_token_id,
-                       tokenizer=loaded.tokenizer)
+    metrics = evaluate(
+        loaded.model, td, split, loaded.tokenizer.pad_token_id, tokenizer=loaded.tokenizer
+    )
     out.print_json(json.dumps(metrics))
 
 
@@ -180,7 +196,9 @@ def data_list() -> None:
 
 
 @data_app.command("prepare")
-def data_prepare(names: Annotated[list[str] | None, typer.Argument(help="Data sets (default: all).")] = None) -> None:
+def data_prepare(
+    names: Annotated[list[str] | None, typer.Argument(help="Data sets (default: all).")] = None,
+) -> None:
     """Build and cache the fixed splits of bundled data sets."""
     from edgetune.data.registry import DATASETS, prepare
 
@@ -205,12 +223,17 @@ def data_inspect(
 
     loaded = load_data(DataConfig(name=name, task=task))
     text = loaded.splits
-    out.print(f"[bold]{name}[/] ({loaded.task}): " + ", ".join(f"{s} {len(d)}" for s, d in text.items()))
+    out.print(
+        f"[bold]{name}[/] ({loaded.task}): " + ", ".join(f"{s} {len(d)}" for s, d in text.items())
+    )
     if loaded.task == "classify":
         counts = Counter(text["train"]["label"])
         out.print("labels (train): " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
     for row in text["train"].select(range(min(rows, len(text["train"])))):
-        shown = {k: (v[:200] + "..." if isinstance(v, str) and len(v) > 200 else v) for k, v in row.items()}
+        shown = {
+            k: (v[:200] + "..." if isinstance(v, str) and len(v) > 200 else v)
+            for k, v in row.items()
+        }
         out.print(shown)
 
 
@@ -231,7 +254,7 @@ def main() -> None:
     try:
         app()
     except EdgetuneError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

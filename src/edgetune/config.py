@@ -1,10 +1,10 @@
 """Run configuration: dataclasses filled from a YAML file plus dotted `key=value` overrides.
 
-    model:  {name: minilm-l6, random_init: false}
-    data:   {name: reuters-r8, seq_len: 128, ...}
-    train:  {method: backprop, batch_size: 16, lr: 1e-4, epochs: 1, ...}
-    method: {}        # the method's own options (see docs/methods/<name>.md)
-    out: runs/demo
+model:  {name: minilm-l6, random_init: false}
+data:   {name: reuters-r8, seq_len: 128, ...}
+train:  {method: backprop, batch_size: 16, lr: 1e-4, epochs: 1, ...}
+method: {}        # the method's own options (see docs/methods/<name>.md)
+out: runs/demo
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class DataConfig:
     target_column: str = "target"
     seq_len: int = 128
     train_samples: int | None = None  # use only the first N training rows (after a fixed shuffle)
-    eval_samples: int | None = None  # evaluate on the first N rows of validation (test is full)
+    eval_samples: int | None = None  # evaluate on the first N rows of validation and test
 
     def __post_init__(self) -> None:
         if self.seq_len < 8:
@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch threads; None leaves torch's default
     eval_before: bool = False  # also evaluate the test split before training
+    final_eval: bool = True  # evaluate the test split at the end (benchmarks turn it off)
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "grad_accum", "keep_checkpoints"):

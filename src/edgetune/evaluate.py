@@ -81,10 +81,14 @@ def _perplexity(model, examples, pad_id, batch_size, progress, task_id):
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
 
 
-def generate(model, tokenizer, row: dict, task: str, max_new_tokens: int = 24, seq_len: int = 512) -> str:
+def generate(
+    model, tokenizer, row: dict, task: str, max_new_tokens: int = 24, seq_len: int = 512
+) -> str:
     """Greedy answer of the model to one row's prompt."""
     if getattr(model.config, "is_encoder_decoder", False):
-        ids = tokenizer("summarize: " + row["text"], truncation=True, max_length=seq_len)["input_ids"]
+        ids = tokenizer("summarize: " + row["text"], truncation=True, max_length=seq_len)[
+            "input_ids"
+        ]
     else:
         ids = prompt_ids(row, task, tokenizer, seq_len - max_new_tokens)
     input_ids = torch.tensor([ids])

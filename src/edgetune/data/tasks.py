@@ -91,9 +91,8 @@ def prompt_ids(row: dict, task: str, tokenizer, budget: int) -> list[int]:
     """The prompt tokens a decoder-only model conditions on (source truncated to `budget`)."""
     if task == "chat":
         messages = [{"role": "user", "content": row["text"]}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
-        return ids[-budget:]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"][-budget:]
     cue = tokenizer(SUMMARY_PROMPT, add_special_tokens=False)["input_ids"]
     source = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
     return source[: max(1, budget - len(cue))] + cue

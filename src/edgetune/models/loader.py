@@ -59,8 +59,9 @@ def load_model(
         if getattr(config, "vocab_size", 0) < len(tokenizer):
             config.vocab_size = len(tokenizer)  # the stand-in tokenizer must fit the embedding
         torch.manual_seed(seed)
-        return LoadedModel(_from_config(config, task, num_labels, tokenizer), tokenizer, spec.kind,
-                           "random-init")
+        return LoadedModel(
+            _from_config(config, task, num_labels, tokenizer), tokenizer, spec.kind, "random-init"
+        )
 
     if spec is not None and bundled_available(name):
         where, source = str(bundled_path(name)), "bundled"

@@ -108,7 +108,9 @@ SPECS: dict[str, ModelSpec] = {
             lambda: DistilBertConfig(),
             "distilbert/distilbert-base-uncased",
         ),
-        ModelSpec("tinybert", ENCODER, _bert(312, 4, 12, 1200), "huawei-noah/TinyBERT_General_4L_312D"),
+        ModelSpec(
+            "tinybert", ENCODER, _bert(312, 4, 12, 1200), "huawei-noah/TinyBERT_General_4L_312D"
+        ),
         ModelSpec(
             "albert-base",
             ENCODER,
@@ -148,7 +150,9 @@ SPECS: dict[str, ModelSpec] = {
         ModelSpec(
             "flan-t5-large", ENCODER_DECODER, _t5(1024, 2816, 24, 16, True), "google/flan-t5-large"
         ),
-        ModelSpec("flan-t5-xl", ENCODER_DECODER, _t5(2048, 5120, 24, 32, True), "google/flan-t5-xl"),
+        ModelSpec(
+            "flan-t5-xl", ENCODER_DECODER, _t5(2048, 5120, 24, 32, True), "google/flan-t5-xl"
+        ),
         ModelSpec(
             "gpt2",
             DECODER,

@@ -15,14 +15,14 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 
 def write_summary(path: Path, cfg: RunConfig, metrics: dict[str, Any]) -> None:
-    t, ev = cfg.train, metrics.get("eval", {})
+    t, ev, tr = cfg.train, metrics.get("eval", {}), metrics["train"]
     lines = [
         f"# edgetune run: {cfg.model.name} on {cfg.data.name} ({t.method})",
         "",
         f"- steps: {metrics['train']['steps']} at batch {t.batch_size} x {t.grad_accum} "
         f"micro-batches, sequence {cfg.data.seq_len}, lr {t.lr}",
-        f"- training loss: {metrics['train']['loss_first']:.4f} -> {metrics['train']['loss_last']:.4f}"
-        if metrics["train"]["loss_first"] is not None
+        f"- training loss: {tr['loss_first']:.4f} -> {tr['loss_last']:.4f}"
+        if tr["loss_first"] is not None
         else "- training loss: no steps run",
         f"- median step time: {metrics['time']['step_s_median']:.3f} s"
         if metrics["time"]["step_s_median"]
@@ -37,5 +37,8 @@ def write_summary(path: Path, cfg: RunConfig, metrics: dict[str, Any]) -> None:
         if isinstance(value, float):
             b = f"{before[key]:.4f}" if key in before else ""
             lines.append(f"| {key} | {b} | {value:.4f} |")
-    lines += ["", "Reproduce: `edgetune finetune --config config.yaml` (the config beside this file)."]
+    lines += [
+        "",
+        "Reproduce: `edgetune finetune --config config.yaml` (the config beside this file).",
+    ]
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,183 @@
+"""edgetune's backprop loop against the Hugging Face Trainer, side by side.
+
+Same model, same tokenized data, batch, sequence length, optimizer (AdamW), schedule and
+clipping. Each run is a fresh subprocess (so peak RSS is its own); the two alternate, and the
+table reports medians. Writes benchmarks/results/trainer_vs_hf.{json,md}.
+
+    python benchmarks/trainer_vs_hf.py                      # MiniLM on Reuters-R8, 16 x 128
+    python benchmarks/trainer_vs_hf.py --steps 30 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _config(args):
+    from edgetune.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"model.name={args.model}",
+            f"data.name={args.data}",
+            f"data.seq_len={args.seq}",
+            f"data.train_samples={args.batch * (args.steps + 1)}",
+            f"train.batch_size={args.batch}",
+            f"train.max_steps={args.steps}",
+            "train.lr=1e-4",
+            "train.weight_decay=0.01",
+            "train.warmup_ratio=0.1",
+            "train.final_eval=false",
+            f"train.threads={args.threads}",
+        ],
+    )
+
+
+def worker_edgetune(args) -> dict:
+    from edgetune.measure.memory import peak_rss_mb
+    from edgetune.train import finetune
+
+    cfg = _config(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.out = str(Path(tmp) / "run")
+        m = finetune(cfg).metrics
+    ends = m["time"]["loop_step_s_median"]
+    return {
+        "step_s_median": ends,
+        "peak_rss_mb": peak_rss_mb(),
+        "loss_last": m["train"]["loss_last"],
+    }
+
+
+def worker_hf(args) -> dict:
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.utils import logging
+
+    from edgetune.data.load import load_data
+    from edgetune.data.tasks import collate, tokenize
+    from edgetune.measure.memory import peak_rss_mb
+    from edgetune.models.loader import load_model
+
+    logging.set_verbosity_error()
+    cfg = _config(args)
+    torch.set_num_threads(args.threads)
+    text = load_data(cfg.data)
+    loaded = load_model(cfg.model.name, text.task, num_labels=len(text.labels) or None, seed=0)
+    train = tokenize(text, loaded.tokenizer, cfg.data.seq_len, loaded.kind).splits["train"]
+    pad = loaded.tokenizer.pad_token_id
+    ends: list[float] = []
+
+    class StepEnds(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            ends.append(time.perf_counter())
+
+    t = cfg.train
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=t.batch_size,
+            learning_rate=t.lr,
+            weight_decay=t.weight_decay,
+            lr_scheduler_type="linear",
+            warmup_steps=int(t.warmup_ratio * t.max_steps),
+            max_steps=t.max_steps,
+            max_grad_norm=t.max_grad_norm,
+            optim="adamw_torch",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            seed=0,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            logging_steps=10**6,
+        )
+        trainer = Trainer(
+            model=loaded.model,
+            args=targs,
+            train_dataset=train,
+            data_collator=lambda ex: collate(ex, pad),
+            callbacks=[StepEnds()],
+        )
+        out = trainer.train()
+    step = statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
+    return {"step_s_median": step, "peak_rss_mb": peak_rss_mb(), "loss_last": out.training_loss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--data", default="reuters-r8")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", choices=["edgetune", "hf"])
+    args = ap.parse_args()
+    if args.worker:
+        result = (worker_edgetune if args.worker == "edgetune" else worker_hf)(args)
+        print(json.dumps(result))
+        return
+
+    runs: dict[str, list[dict]] = {"edgetune": [], "hf": []}
+    passthrough = [f"--{k}={v}" for k, v in vars(args).items() if k not in ("worker", "repeats")]
+    for r in range(args.repeats):
+        for who in ("edgetune", "hf") if r % 2 == 0 else ("hf", "edgetune"):
+            proc = subprocess.run(
+                [sys.executable, __file__, f"--worker={who}", *passthrough],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                sys.exit(f"{who} worker failed:\n{proc.stderr[-3000:]}")
+            runs[who].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(who, runs[who][-1], file=sys.stderr)
+
+    def med(who, key):
+        return statistics.median(r[key] for r in runs[who])
+
+    summary = {
+        "setup": {k: v for k, v in vars(args).items() if k != "worker"},
+        "runs": runs,
+        "edgetune": {k: med("edgetune", k) for k in ("step_s_median", "peak_rss_mb")},
+        "hf_trainer": {k: med("hf", k) for k in ("step_s_median", "peak_rss_mb")},
+    }
+    summary["ratio"] = {
+        k: summary["edgetune"][k] / summary["hf_trainer"][k]
+        for k in ("step_s_median", "peak_rss_mb")
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "trainer_vs_hf.json").write_text(json.dumps(summary, indent=1))
+    e, h, q = summary["edgetune"], summary["hf_trainer"], summary["ratio"]
+    table = "\n".join(
+        [
+            f"{args.model} on {args.data}, batch {args.batch} x {args.seq} tokens, "
+            f"{args.steps} steps, {args.repeats} alternating runs each, medians",
+            "",
+            "| loop | step time (s) | peak RSS (MiB) |",
+            "|---|---|---|",
+            f"| edgetune backprop | {e['step_s_median']:.3f} | {e['peak_rss_mb']:.0f} |",
+            f"| HF Trainer | {h['step_s_median']:.3f} | {h['peak_rss_mb']:.0f} |",
+            f"| ratio edgetune / Trainer | {q['step_s_median']:.3f} | {q['peak_rss_mb']:.3f} |",
+        ]
+    )
+    (RESULTS / "trainer_vs_hf.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
