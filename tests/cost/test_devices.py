@@ -61,7 +61,7 @@ def test_this_machine_unmeasured_then_measured(tmp_path, monkeypatch):
 
 def _cost(macs, weights, acts, method="backprop"):
     mem = Memory(weights, weights, 2 * weights, acts, 0.0)
-    return StepCost(method, "m", 1, 1, 0, macs, 0.0, 0.0, 0.0, mem, 1, 1.0)
+    return StepCost(method, "m", 1, 1, 0, macs, 0.0, 0.0, 0.0, 0.0, mem, 1, 1.0)
 
 
 def test_roofline_compute_and_memory_bound():

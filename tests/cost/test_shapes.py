@@ -44,8 +44,15 @@ def test_param_count_longformer_and_untied_llama():
     for cls, head in [(T.LongformerModel, "none"), (T.LongformerForMaskedLM, "lm"),
                       (T.LongformerForSequenceClassification, "classifier")]:  # fmt: skip
         assert n_params(s, head) == sum(p.numel() for p in cls(cfg).parameters())
-    cfg = T.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                        num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False)
+    cfg = T.LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
     s = shape_from_config(cfg.to_dict())
     assert (s.n_kv_heads, s.tied) == (1, False)
     assert n_params(s, "lm") == sum(p.numel() for p in T.LlamaForCausalLM(cfg).parameters())
@@ -67,7 +74,13 @@ def test_registry_shapes_published_sizes():
 
 def test_alexatm_named_shape():
     s = NAMED_SHAPES["alexatm-20b"]
-    assert (s.n_layers, s.n_dec_layers, s.d_model, s.d_ff, s.vocab) == (46, 32, 4096, 16384, 150_000)
+    assert (s.n_layers, s.n_dec_layers, s.d_model, s.d_ff, s.vocab) == (
+        46,
+        32,
+        4096,
+        16384,
+        150_000,
+    )
     # 18.47 B from the published table; the paper reports 19.75 B (see docs/cost-model.md)
     assert n_params(s, "lm") == pytest.approx(18.47e9, rel=1e-3)
 

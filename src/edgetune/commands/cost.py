@@ -105,7 +105,7 @@ def _print_table(rows: list[Row], shape, dev, dtype: str, batch: int, upd) -> No
         title += f", sparse scheme {upd.name}"
     t = Table(title=title)
     for col in ("method", "seq", "MACs", "FLOPs", "weights", "grads", "optim", "activ.",
-                "work", "total", "fit", "latency", "MACs vs BP", "mem vs BP"):  # fmt: skip
+                "work", "peak", "fit", "latency", "MACs vs BP", "peak vs BP"):  # fmt: skip
         t.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
         c, m = r.cost, r.cost.memory
@@ -114,7 +114,7 @@ def _print_table(rows: list[Row], shape, dev, dtype: str, batch: int, upd) -> No
             c.method, str(c.seq), human(c.macs), human(c.flops), human(m.weights, "B", 1024),
             human(m.gradients, "B", 1024), human(m.optimizer, "B", 1024),
             human(m.activations, "B", 1024), human(m.workspace, "B", 1024),
-            human(m.total, "B", 1024), fit, seconds(r.latency_s) if dev else "",
+            human(m.peak, "B", 1024), fit, seconds(r.latency_s) if dev else "",
             _pct(r.macs_vs_backprop), _pct(r.memory_vs_backprop),
         )  # fmt: skip
     console = _console()
@@ -149,14 +149,16 @@ def write_sweep_plot(
     from edgetune.io import atomic_write
 
     lo, hi = min(seqs), max(seqs)
-    grid = sorted({*seqs, *[int(lo * (hi / lo) ** (i / 24)) for i in range(25)]}) if hi > lo else seqs
+    grid = (
+        sorted({*seqs, *[int(lo * (hi / lo) ** (i / 24)) for i in range(25)]}) if hi > lo else seqs
+    )
     rows = cost_rows(shape, methods, grid, None, batch, dtype, head, tgt_seq, optimizer, scheme)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
     panels = [
         ("MACs (G)", lambda r: r.cost.macs / 1e9),
         ("activations + workspace (MiB)",
          lambda r: (r.cost.memory.activations + r.cost.memory.workspace) / 2**20),
-        ("total memory (MiB)", lambda r: r.cost.memory.total / 2**20),
+        ("peak memory (MiB)", lambda r: r.cost.memory.peak / 2**20),
     ]  # fmt: skip
     for ax, (label, get) in zip(axes, panels, strict=True):
         for m in methods:

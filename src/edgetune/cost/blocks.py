@@ -23,11 +23,13 @@ from edgetune.errors import EdgetuneError
 class Trainability:
     """Which parameters train. `unit(role, layer)` gives the `Train` of one part of a block:
     q, k, v (the three linears of the scheme's `qkv` unit), attn_out, ffn1, ffn2, norm;
-    `embeddings` and `head` say whether those train."""
+    `embeddings` and `head` say whether those train; a head tied to the embedding matrix
+    trains that matrix only if `tied_head` (backprop and PEPITA do, sparse and LoRA do not)."""
 
     unit: Callable[[str, int], Train]
     embeddings: bool
     head: bool
+    tied_head: bool = False  # a tied LM decoder (the embedding matrix) trains with the head
 
 
 @dataclass(frozen=True)
@@ -44,15 +46,15 @@ def record(s: ModelShape, tape: Tape, tr: Trainability, inp: Inputs) -> None:
     head)."""
     b, t = inp.batch, inp.seq
     head_trains = tr.head and inp.head != "none"
-    emb_trains = tr.embeddings or (inp.head == "lm" and s.tied and head_trains)
+    emb_trains = tr.embeddings
     tape.begin("embeddings")
     if s.kind == ENCODER_DECODER:
         src = _embed(s, tape, b * t, emb_trains)
         for i in range(s.n_layers):
             tape.begin(f"layer.{i}")
             src = _block(s, tape, tr, i, src, b, t)
-        tape.begin("encoder.final_norm")
-        src = tape.norm(src, b * t, s.norm, FROZEN)
+        tape.begin("encoder.final_norm")  # trains with the last encoder block's norms
+        src = tape.norm(src, b * t, s.norm, tr.unit("norm", s.n_layers - 1))
         tape.begin("decoder.embeddings")
         tt = inp.tgt_seq or t
         x = _embed(s, tape, b * tt, emb_trains)
@@ -68,9 +70,9 @@ def record(s: ModelShape, tape: Tape, tr: Trainability, inp: Inputs) -> None:
             x = _block(s, tape, tr, i, x, b, t)
         rows = b * t
     tape.begin("head")
-    if s.final_norm:
-        x = tape.norm(x, rows, s.norm, FROZEN)
-    _head(s, tape, x, rows, b, inp, head_trains)
+    if s.final_norm:  # trains with the last block's norms
+        x = tape.norm(x, rows, s.norm, tr.unit("norm", s.n_layers + s.n_dec_layers - 1))
+    _head(s, tape, x, rows, b, inp, head_trains, tr.tied_head, emb_trains)
 
 
 def _embed(s: ModelShape, tape: Tape, rows: int, trained: bool) -> Node:
@@ -95,9 +97,12 @@ def _attention(
     b: int,
     t: int,
     kv: tuple[Node, int] | None = None,
+    causal: bool = False,
 ) -> Node:
     """Self-attention (kv None) or cross-attention over `kv` = (encoder output, its length)."""
     src, n = kv if kv else (x, t)
+    # Longformer: each query sees a window of attn_window + 1 keys (modelled as a band; the
+    # chunked implementation of transformers computes more, its FLOPs are not verified)
     keys = min(n, s.attn_window + 1) if s.attn_window and not kv else n
     rows, h, hd = b * t, s.n_heads, s.head_dim
     t_q, t_k, t_v = (tr.unit(r, i) for r in ("q", "k", "v"))  # the qkv unit, per linear
@@ -105,17 +110,35 @@ def _attention(
     q = tape.linear(x, rows, s.d_model, s.q_width, t_q, s.bias)
     k = tape.linear(src, b * n, s.d_model, s.kv_width, t_k, s.bias)
     v = tape.linear(src, b * n, s.d_model, s.kv_width, t_v, s.bias)
+    if s.rel_buckets and not kv and i in (0, s.n_layers) and t_q.weight > 0:
+        # T5's relative position bias (first block of each stack; trains with its q): the
+        # bucket lookup saves a (T, N) int64 index table
+        tape.save(tape.new(t * n, nbytes_el=8))
+        tape.seg.trained_params += s.rel_buckets * s.n_heads
     if s.family == "llama":  # RoPE: q*cos + rot(q)*sin saves the (B, T, hd) cos and sin tables
-        if q.rg or k.rg:
-            tables = tape.shared.setdefault(("rope", b * t * hd), (tape.new(b * t * hd),) * 2)
-            tape.save(tables[0])
-            tape.save(tape.shared.setdefault(("rope-sin", b * t * hd), tape.new(b * t * hd)))
+        if q.rg or k.rg:  # computed once per forward, shared by every block
+            for table in ("rope-cos", "rope-sin"):
+                tape.save(tape.shared.setdefault((table, b * t * hd), tape.new(b * t * hd)))
         q, k = tape.new(q.numel, q.rg), tape.new(k.numel, k.rg)
     if s.n_kv_heads != s.n_heads:  # repeat_kv materializes the K and V of every query head
         k, v = tape.new(b * n * h * hd, k.rg), tape.new(b * n * h * hd, v.rg)
     scores = tape.matmul(q, k, b * h * t * keys * hd, b * h * t * keys)  # (B, h, T, N)
+    if s.family == "t5":  # + position bias (and mask): one (B, h, T, N) tensor per stack
+        stack = "dec" if i >= s.n_layers else "enc"
+        bias = tape.shared.get(("t5-bias", stack, bool(kv)))
+        if bias is None:
+            bias = tape.shared[("t5-bias", stack, bool(kv))] = tape.const(b * h * t * keys)
+        scores = tape.add(scores, bias)
+    else:
+        scores = tape.pointwise(scores)  # * 1/sqrt(head_dim): a new map
+        if causal:  # eager decoders add a (B, 1, T, N) float mask made once per forward
+            mask = tape.shared.get(("mask", b * t * keys))
+            if mask is None:
+                mask = tape.shared[("mask", b * t * keys)] = tape.const(b * t * keys)
+            scores = tape.add(scores, mask)
     p = tape.softmax(scores, b * h * t)
     ctx = tape.matmul(p, v, b * h * t * keys * hd, rows * s.q_width, copy_a=False)  # (B, T, h*hd)
+    tape.keep(ctx, q, k)  # q and k are locals of the attention function until it returns
     return tape.linear(ctx, rows, s.q_width, s.d_model, t_out, s.bias)
 
 
@@ -146,14 +169,23 @@ def _block(
         x = tape.norm(tape.add(_attention(s, tape, tr, i, x, b, t), x), rows, s.norm, tn)
         return tape.norm(tape.add(_ffn(s, tape, tr, i, x, rows), x), rows, s.norm, tn)
     # pre-norm: x + f(norm(x))
-    x = tape.add(x, _attention(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), b, t))
+    causal = s.kind == DECODER
+    x = tape.add(x, _attention(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), b, t, None, causal))
     if enc is not None:
         x = tape.add(x, _attention(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), b, t, enc))
     return tape.add(x, _ffn(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), rows))
 
 
 def _head(
-    s: ModelShape, tape: Tape, x: Node, rows: int, b: int, inp: Inputs, trains: bool
+    s: ModelShape,
+    tape: Tape,
+    x: Node,
+    rows: int,
+    b: int,
+    inp: Inputs,
+    trains: bool,
+    tied_trains: bool,
+    emb_trains: bool,
 ) -> None:
     d = s.d_model
     th = Train(1.0, True) if trains else FROZEN
@@ -165,8 +197,11 @@ def _head(
             x = tape.norm(x, rows, s.norm, th)
         elif s.kind == ENCODER_DECODER and s.tied:  # T5 rescales by d^-1/2: a new tensor
             x = tape.new(x.numel, x.rg)
-        logits = tape.linear(x, rows, s.emb_width, s.vocab, th, s.kind == ENCODER)
-        if s.tied and trains:  # the decoder weight is the embedding table, counted there
+        t_dec = th
+        if s.tied and trains and not tied_trains:  # the shared matrix stays frozen
+            t_dec = Train(0.0, True)
+        logits = tape.linear(x, rows, s.emb_width, s.vocab, t_dec, s.kind == ENCODER)
+        if s.tied and t_dec.weight > 0 and emb_trains:  # one matrix, counted at the embeddings
             tape.seg.trained_params -= s.vocab * s.emb_width
         tape.cross_entropy(logits, rows)
         return
@@ -182,14 +217,9 @@ def _head(
     # first token: a view that keeps the whole (B, T, d) storage alive when saved
     first = Node(x.numel, x.nbytes_el, x.rg, x.storage)
     y = tape.linear(first, b, d, d, th, True)  # pooler / pre_classifier / dense
-    y = tape.act(y, "relu") if s.family == "distilbert" else _tanh(tape, y)
+    y = tape.act(y, "relu" if s.family == "distilbert" else "tanh")
     logits = tape.linear(y, b, d, c, th, True)
     tape.cross_entropy(logits, b)
-
-
-def _tanh(tape: Tape, x: Node) -> Node:
-    y = tape.act(x, "relu")  # tanh saves its output, like relu
-    return y
 
 
 __all__ = ["DECODER", "ENCODER", "ENCODER_DECODER", "Inputs", "Trainability", "record"]

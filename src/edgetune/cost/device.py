@@ -7,7 +7,7 @@ peak FLOP/s and bandwidth from `edgetune bench hardware`, cached in
 `<cache_dir>/this-machine.json`. A number nobody measured or published stays unknown (None).
 
 Latency of a step (roofline): max(FLOPs / (peak x efficiency), bytes moved / (bandwidth x
-efficiency)). A step fits when the predicted memory total is at most the device's memory.
+efficiency)). A step fits when its predicted peak memory is at most the device's memory.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def load_device(name: str) -> Device:
     where = f"device profile {name}"
     if raw.get("measured"):
         return _this_machine(name, raw)
-    peaks = {k: _sourced(v, f"{where} peak_flops.{k}") for k, v in raw.get("peak_flops", {}).items()}
+    peaks = {
+        k: _sourced(v, f"{where} peak_flops.{k}") for k, v in raw.get("peak_flops", {}).items()
+    }
     return Device(
         name, raw.get("title", name), raw.get("kind", ""), _sourced(raw.get("memory"), where),
         peaks, _sourced(raw.get("bandwidth"), where), _sourced(raw.get("power"), where),
@@ -172,7 +174,7 @@ def roofline(
     compute = c.flops / (peak * efficiency) if peak else None
     bw = dev.bandwidth.value if dev.bandwidth else None
     memory = bytes_moved(c, passes(c.method)) / (bw * efficiency) if bw else None
-    fits = c.memory.total <= dev.memory.value if dev.memory else None
+    fits = c.memory.peak <= dev.memory.value if dev.memory else None
     return Roofline(compute, memory, fits)
 
 

@@ -14,7 +14,11 @@ grad (it does when a trained parameter lies upstream of it), and the storage it 
 
 Matrix products are counted as MACs (one multiply-accumulate = 2 FLOPs), the unit of
 `torch.utils.flop_counter`; element-wise work (norms, softmax, activations) is counted apart in
-`elementwise` FLOPs, which the flop counter ignores.
+`fwd_elementwise` / `bwd_elementwise` FLOPs, which the flop counter ignores.
+
+Every op is also kept as an `Event`, so that `Tape.peak_bytes` can replay the step and find its
+memory high-water mark (tensor lifetimes in the forward, frees and gradient buffers in the
+backward).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from dataclasses import dataclass, field
 
 _ids = itertools.count()
 
-ACT_SAVES = {"gelu": 1, "gelu_pytorch_tanh": 1, "silu": 1, "relu": 1, "gelu_new": 4}
-ACT_FLOPS = {"gelu": 8, "gelu_pytorch_tanh": 8, "silu": 4, "relu": 1, "gelu_new": 9}
+# tensors of the input's size an activation saves, and its forward FLOPs per element
+ACT_SAVES = {"gelu": 1, "gelu_pytorch_tanh": 1, "silu": 1, "relu": 1, "tanh": 1, "gelu_new": 4}
+ACT_FLOPS = {"gelu": 8, "gelu_pytorch_tanh": 8, "silu": 4, "relu": 1, "tanh": 4, "gelu_new": 9}
+SAVES_OUTPUT = ("relu", "tanh")  # their backward needs the output, not the input
 
 
 @dataclass
@@ -40,6 +46,20 @@ class Node:
     @property
     def nbytes(self) -> float:
         return self.numel * self.nbytes_el
+
+
+@dataclass
+class Event:
+    """One recorded op: its output storage, inputs, what it saved and what trains in it."""
+
+    out: int
+    out_bytes: float
+    out_rg: bool
+    inputs: list[tuple[int, float]]
+    grad_in: float  # bytes of the input gradients its backward forms
+    params: float  # trained parameters whose gradient its backward forms
+    saved: list[tuple[int, float]]
+    segment: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,9 +115,14 @@ class Tape:
         self.seg = self.begin("start")
         self._global: set[int] = set()
         self.shared: dict = {}  # tensors made once per forward and read by every block
+        self.last_trained_out = 0.0  # output bytes of the last trained linear recorded
+        self.events: list[Event] = []  # every op in forward order, for the peak replay
+        self._pending_saved: list[tuple[int, float]] = []
+        self._params_at_op = 0.0
 
     # -- bookkeeping ------------------------------------------------------------------------
     def begin(self, name: str) -> Segment:
+        self._params_at_op = 0.0
         self.seg = Segment(name)
         self.segments.append(self.seg)
         return self.seg
@@ -113,6 +138,7 @@ class Tape:
             return
         self._global.add(node.storage)
         self.seg.saved[node.storage] = node.nbytes
+        self._pending_saved.append((node.storage, node.nbytes))
 
     def _op(self, out: Node, *inputs: Node, flops: float = 0.0) -> None:
         self.seg.fwd_elementwise += flops
@@ -120,6 +146,72 @@ class Tape:
             self.seg.bwd_elementwise += 2 * flops
         work = out.nbytes + sum(i.nbytes for i in inputs)
         self.seg.peak_op_bytes = max(self.seg.peak_op_bytes, work)
+        params = self.seg.trained_params - self._params_at_op
+        self._params_at_op = self.seg.trained_params
+        self.events.append(Event(
+            out.storage, out.nbytes, out.rg, [(n.storage, n.nbytes) for n in inputs],
+            sum(n.nbytes for n in inputs if n.rg) if out.rg else 0.0, params,
+            self._pending_saved, self.seg.name,
+        ))  # fmt: skip
+        self._pending_saved = []
+
+    def peak_bytes(
+        self, grad_bytes: float, no_grad: bool = False, stop_at: str | None = None
+    ) -> tuple[float, float, float]:
+        """Activation-side peaks of one step, by replaying the ops: (forward, backward).
+
+        Forward: a tensor lives from the op that makes it to its last use, or, if autograd
+        saved it, to the backward (`no_grad`: nothing is saved, an inference forward); the
+        peak is the largest sum of live bytes at any op. Backward, ops in reverse: the
+        activations still saved, the parameter gradients formed so far, and the op's output
+        gradient and input gradients; an op's saved tensors are freed once it has run (a
+        storage belongs to the first op that saved it, which runs last in the backward).
+        `stop_at`: a forward that ends where that segment begins (PEPITA's modulated passes
+        stop before the head). Returns (forward peak, backward peak, largest backward
+        transient: one op's output and input gradients)."""
+        last_use: dict[int, int] = {}
+        for i, e in enumerate(self.events):
+            for sid, _ in e.inputs:
+                last_use[sid] = i
+        live: dict[int, float] = {}
+        saved: dict[int, float] = {}
+        live_total = extra = fwd = 0.0  # extra: saved bytes not in `live`
+
+        def drop(sid: int) -> None:
+            nonlocal live_total, extra
+            v = live.pop(sid, None)
+            if v is not None:
+                live_total -= v
+                extra += v if sid in saved else 0.0
+
+        for i, e in enumerate(self.events):
+            if stop_at is not None and e.segment == stop_at:
+                break
+            for sid, v in [] if no_grad else e.saved:
+                if sid not in saved:
+                    saved[sid] = v
+                    extra += 0.0 if sid in live else v
+            if e.out not in live:
+                live[e.out] = e.out_bytes
+                live_total += e.out_bytes
+                extra -= e.out_bytes if e.out in saved else 0.0
+            fwd = max(fwd, live_total + extra)
+            for sid, _ in e.inputs:
+                if last_use.get(sid) == i:
+                    drop(sid)
+            if last_use.get(e.out, -1) <= i:  # never read again (the loss, a dropped view)
+                drop(e.out)
+        if no_grad:
+            return fwd, 0.0, 0.0
+        remaining = sum(saved.values())
+        bwd = grads = transient = 0.0
+        for e in reversed(self.events):
+            if e.out_rg:
+                transient = max(transient, e.out_bytes + e.grad_in)
+                bwd = max(bwd, remaining + grads + e.out_bytes + e.grad_in)
+            grads += e.params * grad_bytes
+            remaining -= sum(v for _, v in e.saved)
+        return fwd, bwd, transient
 
     # -- ops --------------------------------------------------------------------------------
     def linear(self, x: Node, rows: int, d_in: int, d_out: int, t: Train, bias: bool) -> Node:
@@ -140,6 +232,7 @@ class Tape:
         y = self.new(rows * d_out, x.rg or t.weight > 0 or (t.bias and bias) or t.lora_rank > 0)
         if t.weight > 0 or (t.bias and bias):
             s.trained_out_bytes += y.nbytes
+            self.last_trained_out = y.nbytes
         if t.lora_rank:  # y += B(A x): A (r, d_in), B (d_out, r) train; x and A x are saved
             r = t.lora_rank
             lmacs = rows * r * (d_in + d_out)
@@ -155,7 +248,13 @@ class Tape:
         return y
 
     def matmul(
-        self, a: Node, b: Node, macs: float, out_numel: int, copy_a: bool = True, copy_b: bool = True
+        self,
+        a: Node,
+        b: Node,
+        macs: float,
+        out_numel: int,
+        copy_a: bool = True,
+        copy_b: bool = True,
     ) -> Node:
         """A product of two activations (attention scores, attention-weighted values). bmm
         saves each operand when the other needs a gradient; a non-contiguous operand is saved
@@ -184,11 +283,11 @@ class Tape:
         return y
 
     def act(self, x: Node, kind: str) -> Node:
-        """Activation: relu saves its output, gelu/silu their input, the Python gelu_new of
-        transformers saves four tensors of the input's size (x, tanh, x/2, 1 + tanh)."""
+        """Activation: relu and tanh save their output, gelu/silu their input, the Python
+        gelu_new of transformers saves four tensors of the input's size (x, tanh, x/2, 1+tanh)."""
         y = self.new(x.numel, x.rg)
         if x.rg:
-            if kind == "relu":
+            if kind in SAVES_OUTPUT:
                 self.save(y)
             else:
                 self.save(x)
@@ -241,6 +340,24 @@ class Tape:
         y = self.new(rows * width, trained)
         self._op(y)
         return y
+
+    def const(self, numel: int) -> Node:
+        """A tensor made once without gradient (an attention mask, T5's position bias)."""
+        y = self.new(numel)
+        self._op(y)
+        return y
+
+    def pointwise(self, x: Node, flops_per_el: float = 1.0) -> Node:
+        """A new tensor of x's size by an element-wise op that saves nothing (x * scale)."""
+        y = self.new(x.numel, x.rg)
+        self._op(y, x, flops=flops_per_el * x.numel)
+        return y
+
+    def keep(self, y: Node, *alive: Node) -> None:
+        """`alive` stay referenced until `y` exists (Python locals such as q and k inside an
+        attention function): extends their life in the peak replay, computes nothing."""
+        ins = [(n.storage, n.nbytes) for n in alive]
+        self.events.append(Event(y.storage, y.nbytes, False, ins, 0.0, 0.0, [], self.seg.name))
 
     def add(self, a: Node, b: Node) -> Node:
         """Residual or embedding sum: saves nothing."""

@@ -7,15 +7,18 @@ Methods (one name each, as everywhere in edgetune):
               the lowest trained layer; weight-gradient MACs scale with `weight_fraction`;
               bias-only units save no input activations.
 - `pepita`    two forwards (clean, then input modulated by F e) and a local update per trained
-              weight; keeps the clean pass's outputs of the trained linears for the update.
+              weight; keeps the clean pass's outputs of the trained linears for the update
+              (all but the last linear, whose update dW = e^T h' uses the error e).
 - `mempepita` PEPITA that recomputes the clean activations: three forwards; keeps only one
               layer's working set (clean and modulated together) at a time.
 - `mezo`      zeroth-order SPSA: two forwards per step, inference memory, no gradients.
 - `lora`      rank-r adapters on chosen linears; the base model is frozen.
 
-Memory components: weights, gradients, optimizer state, activations (kept across the step) and
-workspace (the largest one-op working set of a forward, on top). `total` is their sum, an upper
-bound on the peak (gradients and saved activations do not all coexist in practice).
+Memory components: weights, gradients, optimizer state, activations (kept across the step:
+saved for backward, or PEPITA's clean outputs) and workspace (transient tensors on top: the live
+tensors of a forward, the gradient buffers of a backward). `total` is their sum, an upper bound;
+`peak` is the high-water mark from replaying the step's ops (for backprop, sparse and LoRA
+gradients and saved activations do not all coexist; for the forward-only rules peak = total).
 """
 
 from __future__ import annotations
@@ -58,15 +61,23 @@ class Precision:
 
 @dataclass(frozen=True)
 class Memory:
+    """Bytes by component. `total` adds them all (an upper bound); `peak` is the estimated
+    high-water mark of the step (see `Tape.peak_bytes`), what a device must hold."""
+
     weights: float
     gradients: float
     optimizer: float
     activations: float
     workspace: float
+    peak_estimate: float | None = None
 
     @property
     def total(self) -> float:
         return self.weights + self.gradients + self.optimizer + self.activations + self.workspace
+
+    @property
+    def peak(self) -> float:
+        return self.total if self.peak_estimate is None else self.peak_estimate
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,8 @@ class StepCost:
     fwd_macs: float
     bwd_macs: float
     update_macs: float
-    elementwise_flops: float
+    fwd_elementwise: float
+    bwd_elementwise: float
     memory: Memory
     params: int
     trained_params: float
@@ -93,9 +105,18 @@ class StepCost:
         return self.fwd_macs + self.bwd_macs + self.update_macs
 
     @property
+    def fwd_flops(self) -> float:
+        """Forward FLOPs: 2 per MAC plus element-wise work (norms, softmax, activations, loss)."""
+        return 2 * self.fwd_macs + self.fwd_elementwise
+
+    @property
+    def bwd_flops(self) -> float:
+        return 2 * self.bwd_macs + self.bwd_elementwise
+
+    @property
     def flops(self) -> float:
-        """2 FLOPs per MAC plus element-wise work (norms, softmax, activations, loss)."""
-        return 2 * self.macs + self.elementwise_flops
+        """All FLOPs of the step: forward, backward and local updates."""
+        return self.fwd_flops + self.bwd_flops + 2 * self.update_macs
 
 
 def _unit(role: str) -> str:
@@ -107,9 +128,10 @@ def _trainability(
     method: str, head: str, scheme: UpdateScheme | None, lora_rank: int, lora_units
 ) -> Trainability:
     if method == "backprop":
-        return Trainability(lambda u, i: FULL, True, True)
+        return Trainability(lambda u, i: FULL, True, True, tied_head=True)
     if method in ("pepita", "mempepita"):  # linears and head learn; embeddings, norms do not
-        return Trainability(lambda u, i: FROZEN if u == "norm" else FULL, False, True)
+        # the output layer learns (dW_L = e^T h'); a tied one is the embedding matrix
+        return Trainability(lambda u, i: FROZEN if u == "norm" else FULL, False, True, True)
     if method == "mezo":  # perturbs every weight, but never needs a gradient
         return Trainability(lambda u, i: FROZEN, False, False)
     if method == "lora":
@@ -151,7 +173,9 @@ def step_cost(
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if optimizer not in OPTIMIZER_STATES:
-        raise EdgetuneError(f"unknown optimizer {optimizer!r}; choose {', '.join(OPTIMIZER_STATES)}")
+        raise EdgetuneError(
+            f"unknown optimizer {optimizer!r}; choose {', '.join(OPTIMIZER_STATES)}"
+        )
     p = precision or Precision()
     act = p.nbytes("activations")
     inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels)
@@ -163,7 +187,7 @@ def step_cost(
     bwd = sum(g.bwd_input_macs + g.bwd_weight_macs for g in segs)
     elem_f = sum(g.fwd_elementwise for g in segs)
     elem_b = sum(g.bwd_elementwise for g in segs)
-    work = max(g.peak_op_bytes for g in segs)
+    g_bytes = p.nbytes("grads")
     trained = sum(g.trained_params for g in segs)
     params = n_params(s, head, n_labels)
     if method == "lora":
@@ -172,18 +196,26 @@ def step_cost(
     opt_states = OPTIMIZER_STATES[optimizer]
     e_rows = batch * (inp.tgt_seq or seq) if head == "lm" else batch
     e_width = s.vocab if head == "lm" else n_labels
+    opt = trained * opt_states * p.nbytes("optimizer")
     if method in ("backprop", "sparse", "lora"):
-        grads = trained * p.nbytes("grads")
+        grads = trained * g_bytes
         acts = sum(g.saved_bytes for g in segs)
+        fwd_peak, bwd_peak, bwd_transient = tape.peak_bytes(g_bytes)
+        # transient beyond saved activations and gradients: the forward's live tensors, one
+        # backward op's gradient buffers; the peak holds weights, optimizer state and the
+        # largest phase (gradients and saved activations never all coexist)
+        work = max(fwd_peak - acts, bwd_transient)
+        peak = w + opt + max(fwd_peak, bwd_peak, grads)
         return StepCost(
-            method, s.name, batch, seq, inp.tgt_seq, fwd, bwd, 0.0, elem_f + elem_b,
-            Memory(w, grads, trained * opt_states * p.nbytes("optimizer"), acts, work),
-            params, trained,
+            method, s.name, batch, seq, inp.tgt_seq, fwd, bwd, 0.0, elem_f, elem_b,
+            Memory(w, grads, opt, acts, work, peak), params, trained,
         )  # fmt: skip
+    work = tape.peak_bytes(g_bytes, no_grad=True)[0]  # live tensors of an inference forward
     if method == "mezo":  # two forwards, perturbation/update passes over the weights
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, 2 * fwd, 0.0, 0.0,
-            2 * elem_f + 4 * params, Memory(w, 0.0, 0.0, 0.0, work), params, float(params),
+            2 * elem_f + 4 * params, 0.0,  # + perturb (x3) and update passes over the weights
+            Memory(w, 0.0, 0.0, 0.0, work), params, float(params),
         )  # fmt: skip
     # PEPITA family: F e projects the output error (rows, width) to the input width
     proj = e_rows * e_width * s.emb_width
@@ -192,15 +224,17 @@ def step_cost(
     layer_params = max(g.max_linear_params for g in segs)
     err = e_rows * e_width * act  # e kept for the modulation and the last layer's update
     if method == "pepita":
-        kept = sum(g.trained_out_bytes for g in segs) + err
+        # clean outputs h_l of every trained linear; the last one's update uses e instead
+        kept = sum(g.trained_out_bytes for g in segs) - tape.last_trained_out + err
         n_fwd, workspace = 2, work
     else:  # mempepita: one layer's clean and modulated working set, nothing across layers
         kept = err
-        n_fwd, workspace = 3, 2 * work
+        # the clean pass runs alone through the head (for e); the concatenated clean and
+        # modulated passes stop at the last block (the last update uses e, not logits)
+        blocks = tape.peak_bytes(g_bytes, no_grad=True, stop_at="head")[0]
+        n_fwd, workspace = 3, max(work, 2 * blocks)
     return StepCost(
         method, s.name, batch, seq, inp.tgt_seq, n_fwd * fwd, 0.0, update,
-        n_fwd * elem_f, Memory(
-            w, layer_params * p.nbytes("grads"),
-            trained * opt_states * p.nbytes("optimizer"), kept, workspace,
-        ), params, trained,
+        n_fwd * elem_f, 0.0, Memory(w, layer_params * g_bytes, opt, kept, workspace),
+        params, trained,
     )  # fmt: skip

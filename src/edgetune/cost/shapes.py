@@ -162,9 +162,24 @@ NAMED_SHAPES: dict[str, ModelShape] = {
     # layers, d_model 4096, 32 heads, d_ff 16384, vocabulary 150k. Pre-LN, GeLU, learned
     # positions are not stated in the table; Pau & Aymone 2024 use the same numbers.
     "alexatm-20b": ModelShape(
-        "alexatm-20b", "custom", ENCODER_DECODER, 150_000, 4096, 46, 32, 32, 128, 16384,
-        n_dec_layers=32, act="gelu", norm="layernorm", bias=True, tied=True, emb_norm=False,
-        final_norm=True, source="Soltan et al. 2022, arXiv:2208.01448, table 1",
+        "alexatm-20b",
+        "custom",
+        ENCODER_DECODER,
+        150_000,
+        4096,
+        46,
+        32,
+        32,
+        128,
+        16384,
+        n_dec_layers=32,
+        act="gelu",
+        norm="layernorm",
+        bias=True,
+        tied=True,
+        emb_norm=False,
+        final_norm=True,
+        source="Soltan et al. 2022, arXiv:2208.01448, table 1",
     ),  # fmt: skip
     # The seed paper's DistilBERT and GPT-3 Small (its d_model of 784 for GPT-3 Small is
     # a typo in its code; Brown et al. 2020 table 2.1 gives 768).

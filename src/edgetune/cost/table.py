@@ -23,7 +23,7 @@ class Row:
     latency_s: float | None
     bound: str
     macs_vs_backprop: float | None  # relative change, e.g. -0.3 = 30 % fewer
-    memory_vs_backprop: float | None
+    memory_vs_backprop: float | None  # of the peak
 
     def to_dict(self) -> dict:
         c, m = self.cost, self.cost.memory
@@ -34,7 +34,12 @@ class Row:
             "seq": c.seq,
             "tgt_seq": c.tgt_seq,
             "macs": c.macs,
+            "fwd_macs": c.fwd_macs,
+            "bwd_macs": c.bwd_macs,
+            "update_macs": c.update_macs,
             "flops": c.flops,
+            "fwd_flops": c.fwd_flops,
+            "bwd_flops": c.bwd_flops,
             "params": c.params,
             "trained_params": c.trained_params,
             "memory_bytes": {
@@ -44,6 +49,7 @@ class Row:
                 "activations": m.activations,
                 "workspace": m.workspace,
                 "total": m.total,
+                "peak": m.peak,
             },
             "device": self.device,
             "fits": self.fits,
@@ -71,7 +77,9 @@ def cost_rows(
     for m in methods:
         if m not in METHODS:
             raise EdgetuneError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-    prec = Precision.uniform(dtype) if dtype != "mixed" else Precision("bf16", "bf16", "fp32", "bf16")
+    prec = (
+        Precision.uniform(dtype) if dtype != "mixed" else Precision("bf16", "bf16", "fp32", "bf16")
+    )
     rows = []
     for seq in seqs:
         kw = dict(batch=batch, seq=seq, tgt_seq=tgt_seq, head=head, precision=prec,
@@ -86,18 +94,20 @@ def cost_rows(
                 fits, latency, bound = r.fits, r.latency_s, r.bound
             rows.append(Row(
                 c, device.name if device else None, fits, latency, bound,
-                c.macs / ref.macs - 1, c.memory.total / ref.memory.total - 1,
+                c.macs / ref.macs - 1, c.memory.peak / ref.memory.peak - 1,
             ))  # fmt: skip
     return rows
 
 
 def human(n: float | None, unit: str = "", base: int = 1000) -> str:
-    """1.23G, 45.6M ... (base 1024 for bytes)."""
+    """1.23G, 45.6M ...; base 1024 gives binary prefixes (KiB, MiB, GiB)."""
     if n is None:
         return "?"
     for p in ("", "K", "M", "G", "T", "P"):
-        if abs(n) < base or p == "P":
-            return f"{n:.3g}{p}{unit}" if p else f"{n:.0f}{unit}"
+        if abs(n) < 1000 or p == "P":
+            if not p:
+                return f"{n:.0f}{unit}"
+            return f"{n:.3g}{p}{'i' if base == 1024 else ''}{unit}"
         n /= base
     return f"{n}"
 

@@ -3,8 +3,9 @@
 `torch.utils.flop_counter.FlopCounterMode` counts matrix products (mm, addmm, bmm, baddbmm,
 convolutions, scaled-dot-product attention kernels) at 2 FLOPs per multiply-accumulate. It does
 not count element-wise work: softmax, norms, activations, residual adds, the loss, embedding
-lookups and optimizer updates. `edgetune.cost` reports those apart (`elementwise_flops`), so
-compare the counter with the cost model's `2 * macs`.
+lookups and optimizer updates. `edgetune.cost` adds its own estimate of those to `flops`
+(`fwd_elementwise`, `bwd_elementwise`), so compare the counter with the cost model's
+`2 * fwd_macs` and `2 * bwd_macs`.
 """
 
 from __future__ import annotations

@@ -112,6 +112,21 @@ def plan_parameters(plan: ModulePlan) -> list[tuple[str, nn.Parameter]]:
     return out
 
 
+def load_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy whole tensors into parameters by name; tied parameters answer to every name."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, value in state.items():
+        if name not in params:
+            raise EdgetuneError(f"checkpoint tensor {name!r} does not exist in this model")
+        if params[name].shape != value.shape:
+            raise EdgetuneError(
+                f"checkpoint tensor {name!r} has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(params[name].shape)}"
+            )
+        with torch.no_grad():
+            params[name].copy_(value)
+
+
 def freeze_all(model: nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
@@ -140,8 +155,13 @@ def merge_trainable_state(
     full: Mapping[str, torch.Tensor], partial: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """A copy of the full state dict `full` with the tensors of `partial` written in, row keys
-    into their rows: how a server or checkpoint reader rebuilds whole parameters."""
-    merged = {k: v.clone() for k, v in full.items()}
+    into their rows: how a server or checkpoint reader rebuilds whole parameters. Entries of
+    `full` that share memory (tied weights) share it in the copy too."""
+    clones: dict[tuple[int, int], torch.Tensor] = {}  # tied tensors stay tied in the copy
+    merged = {}
+    for k, v in full.items():
+        ref = (v.untyped_storage().data_ptr(), v.storage_offset())
+        merged[k] = clones.setdefault(ref, v.clone())
     for key, value in partial.items():
         name, index = parse_key(key)
         if name not in merged:

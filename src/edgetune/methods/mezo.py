@@ -26,7 +26,8 @@ MeZO up a lot); for a causal LM, classify through label words of the LM head
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from edgetune.models.anatomy import describe, is_conv1d
 from edgetune.plan.scheme import UpdateScheme
 
 _MASK = (1 << 64) - 1
+CHUNK = 1 << 18  # elements of z generated at a time (1 MB in fp32)
 
 
 def mix_seed(a: int, b: int) -> int:
@@ -106,9 +108,7 @@ class Mezo:
         freeze_all(model)  # no autograd anywhere
         ids = {id(t.param) for t in self.tensors}
         self._owners = [
-            m
-            for m in model.modules()
-            if any(id(p) in ids for p in m._parameters.values() if p is not None)
+            m for m in model.modules() if any(id(p) in ids for p in m.parameters(recurse=False))
         ]
         self.steps = 0
         self.history: list[tuple[int, float]] = []
@@ -133,12 +133,26 @@ class Mezo:
         return out
 
     # -- z and perturbations ------------------------------------------------------------------
-    def z(self, seed: int, i: int) -> torch.Tensor:
-        """The direction for trainable tensor i at step seed `seed` (regenerated, not stored)."""
+    def chunks(self, seed: int, i: int) -> Iterator[tuple[slice, torch.Tensor]]:
+        """z for trainable tensor i at step seed `seed`, as (rows, z[rows]) chunks of at most
+        CHUNK elements along dim 0; chunk j draws from its own generator seeded with
+        mix_seed(mix_seed(seed, i), j), so z is regenerated piece by piece, never whole."""
         t = self.tensors[i]
-        g = torch.Generator(device=t.param.device).manual_seed(mix_seed(seed, i))
         shape = t.view().shape
-        return torch.randn(shape, generator=g, device=t.param.device).to(t.param.dtype)
+        row = max(1, math.prod(shape[1:]))
+        step = max(1, CHUNK // row) if shape else 1
+        base = mix_seed(seed, i)
+        for j, start in enumerate(range(0, shape[0] if shape else 1, step)):
+            rows = slice(start, min(start + step, shape[0])) if shape else slice(None)
+            g = torch.Generator(device=t.param.device).manual_seed(mix_seed(base, j))
+            n = (rows.stop - rows.start,) if shape else ()
+            z = torch.randn(n + tuple(shape[1:]), generator=g, device=t.param.device)
+            yield rows, z.to(t.param.dtype)
+
+    def z(self, seed: int, i: int) -> torch.Tensor:
+        """The whole direction for trainable tensor i (for tests and federated replays)."""
+        parts = [z for _, z in self.chunks(seed, i)]
+        return torch.cat(parts) if parts[0].ndim else parts[0]
 
     @contextmanager
     def perturbed(self, seed: int, scale: float):
@@ -148,23 +162,22 @@ class Mezo:
         swapped: dict[int, tuple[torch.Tensor, int]] = {}  # param id -> (original, owner id)
 
         def pre(module: nn.Module, _args) -> None:
-            for p in module._parameters.values():
-                if p is None or id(p) not in by_param or id(p) in swapped:
+            for p in module.parameters(recurse=False):
+                if id(p) not in by_param or id(p) in swapped:
                     continue
                 i = by_param[id(p)]
                 t = self.tensors[i]
                 original = p.data
-                if t.index is None:
-                    new = torch.add(original, self.z(seed, i), alpha=scale)
-                else:
-                    new = original.clone()
-                    new[t.index] = torch.add(original[t.index], self.z(seed, i), alpha=scale)
+                new = original.clone()
+                part = new if t.index is None else new[t.index]
+                for rows, z in self.chunks(seed, i):
+                    part[rows].add_(z, alpha=scale)
                 swapped[id(p)] = (original, id(module))
                 p.data = new
 
         def post(module: nn.Module, _args, _out) -> None:
-            for p in module._parameters.values():
-                if p is not None and swapped.get(id(p), (None, None))[1] == id(module):
+            for p in module.parameters(recurse=False):
+                if swapped.get(id(p), (None, None))[1] == id(module):
                     p.data = swapped.pop(id(p))[0]
 
         handles = [m.register_forward_pre_hook(pre) for m in self._owners]
@@ -183,9 +196,11 @@ class Mezo:
         """theta <- theta - lr (g z(seed) + wd theta): one step's update from its (seed, g)."""
         with torch.no_grad():
             for i, t in enumerate(self.tensors):
-                view = t.view()
                 wd = weight_decay if t.param.ndim >= 2 else 0.0
-                view.sub_(lr * (projected_grad * self.z(seed, i) + wd * view))
+                view = t.view()
+                for rows, z in self.chunks(seed, i):
+                    v = view[rows]
+                    v.sub_(lr * (projected_grad * z + wd * v))
 
     # -- protocol -------------------------------------------------------------------------
     def step(self, batches: Sequence[Batch]) -> StepResult:

@@ -33,11 +33,11 @@ from edgetune.methods.base import (
     MethodSettings,
     StepResult,
     check_finite,
-    load_named,
 )
 from edgetune.methods.common import (
     ParamSteppers,
     freeze_all,
+    load_parameters,
     parse_options,
     sgd_factory,
     shared_parameters,
@@ -97,6 +97,8 @@ class Pepita:
 
         d = model.get_input_embeddings().weight.shape[1]
         n_out = model.config.num_labels if anatomy.task == "classify" else model.config.vocab_size
+        if isinstance(getattr(model, "word_ids", None), torch.Tensor):  # LabelWords
+            n_out = len(model.word_ids)
         self.feedback = feedback_matrix(d, n_out, self.options.feedback_scale, settings.seed)
         causal, classify = anatomy.causal, anatomy.task == "classify"
         enc_dec = anatomy.family == "t5"
@@ -170,7 +172,7 @@ class Pepita:
         }
 
     def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_named(self.model, state)
+        load_parameters(self.model, state)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steppers": self.steppers.state_dict()}

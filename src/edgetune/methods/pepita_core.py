@@ -119,12 +119,12 @@ class PepitaCore:
             logits = self.run(run_batch)
             if self.lockstep:
                 logits = logits[self._rows :]
-            self.loss(logits, batch).backward()
+            if logits.requires_grad:  # False only without output layers
+                self.loss(logits, batch).backward()
         for module, leaf, a in self._leaves:  # last layer: e'^T a' / N from the leaf's grad
-            g = leaf.grad
-            if self.lockstep:
-                g = g[self._rows :]
-            self._add(module, g.flatten(0, -2).t().to(a.dtype) @ a.flatten(0, -2), g)
+            g = leaf.grad  # (rows, out): dL'/d(output), zero where the loss does not look
+            g = g.flatten(0, -2)
+            self._add(module, g.t().to(a.dtype) @ a.flatten(0, -2), g.sum(0))
             if on_ready is not None:
                 on_ready(module)
         self._leaves, self._stored, self._modulation = [], {}, None
@@ -157,7 +157,7 @@ class PepitaCore:
             if m.ndim == 3 and (not per_token or m.shape[1] != out.shape[1]):
                 valid = self._valid.unsqueeze(-1).to(m.dtype)  # mean over scored tokens
                 m = (m * valid).sum(1) / valid.sum(1).clamp(min=1)
-            if m.ndim == 2:
+            while m.ndim < out.ndim:
                 m = m.unsqueeze(1)  # broadcast over positions
             m = m.to(out.dtype)
             if self.lockstep:
@@ -181,24 +181,31 @@ class PepitaCore:
             else:
                 h, h_mod, a_mod = self._stored[name].pop(0), out, a
             d = (h - h_mod).flatten(0, -2)  # (r, out)
-            self._add(module, d.t() @ a_mod.flatten(0, -2) / d.shape[0], d / d.shape[0])
+            r = d.shape[0]
+            self._add(module, d.t() @ a_mod.flatten(0, -2) / r, d.sum(0) / r)
             if mode == "lockstep" and self._on_ready is not None and self.calls[name] == 1:
                 self._on_ready(module)
 
         return hook
 
     def _output_hook(self, module: nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
-        leaf = out.detach().requires_grad_(True)
-        a = inp[0].detach()
-        self._leaves.append((module, leaf, a[self._rows :] if self.lockstep else a))
-        return leaf
+        # the output layer's (modulated) output becomes the one leaf of a graph to the loss
+        a, out = inp[0].detach(), out.detach()
+        if not self.lockstep:
+            leaf = out.requires_grad_(True)
+            self._leaves.append((module, leaf, a))
+            return leaf
+        b = self._rows  # lockstep: only the modulated half needs a gradient
+        leaf = out[b:].requires_grad_(True)
+        self._leaves.append((module, leaf, a[b:]))
+        return torch.cat([out[:b], leaf], 0)
 
-    def _add(self, module: nn.Module, dw: torch.Tensor, d_rows: torch.Tensor) -> None:
+    def _add(self, module: nn.Module, dw: torch.Tensor, db: torch.Tensor) -> None:
         """p.grad += scale * update, in the parameter's own layout (Conv1D is (in, out))."""
         dw = dw.t() if is_conv1d(module) else dw
         updates = [(module.weight, dw)]
         if getattr(module, "bias", None) is not None:
-            updates.append((module.bias, d_rows.flatten(0, -2).sum(0)))
+            updates.append((module.bias, db))
         for p, u in updates:
             u = (u * self._scale).to(p.dtype)
             if p.grad is None:

@@ -216,7 +216,7 @@ class Sparse:
         return state
 
     def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        params = dict(self.model.named_parameters())
+        params = dict(self.model.named_parameters(remove_duplicate=False))
         for key, value in state.items():
             name, index = parse_key(key)
             module = name.rpartition(".")[0]

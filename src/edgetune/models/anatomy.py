@@ -233,8 +233,11 @@ def describe(model: nn.Module) -> Anatomy:
         and any(True for _ in m.parameters(recurse=False))
     )
 
-    classify = type(model).__name__.endswith("ForSequenceClassification")
-    n_out = model.config.num_labels if classify else model.config.vocab_size
+    # a causal LM scored on label words (edgetune.methods.label_words) classifies through
+    # its LM head
+    label_words = isinstance(getattr(model, "word_ids", None), torch.Tensor)
+    classify = type(model).__name__.endswith("ForSequenceClassification") or label_words
+    n_out = model.config.vocab_size if label_words or not classify else model.config.num_labels
     output = tuple(
         n for n in head if is_linear(modules[n]) and linear_shape(modules[n])[0] == n_out
     )

@@ -1,0 +1,67 @@
+"""`lora`: targets per family, what trains, merged export equals the adapted model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+from tiny_models import make_batch, make_model
+
+from edgetune.errors import EdgetuneError
+from edgetune.methods import MethodSettings, build_method
+
+
+def lora(kind, **options):
+    settings = MethodSettings(lr=1e-2, total_steps=10, options={"r": 4, **options})
+    return build_method("lora", make_model(kind), settings)
+
+
+@pytest.mark.parametrize(
+    ("kind", "targets"),
+    [
+        ("bert", {"query", "key", "value"}),
+        ("llama", {"q_proj", "k_proj", "v_proj"}),
+        ("gpt2", {"c_attn"}),
+        ("t5", {"q", "k", "v"}),
+        ("distilbert", {"q_lin", "k_lin", "v_lin"}),
+    ],
+)
+def test_default_targets_are_the_qkv_projections_of_the_family(kind, targets):
+    m = lora(kind)
+    assert set(m.model.peft_config["default"].target_modules) == targets
+
+
+def test_adapters_and_the_classifier_head_are_all_that_trains():
+    m = lora("bert", target_modules=["qkv", "ffn1"])
+    names = set(m.trainable_state())
+    assert all("lora_" in n or "modules_to_save" in n for n in names)
+    assert any("intermediate.dense.lora_A" in n for n in names)
+    assert any("classifier.modules_to_save" in n for n in names)
+    assert not any("lm_head" in n for n in set(lora("llama").trainable_state()))
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2", "t5_cls"])
+def test_export_merges_into_a_plain_model_with_the_same_outputs(kind, tmp_path):
+    m, batch = lora(kind), make_batch(kind)
+    for _ in range(3):
+        m.step([batch])
+    exported = m.export_model()
+    assert not isinstance(exported, PeftModel)
+    assert not any("lora" in n for n, _ in exported.named_parameters())
+    m.model.eval()
+    exported.eval()
+    with torch.no_grad():
+        adapted = m.model(**batch).logits
+        torch.testing.assert_close(exported(**batch).logits, adapted, atol=1e-5, rtol=1e-5)
+        base = make_model(kind).eval()(**batch).logits
+    assert not torch.allclose(base, adapted)
+    exported.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    m.step([batch])  # the method keeps training after an export
+
+
+def test_bad_options_are_reported():
+    with pytest.raises(EdgetuneError, match="r must be"):
+        lora("bert", r=0)
+    with pytest.raises(EdgetuneError, match="unknown lora option"):
+        lora("bert", rank=4)

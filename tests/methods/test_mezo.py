@@ -1,0 +1,156 @@
+"""`mezo`: exact restoration, the perturbation itself, the projected gradient, replay."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny_models import make_batch, make_model
+
+from edgetune.errors import EdgetuneError
+from edgetune.methods import MethodSettings, build_method
+from edgetune.methods.base import forward_loss
+from edgetune.methods.mezo import Mezo
+
+
+def mezo(model, lr=1e-2, **options) -> Mezo:
+    return build_method(
+        "mezo", model, MethodSettings(lr=lr, total_steps=10, seed=7, options=options)
+    )
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2", "t5"])
+def test_perturbation_restores_weights_exactly(kind):
+    m, batch = mezo(make_model(kind)), make_batch(kind)
+    before = snapshot(m.model)
+    with torch.no_grad():
+        for scale in (1e-3, -1e-3):
+            with m.perturbed(seed=123, scale=scale):
+                forward_loss(m.model, batch)
+    for k, v in m.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    zero = build_method("mezo", make_model(kind), MethodSettings(lr=0.0, total_steps=3))
+    zero.step([batch])
+    for k, v in zero.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize(
+    ("kind", "trainable"), [("bert", "all"), ("gpt2", "all"), ("llama", "last-1@0.5")]
+)
+def test_perturbed_forward_equals_an_explicitly_perturbed_copy(kind, trainable):
+    m, batch = mezo(make_model(kind), trainable=trainable), make_batch(kind)
+    reference = copy.deepcopy(m.model)
+    params = dict(reference.named_parameters())
+    with torch.no_grad():
+        for i, t in enumerate(m.tensors):
+            name = t.key.split("[")[0]
+            target = params[name] if t.index is None else params[name][t.index]
+            target.add_(m.z(99, i), alpha=0.01)  # tied weights: one tensor, perturbed once
+        m.model.eval()
+        reference.eval()
+        with m.perturbed(99, 0.01):
+            got = m.model(**batch).logits
+        torch.testing.assert_close(got, reference(**batch).logits)
+        assert not torch.allclose(m.model(**batch).logits, got)
+
+
+def test_projected_gradient_is_the_directional_derivative():
+    model, batch = make_model("bert", torch.float64), make_batch("bert")
+    m = mezo(model, eps=1e-4, trainable="last-1")
+    seed = 1234
+    with torch.no_grad(), m.perturbed(seed, 1e-4):
+        plus = float(forward_loss(m.model, batch))
+    with torch.no_grad(), m.perturbed(seed, -1e-4):
+        minus = float(forward_loss(m.model, batch))
+    g = (plus - minus) / 2e-4
+    # autograd: grad(L) . z over the trainable tensors
+    for t in m.tensors:
+        t.param.requires_grad_(True)
+    m.model.eval()
+    forward_loss(m.model, batch).backward()
+    expected = sum(float((t.param.grad * m.z(seed, i)).sum()) for i, t in enumerate(m.tensors))
+    assert g == pytest.approx(expected, rel=1e-5)
+
+
+def test_history_replays_the_run_from_seeds_and_scalars():
+    batch = make_batch("llama")
+    a = mezo(make_model("llama"), trainable="last-1")
+    results = [a.step([batch]) for _ in range(3)]
+    history = a.clear_history()
+    assert len(history) == 3 and a.history == []
+    assert len({s for s, _ in history}) == 3
+    assert [g for _, g in history] == [r.metrics["projected_grad"] for r in results]
+    b = mezo(make_model("llama"), trainable="last-1")
+    for step, (seed, g) in enumerate(history):
+        b.replay(seed, g, lr=1e-2 * b.lam(step))
+    for k, v in a.trainable_state().items():
+        assert torch.equal(v, b.trainable_state()[k]), k
+
+
+def test_rows_of_a_scheme_fraction_are_the_only_part_that_moves():
+    m, batch = mezo(make_model("llama"), trainable="last-1@0.5"), make_batch("llama")
+    q = m.model.model.layers[1].self_attn.q_proj.weight
+    before = q.detach().clone()
+    m.step([batch])
+    assert not torch.equal(q[:16], before[:16]) and torch.equal(q[16:], before[16:])
+    assert "model.layers.1.self_attn.q_proj.weight[0:16]" in m.trainable_state()
+
+
+def test_bad_options_are_reported():
+    with pytest.raises(EdgetuneError, match="eps"):
+        mezo(make_model("bert"), eps=0)
+    with pytest.raises(EdgetuneError, match="unknown scheme"):
+        mezo(make_model("bert"), trainable="every")
+
+
+def test_label_words_classify_with_a_causal_lm():
+    from edgetune.methods.label_words import LabelWords
+
+    lm, batch = make_model("llama"), make_batch("llama")
+    words = [5, 9, 17]
+    clf = LabelWords(lm, words)
+    labels = torch.tensor([0, 2, 1, 1])
+    lm.eval()
+    with torch.no_grad():
+        out = clf(batch["input_ids"], batch["attention_mask"], labels=labels)
+        full = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    last = batch["attention_mask"].sum(1) - 1
+    torch.testing.assert_close(out.logits, full[torch.arange(4), last][:, words])
+    m = mezo(clf, lr=5e-2, trainable="last-1")
+    data = {**batch, "labels": labels}
+    before = float(clf(**data).loss)
+    for _ in range(20):
+        m.step([data])
+    assert float(clf(**data).loss) < before
+
+
+def test_z_in_chunks_is_the_same_direction_everywhere(monkeypatch):
+    import edgetune.methods.mezo as mezo_module
+
+    monkeypatch.setattr(mezo_module, "CHUNK", 40)  # several chunks per matrix
+    m, batch = mezo(make_model("bert"), trainable="last-1@0.5"), make_batch("bert")
+    i = next(i for i, t in enumerate(m.tensors) if t.index is not None)
+    assert len(list(m.chunks(5, i))) > 1
+    z = m.z(5, i)
+    assert z.shape == m.tensors[i].view().shape and torch.equal(z, m.z(5, i))
+    before = snapshot(m.model)
+    reference = copy.deepcopy(m.model)
+    params = dict(reference.named_parameters())
+    with torch.no_grad():
+        for j, t in enumerate(m.tensors):
+            name = t.key.split("[")[0]
+            target = params[name] if t.index is None else params[name][t.index]
+            target.add_(m.z(5, j), alpha=0.01)
+        m.model.eval()
+        reference.eval()
+        with m.perturbed(5, 0.01):
+            got = m.model(**batch).logits
+        torch.testing.assert_close(got, reference(**batch).logits)
+    for k, v in m.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
