@@ -25,8 +25,9 @@ setup: $(VENV)/.installed
 assets: setup
 	$(BIN)/edgetune data fetch
 
+# a new run folder each time: runs/demo-YYYYmmdd-HHMMSS
 demo: assets
-	$(BIN)/edgetune finetune --config configs/demo.yaml
+	$(BIN)/edgetune finetune --config configs/demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: assets
 	$(BIN)/python -m pytest -q

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgetune.commands import cost as cost_command
 from edgetune.errors import EdgetuneError
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ data_app = typer.Typer(
     help="Bundled data sets: list, prepare, inspect, fetch.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+app.command()(cost_command.cost)
+app.command()(cost_command.devices)
 out = Console()
 err = Console(stderr=True)
 
@@ -65,6 +68,15 @@ def finetune(
     text_column: Annotated[str | None, Opt(help="Column holding the input text.")] = None,
     label_column: Annotated[str | None, Opt(help="Column holding the class label.")] = None,
     target_column: Annotated[str | None, Opt(help="Column holding the target text.")] = None,
+    scheme: Annotated[
+        str | None, Opt(help="Sparse update scheme: built-in name or YAML file (method sparse).")
+    ] = None,
+    budget: Annotated[
+        str | None, Opt(help="Memory a step may use, e.g. 256MB; refuse to start beyond it.")
+    ] = None,
+    device: Annotated[
+        str | None, Opt(help="Device profile (see `edgetune devices`): budget and latency.")
+    ] = None,
 ) -> None:
     """Fine-tune a model. Extra `section.key=value` arguments override the config.
 
@@ -79,6 +91,10 @@ def finetune(
         edgetune finetune --model minilm-l6 --data mails.jsonl --task classify --label-column tag
 
         edgetune finetune --config configs/demo.yaml --resume
+
+        edgetune finetune --model smollm2-135m --data brown --method sparse --scheme last-2
+
+        edgetune finetune --config configs/demo.yaml --device rpi4 --budget 256MB
     """
     from edgetune.config import load_config
 
@@ -96,6 +112,9 @@ def finetune(
         "data.seq_len": seq_len,
         "data.text_column": text_column,
         "data.label_column": label_column,
+        "method.scheme": scheme,
+        "train.budget": budget,
+        "train.device": device,
         "data.target_column": target_column,
     }
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + ctx.args

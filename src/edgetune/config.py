@@ -60,6 +60,8 @@ class TrainConfig:
     threads: int | None = None  # torch threads; None leaves torch's default
     eval_before: bool = False  # also evaluate the test split before training
     final_eval: bool = True  # evaluate the test split at the end (benchmarks turn it off)
+    budget: str | None = None  # refuse to start if the forecast step exceeds it (e.g. 256MB)
+    device: str | None = None  # device profile: its memory is the budget, latency is forecast
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "grad_accum", "keep_checkpoints"):

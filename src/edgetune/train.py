@@ -27,6 +27,7 @@ from edgetune.data.load import load_data
 from edgetune.data.tasks import TaskData, collate, epoch_order, tokenize
 from edgetune.errors import EdgetuneError
 from edgetune.evaluate import evaluate
+from edgetune.forecast import forecast_run
 from edgetune.io import atomic_dir, atomic_write_text
 from edgetune.measure.memory import peak_rss_mb
 from edgetune.methods import Method, MethodSettings, build_method
@@ -97,6 +98,8 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
     if resume and not list_checkpoints(out):
         raise EdgetuneError(f"nothing to resume in {out}: it has no checkpoint")
     p = prepare(cfg)
+    forecast = forecast_run(p, cfg.train.budget, cfg.train.device)
+    console.print(forecast.line(), highlight=False)
     created = not out.exists()
     try:
         return _run(p, out, resume, console)
