@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from edgetune.config import load_config
 from edgetune.errors import EdgetuneError
+from edgetune.methods import METHODS
 from edgetune.train import finetune
 
 
@@ -161,3 +162,26 @@ def test_full_disk_leaves_no_half_written_checkpoint(
     with pytest.raises(EdgetuneError, match="disk full"):
         finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=4"))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_in_the_loop_and_saves_a_loadable_model(
+    method, tiny_bert, topics_jsonl, tmp_path
+):
+    from edgetune.cli import app  # noqa: F401  (the CLI imports cleanly with every method)
+    from edgetune.data.load import load_data
+    from edgetune.data.tasks import tokenize
+    from edgetune.evaluate import evaluate
+    from edgetune.models.loader import load_model
+
+    out = tmp_path / method
+    cfg = _cfg(tiny_bert, topics_jsonl, out, f"train.method={method}", "train.max_steps=4")
+    if method == "sparse":
+        cfg.method = {"scheme": "last-1"}
+    finetune(cfg)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["train"]["steps"] == 4 and saved["run"]["method"] == method
+    loaded = load_model(str(out / "model"), "classify", num_labels=4)
+    data = tokenize(load_data(cfg.data), loaded.tokenizer, 16, loaded.kind)
+    again = evaluate(loaded.model, data, "test", loaded.tokenizer.pad_token_id)
+    assert again["accuracy"] == pytest.approx(saved["eval"]["accuracy"])
