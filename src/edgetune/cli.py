@@ -15,7 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgetune.commands import bench as bench_command
 from edgetune.commands import cost as cost_command
+from edgetune.commands import federate as federate_command
+from edgetune.commands import plan as plan_command
 from edgetune.errors import EdgetuneError
 
 app = typer.Typer(
@@ -27,9 +30,6 @@ app = typer.Typer(
 data_app = typer.Typer(
     help="Bundled data sets: list, prepare, inspect, fetch.", no_args_is_help=True
 )
-app.add_typer(data_app, name="data")
-app.command()(cost_command.cost)
-app.command()(cost_command.devices)
 out = Console()
 err = Console(stderr=True)
 
@@ -267,6 +267,15 @@ def data_fetch() -> None:
         counts = prepare(name)
         out.print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     out.print(f"smollm2-135m: {bundled_path('smollm2-135m')}")
+
+
+app.add_typer(data_app, name="data")
+# commands that live in edgetune.commands, listed after the ones above
+app.command()(cost_command.cost)
+app.command()(cost_command.devices)
+app.command()(plan_command.plan)
+app.command()(federate_command.federate)
+app.add_typer(bench_command.bench_app, name="bench")
 
 
 def main() -> None:

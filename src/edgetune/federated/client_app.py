@@ -1,0 +1,137 @@
+"""The Flower ClientApp: local training with the run's `Method.step`, and local evaluation.
+
+train: global trainable state in -> the method's own steps on this client's rows -> only the
+update goes back (its delta through the chosen codec, or MeZO's seeds and scalar projected
+gradients), with num-examples, loss, time and tokens. evaluate: the global state on this
+client's held-out rows. The partition comes from the node config (`partition-id`), which the
+Simulation Engine sets and a SuperNode gets from `--node-config`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from edgetune.data.tasks import TaskData
+from edgetune.evaluate import evaluate
+from edgetune.federated import payload
+from edgetune.federated.task import (
+    bundle,
+    client_rows,
+    flops_per_token,
+    local_batches,
+    new_method,
+    proximal_pull,
+    round_seed,
+    seq_tokens,
+    settings,
+)
+
+
+def _arrays(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def _state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+
+
+def train(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Message:
+    cfg, fed = settings({**context.run_config, **overrides})
+    pid = int(context.node_config["partition-id"])
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    config = msg.content["config"]
+    rnd = int(config["server-round"]) + int(config.get("round-offset", 0))
+    seed = round_seed(cfg, rnd, pid)
+    torch.manual_seed(seed)
+    glob = _state(msg.content["arrays"])
+    method = new_method(cfg, fed, rnd, seed)
+    method.load_trainable_state(glob)
+    rows, _ = client_rows(cfg, fed, pid)
+
+    # -- local steps: the same Method.step as centralized training --------------------------
+    mu = float(config.get("proximal-mu", 0.0))
+    losses, tokens, seqs, busy = [], 0, 0, 0.0
+    for step, batches in enumerate(local_batches(cfg, fed, rows, rnd, pid)):
+        if pid == fed.crash_client and rnd == fed.crash_round and step == fed.local_steps // 2:
+            os._exit(17)  # fault injection: the process dies mid-round, nothing is sent
+        start = time.perf_counter()
+        result = method.step(batches)
+        if mu:
+            proximal_pull(method, glob, mu, method.settings.lr)
+        busy += time.perf_counter() - start
+        losses.append(result.loss)
+        n_tok, n_seq = seq_tokens(batches)
+        tokens, seqs = tokens + n_tok, seqs + n_seq
+
+    # -- the update: seeds for MeZO, else the delta through the codec -----------------------
+    if method.name == "mezo":
+        history = method.clear_history()  # (seed, g) of steps 0.. of this fresh method
+        lrs = [method.settings.lr * method.lam(i) for i in range(len(history))]
+        arrays = payload.encode_seeds([(s, g, lr) for (s, g), lr in zip(history, lrs, strict=True)])
+    else:
+        residual = None
+        if fed.compress == "topk" and fed.error_feedback:
+            kept = context.state.get("residual")
+            residual = _state(kept) if isinstance(kept, ArrayRecord) else {}
+        update = payload.delta(method.trainable_state(), glob)
+        arrays, residual = payload.encode(update, fed.compress, fed.topk_fraction, residual)
+        if residual is not None:
+            context.state["residual"] = _arrays({k: v.numpy() for k, v in residual.items()})
+    flops = flops_per_token(method.model, method.name, tokens / max(1, seqs)) * tokens
+    metrics = MetricRecord(
+        {
+            "num-examples": seqs,
+            "train-loss": float(np.mean(losses)),
+            "train-s": busy,
+            "tokens": tokens,
+            "flops": float(flops),
+            "partition-id": pid,
+        }
+    )
+    return Message(RecordDict({"arrays": _arrays(arrays), "metrics": metrics}), reply_to=msg)
+
+
+def evaluate_local(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Message:
+    cfg, fed = settings({**context.run_config, **overrides})
+    pid = int(context.node_config["partition-id"])
+    method = new_method(cfg, fed, 1, 0)
+    method.load_trainable_state(_state(msg.content["arrays"]))
+    _, held = client_rows(cfg, fed, pid)
+    b = bundle(cfg)
+    rows = [b.data.splits["train"][i] for i in held]
+    local = TaskData(b.data.task, {"local": rows}, b.data.labels, b.data.raw)
+    scores = evaluate(method.model, local, "local", b.pad_id, tokenizer=None)
+    keep = {k: float(v) for k, v in scores.items() if k in ("accuracy", "macro_f1", "loss")}
+    metrics = MetricRecord({"num-examples": len(held), "partition-id": pid, **keep})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def make_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp whose run config is the run's, updated by `overrides` (the way
+    `edgetune federate` passes settings to the Simulation Engine)."""
+    fixed = dict(overrides or {})
+    client = ClientApp()
+
+    @client.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return train(msg, context, fixed)
+
+    @client.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate_local(msg, context, fixed)
+
+    return client
+
+
+app = make_app()
+
+__all__ = ["app", "make_app"]

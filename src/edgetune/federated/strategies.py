@@ -1,0 +1,144 @@
+"""Flower's strategies, each wrapped once with what edgetune adds around aggregation.
+
+`make_strategy(name, ...)` returns a subclass of the Flower strategy (FedAvg, FedAvgM, FedProx,
+FedAdam, FedMedian, FedTrimmedAvg or Krum) with `EdgeMixin` in front. The mixin does not
+aggregate anything itself: before the Flower strategy averages tensors by name it
+
+1. counts the serialized bytes of every message down and every reply up (`wire_bytes`),
+2. decodes each reply into a full client trainable state (codec delta + global, or a MeZO
+   seed replay on the global model) and rejects, with the reason logged, updates whose names,
+   shapes or values are wrong or whose norm is absurd,
+3. leaves failed replies (a client that crashed or timed out) to Flower, which skips them,
+
+and after aggregation hands the new global state to the `Ledger` (checkpoint, round log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from logging import WARNING
+
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
+from flwr.supercore import log
+
+from edgetune.federated import payload
+from edgetune.federated.ledger import Ledger
+from edgetune.federated.task import FedSettings
+
+# Decoder: (arrays of one reply, global state) -> that client's full trainable state
+Decoder = Callable[[ArrayRecord, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def wire_bytes(obj) -> int:
+    """Serialized size of a Flower message, record or array: the bytes of every object of its
+    tree as Flower deflates them for transport (chunked arrays included)."""
+    children = obj.children or {}
+    return len(obj.deflate()) + sum(wire_bytes(c) for c in children.values())
+
+
+def to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+
+
+def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v.detach().cpu().contiguous().numpy()) for k, v in state.items()})
+
+
+class EdgeMixin:
+    """Accounting, decoding, validation and checkpoints around a Flower strategy."""
+
+    decoder: Decoder
+    ledger: Ledger
+    max_update_ratio: float
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._global = to_state(arrays)
+        sizes: dict[int, int] = {}  # the messages of a round usually share one content
+        for msg in messages:
+            size = sizes.setdefault(id(msg.content), wire_bytes(msg.content))
+            self.ledger.sent(server_round, msg.metadata.dst_node_id, size)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted: list[Message] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self.ledger.failed(server_round, node, msg.error.reason)
+                continue
+            metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
+            self.ledger.received(server_round, node, wire_bytes(msg.content), dict(metrics))
+            try:
+                record = next(iter(msg.content.array_records.values()))
+                state = self.decoder(record, self._global)
+                update = payload.delta(state, self._global)
+                payload.check_update(update, self._global, self.max_update_ratio)
+            except (payload.MalformedUpdate, StopIteration) as e:
+                reason = str(e) or "no arrays in the reply"
+                log(WARNING, "round %s: rejected the update of node %s: %s", server_round, node,
+                    reason)  # fmt: skip
+                self.ledger.rejected(server_round, node, reason)
+                continue
+            msg.content = type(msg.content)({"arrays": to_record(state), "metrics": metrics})
+            accepted.append(msg)
+        arrays, metrics = super().aggregate_train(server_round, accepted)
+        if arrays is not None:
+            self.ledger.aggregated(server_round, to_state(arrays))
+        return arrays, metrics
+
+
+_FLOWER: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+}
+
+
+def strategy_options(fed: FedSettings) -> dict:
+    """The Flower constructor arguments of the chosen strategy."""
+    return {
+        "fedavgm": {"server_learning_rate": fed.server_lr, "server_momentum": fed.server_momentum},
+        "fedprox": {"proximal_mu": fed.proximal_mu},
+        "fedadam": {"eta": fed.server_lr * 1e-3, "eta_l": 1.0},
+        "fedtrimmedavg": {"beta": fed.trim_beta},
+        "krum": {"num_malicious_nodes": fed.krum_byzantine},
+    }.get(fed.strategy, {})
+
+
+def make_strategy(fed: FedSettings, decoder: Decoder, ledger: Ledger) -> Strategy:
+    """The Flower strategy `fed.strategy` with `EdgeMixin` in front of it."""
+    base = _FLOWER[fed.strategy]
+    cls = type(f"Edge{base.__name__}", (EdgeMixin, base), {})
+    sampled = max(1, min(fed.min_clients, fed.clients))
+    strategy = cls(
+        fraction_train=fed.fraction_train,
+        fraction_evaluate=1.0,
+        min_train_nodes=sampled,
+        min_evaluate_nodes=sampled,
+        min_available_nodes=sampled,
+        **strategy_options(fed),
+    )
+    strategy.decoder, strategy.ledger = decoder, ledger
+    strategy.max_update_ratio = fed.max_update_ratio
+    return strategy

@@ -1,0 +1,35 @@
+"""The deployed mode: a SuperLink and SuperNodes as separate processes on loopback, driven by
+`flwr run`; one test over TLS, one that kills a SuperNode in the middle of a round."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from edgetune.federated.deploy import Processes, deploy_local
+
+
+def test_deployed_run_over_tls_end_to_end(fl_config):
+    result = deploy_local(fl_config, tls=True, timeout=400)
+    r1 = next(r for r in result["rounds"] if r["round"] == 1)
+    assert r1["clients_aggregated"] == 2 and not r1["failed"] and not r1["rejected"]
+    assert len(r1["client_eval"]) == 2 and "accuracy" in r1["global_eval"]
+    ups = [c["bytes_up"] for c in result["clients"]]
+    assert len(ups) == 2 and min(ups) > 0
+
+
+def test_killing_a_supernode_mid_round_does_not_stop_the_run(fl_config):
+    def kill_when_training(procs: Processes) -> None:
+        # wait until supernode-1 has pulled its training message, then kill its whole group
+        log = procs.logs / "supernode-1.log"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and "Receiving: train message" not in log.read_text():
+            time.sleep(0.2)
+        procs.stop("supernode-1", signal.SIGKILL)
+
+    run = {**fl_config, "federated.clients": 3, "federated.timeout": 40,
+           "federated.local_steps": 4}  # fmt: skip
+    result = deploy_local(run, timeout=400, during=kill_when_training)
+    r1 = next(r for r in result["rounds"] if r["round"] == 1)
+    assert r1["clients_aggregated"] == 2  # the round completed with the two survivors
+    assert "accuracy" in r1["global_eval"]

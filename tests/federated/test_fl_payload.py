@@ -1,0 +1,131 @@
+"""Codecs round-trip within their tolerance; malformed updates are refused; MeZO seeds replay
+to the client's exact weights; payload sizes per method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from edgetune.federated import payload
+from edgetune.federated.payload import MalformedUpdate
+from edgetune.federated.strategies import to_record, wire_bytes
+from edgetune.federated.task import bundle, new_method, settings
+
+
+def _update(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"a.weight": torch.randn(16, 8, generator=g), "a.bias": torch.randn(16, generator=g)}
+
+
+@pytest.mark.parametrize(("codec", "tol"), [("fp32", 0.0), ("fp16", 1e-3), ("int8", None)])
+def test_dense_codecs_round_trip(codec, tol):
+    upd = _update()
+    arrays, _ = payload.encode(upd, codec)
+    back = payload.decode(arrays, codec, upd)
+    for name, d in upd.items():
+        # int8: at most half a quantization step, step = max|d| / 127
+        bound = tol if tol is not None else float(d.abs().max()) / 127 / 2 + 1e-7
+        assert (back[name] - d).abs().max() <= bound * (1 if codec != "fp16" else d.abs().max())
+
+
+def test_topk_keeps_the_largest_and_error_feedback_loses_nothing():
+    upd = _update()
+    arrays, residual = payload.encode(upd, "topk", fraction=0.25, residual={})
+    back = payload.decode(arrays, "topk", upd)
+    for name, d in upd.items():
+        kept = back[name] != 0
+        assert int(kept.sum()) == int(np.ceil(0.25 * d.numel()))
+        assert_close(back[name][kept], d[kept])  # sent entries are exact ...
+        assert d.abs()[kept].min() >= d.abs()[~kept].max()  # ... and the largest
+        assert_close(back[name] + residual[name], d)  # what was not sent is kept
+    # next round: the residual rides along, so sent + left over = sum of both updates
+    second = _update(1)
+    arrays2, residual2 = payload.encode(second, "topk", fraction=0.25, residual=residual)
+    back2 = payload.decode(arrays2, "topk", second)
+    for name in upd:
+        assert_close(back[name] + back2[name] + residual2[name], upd[name] + second[name])
+
+
+def test_malformed_updates_are_refused():
+    like = _update()
+    good, _ = payload.encode(like, "fp32")
+    renamed = {("b.weight" if k == "a.weight" else k): v for k, v in good.items()}
+    with pytest.raises(MalformedUpdate, match="names differ"):
+        payload.decode(renamed, "fp32", like)
+    with pytest.raises(MalformedUpdate, match="shape"):
+        payload.decode({**good, "a.bias": np.zeros(3, np.float32)}, "fp32", like)
+    bad_idx = payload.encode(like, "topk", 0.5)[0]
+    bad_idx["a.bias::idx"] = bad_idx["a.bias::idx"] + 100
+    with pytest.raises(MalformedUpdate, match="cannot be decoded"):
+        payload.decode(bad_idx, "topk", like)
+    nan = payload.decode(good, "fp32", like)
+    nan["a.bias"][0] = float("nan")
+    with pytest.raises(MalformedUpdate, match="NaN"):
+        payload.check_update(nan, like, 10.0)
+    with pytest.raises(MalformedUpdate, match="norm"):
+        payload.check_update({k: 1e6 * v for k, v in like.items()}, like, 10.0)
+    payload.check_update({k: 0.1 * v for k, v in like.items()}, like, 10.0)  # a sane one passes
+
+
+def test_seeds_payload_checks():
+    steps = [(123, 0.5, 1e-3), (456, -0.25, 1e-3)]
+    arrays = payload.encode_seeds(steps)
+    assert payload.decode_seeds(arrays, 2) == steps
+    with pytest.raises(MalformedUpdate, match="at most"):
+        payload.decode_seeds(arrays, 1)
+    with pytest.raises(MalformedUpdate, match="NaN"):
+        payload.decode_seeds({**arrays, "mezo::grad": np.array([np.nan, 1.0])}, 2)
+
+
+def _stepped(fl_config: dict, method: str, options: dict | None = None):
+    """(client method after 2 local steps, its global start state) on the tiny classifier."""
+    run = {**fl_config, "train.method": method, **(options or {})}
+    cfg, fed = settings(run)
+    m = new_method(cfg, fed, 1, seed=5)
+    start = {k: v.clone() for k, v in m.trainable_state().items()}
+    data = bundle(cfg).data.splits["train"]
+    from edgetune.data.tasks import collate
+
+    for i in range(2):
+        m.step([collate(data[i * 8 : (i + 1) * 8], bundle(cfg).pad_id)])
+    return m, start, cfg, fed
+
+
+def test_mezo_seed_replay_gives_the_client_weights(fl_config):
+    client, start, cfg, fed = _stepped(fl_config, "mezo")
+    steps = [(s, g, client.settings.lr) for s, g in client.clear_history()]
+    server = new_method(cfg, fed, 1, seed=99)  # another seed: replay needs only the payload
+    server.load_trainable_state(start)
+    for s, g, lr in payload.decode_seeds(payload.encode_seeds(steps), fed.local_steps):
+        server.replay(s, g, lr, cfg.train.weight_decay)
+    after = client.trainable_state()
+    assert any(not torch.equal(after[k], start[k]) for k in after)
+    for k, v in server.trainable_state().items():
+        assert torch.equal(v, after[k])  # bit for bit
+
+
+def test_payload_sizes_per_method(fl_config):
+    """Serialized bytes of one client's update (the same ArrayRecord the client sends)."""
+    sizes, fractions = {}, {}
+    runs = [("backprop", "fp32"), ("lora", "fp32"), ("sparse", "fp32"), ("sparse", "fp16"),
+            ("mezo", "seeds")]  # fmt: skip
+    for method, codec in runs:
+        m, start, cfg, _ = _stepped(fl_config, method)
+        if method == "mezo":
+            arrays = payload.encode_seeds([(s, g, 1e-3) for s, g in m.clear_history()])
+        else:
+            arrays, _ = payload.encode(payload.delta(m.trainable_state(), start), codec)
+        record = to_record({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+        sizes[method, codec] = wire_bytes(record)
+        total = sum(p.numel() for p in bundle(cfg).loaded.model.parameters())
+        fractions[method] = sum(v.numel() for v in start.values()) / total
+    full = sizes["backprop", "fp32"]
+    assert fractions["backprop"] == 1.0 and full >= 4 * total
+    assert sizes["lora", "fp32"] <= 0.02 * full
+    # fp32 values are exactly the trainable fraction; names and headers add a few hundred
+    # bytes per tensor, which fp16 more than pays for
+    assert sizes["sparse", "fp32"] >= 4 * fractions["sparse"] * total
+    assert sizes["sparse", "fp16"] <= fractions["sparse"] * full
+    assert sizes["mezo", "seeds"] <= 20_000

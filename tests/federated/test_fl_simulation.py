@@ -1,0 +1,63 @@
+"""End to end in Flower's Simulation Engine: a client dies mid-round and the round completes;
+the run resumes from its round checkpoint; MeZO clients send only seeds (through the CLI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from edgetune.commands.federate import federate
+from edgetune.federated.simulate import simulate
+
+
+def test_a_client_dies_mid_round_then_the_run_resumes(fl_config):
+    # Execute: partition 1's process exits in the middle of its local steps in round 1
+    first = simulate({**fl_config, "federated.crash_client": 1, "federated.crash_round": 1})
+    # Assert: round 1 still aggregated the survivor, and the failure is on record
+    r1 = next(r for r in first["rounds"] if r["round"] == 1)
+    assert r1["clients_aggregated"] == 1 and len(r1["failed"]) == 1
+    assert "global_eval" in r1
+    out = Path(fl_config["out"])
+    assert (out / "checkpoints" / "step-000001" / "trainable.safetensors").is_file()
+    for png in ("fl_metric.png", "fl_bytes.png", "fl_time.png"):
+        assert (out / png).stat().st_size > 1000
+    # Execute: two rounds asked, one done: only round 2 runs, from the round-1 checkpoint
+    second = simulate({**fl_config, "federated.rounds": 2, "federated.resume": True})
+    rounds = {r["round"]: r for r in second["rounds"]}
+    assert set(rounds) >= {1, 2} and rounds[2]["clients_aggregated"] == 2
+    assert rounds[1]["failed"] == r1["failed"]  # the log carried over
+    assert len(rounds[2]["client_eval"]) == 2  # each client scored the global model
+    row = next(c for c in second["clients"] if c["round"] == 2)
+    assert row["bytes_up"] > 0 and row["bytes_down"] > 0 and row["tokens_per_s"] > 0
+    assert row["comm_s"] > 0 and row["compute_comm_ratio"] > 0
+
+
+def test_mezo_sends_seeds_through_the_cli(fl_config):
+    app = typer.Typer()
+    app.command()(federate)
+    sets = [f"--set={k}={v}" for k, v in fl_config.items() if k not in ("out", "train.method")]
+    result = CliRunner().invoke(app, ["--method", "mezo", "--out", fl_config["out"], *sets])
+    assert result.exit_code == 0, result.output
+    data = json.loads((Path(fl_config["out"]) / "federated.json").read_text())
+    assert data["compress"] == "seeds"
+    ups = [c["bytes_up"] for c in data["clients"] if c["status"] == "accepted"]
+    assert len(ups) == 2 and max(ups) < 2_000  # 2 steps: seeds, gradients, lrs and headers
+    assert (Path(fl_config["out"]) / "model" / "config.json").is_file()
+
+
+def test_summarization_with_lora_and_fedadam(fl_config, tiny_llama):
+    run = {**fl_config, "model.name": str(tiny_llama), "data.name": "email-subjects",
+           "data.task": "summarize", "data.seq_len": 48, "data.train_samples": 48,
+           "data.eval_samples": 4, "train.method": "lora", "train.batch_size": 4,
+           "federated.strategy": "fedadam", "federated.generate_samples": 2,
+           "federated.compress": "int8"}  # fmt: skip
+    result = simulate(run)
+    last = next(r for r in result["rounds"] if r["round"] == 1)
+    assert last["clients_aggregated"] == 2
+    assert {"rougeL", "perplexity"} <= set(last["global_eval"])
+    assert all("loss" in c for c in last["client_eval"])
+    up = max(c["bytes_up"] for c in result["clients"])
+    assert up < 0.02 * result["full_weights_bytes"]  # int8 LoRA deltas only

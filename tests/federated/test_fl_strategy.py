@@ -1,0 +1,107 @@
+"""The strategy wrapper: hand-computed aggregates, malformed updates refused and logged,
+failed clients skipped, each round checkpointed and resumable."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Error,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.app.message.message import make_message
+from torch.testing import assert_close
+
+from edgetune.federated.ledger import Ledger
+from edgetune.federated.network import get_network
+from edgetune.federated.server_app import delta_decoder
+from edgetune.federated.strategies import make_strategy, to_record, wire_bytes
+from edgetune.federated.task import FedSettings
+
+GLOBAL = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
+
+
+def _reply(node: int, arrays: dict | None, n: int = 1, error: str | None = None) -> Message:
+    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
+                    reply_to_message_id="x", group_id="1", created_at=time.time(), ttl=60,
+                    message_type=MessageType.TRAIN)  # fmt: skip
+    if error:
+        return make_message(meta, error=Error(code=0, reason=error))
+    record = ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in arrays.items()})
+    metrics = MetricRecord({"num-examples": n, "train-s": 1.0, "tokens": 100, "flops": 1e6,
+                            "partition-id": node, "train-loss": 0.5})  # fmt: skip
+    return make_message(meta, content=RecordDict({"arrays": record, "metrics": metrics}))
+
+
+def _strategy(tmp_path, name: str = "fedavg"):
+    fed = FedSettings(strategy=name, clients=6, max_update_ratio=10.0)
+    ledger = Ledger(tmp_path, {"model": "m", "method": "backprop", "data": "d"},
+                    get_network("4g"), None)  # fmt: skip
+    strategy = make_strategy(fed, delta_decoder("fp32"), ledger)
+    strategy._global = {k: v.clone() for k, v in GLOBAL.items()}
+    return strategy, ledger
+
+
+def test_fedavg_of_valid_updates_and_rejections(tmp_path):
+    # Prepare: two good deltas (weights 1 and 3) and four bad replies
+    d1 = {"w": np.full((2, 3), 0.4), "b": np.full(3, 0.8)}
+    d2 = {"w": np.full((2, 3), -0.4), "b": np.zeros(3)}
+    replies = [
+        _reply(1, d1, n=1),
+        _reply(2, d2, n=3),
+        _reply(3, {"w": np.zeros((2, 3)), "c": np.zeros(3)}),  # wrong name
+        _reply(4, {"w": np.zeros((3, 2)), "b": np.zeros(3)}),  # wrong shape
+        _reply(5, {"w": np.full((2, 3), np.nan), "b": np.zeros(3)}),  # NaN
+        _reply(6, {"w": np.full((2, 3), 1e4), "b": np.zeros(3)}),  # absurd norm
+        _reply(7, None, error="client crashed"),
+    ]
+    strategy, ledger = _strategy(tmp_path)
+    # Execute
+    arrays, _ = strategy.aggregate_train(1, replies)
+    # Assert: the weighted mean of global + delta over the two good clients only
+    want_w = 1 + (0.4 * 1 - 0.4 * 3) / 4
+    assert_close(torch.from_numpy(arrays["w"].numpy()), torch.full((2, 3), want_w))
+    assert_close(torch.from_numpy(arrays["b"].numpy()), torch.full((3,), 0.8 / 4))
+    status = {row["node"]: row["status"] for row in ledger.clients.values()}
+    assert status == {1: "accepted", 2: "accepted", 3: "rejected", 4: "rejected",
+                      5: "rejected", 6: "rejected", 7: "failed"}  # fmt: skip
+    reasons = [r["reason"] for r in ledger.rounds[1]["rejected"]]
+    assert any("names differ" in r for r in reasons) and any("shape" in r for r in reasons)
+    assert any("NaN" in r for r in reasons) and any("norm" in r for r in reasons)
+    assert ledger.rounds[1]["failed"][0]["reason"] == "client crashed"
+    assert ledger.clients[1, 1]["bytes_up"] == wire_bytes(replies[0].content)
+
+
+def test_robust_strategy_ignores_an_outlier(tmp_path):
+    strategy, _ = _strategy(tmp_path, "fedmedian")
+    replies = [_reply(i, {"w": np.full((2, 3), x), "b": np.zeros(3)})
+               for i, x in enumerate([0.1, 0.2, 0.3, 5.0], start=1)]  # fmt: skip
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert_close(torch.from_numpy(arrays["w"].numpy()), torch.full((2, 3), 1.25))  # median
+
+
+def test_each_round_is_checkpointed_and_resumable(tmp_path):
+    strategy, ledger = _strategy(tmp_path)
+    strategy.aggregate_train(1, [_reply(1, {"w": np.full((2, 3), 0.5), "b": np.ones(3)})])
+    again = Ledger(tmp_path, {"model": "m", "method": "backprop", "data": "d"},
+                   get_network("4g"), None)  # fmt: skip
+    state = again.resume()
+    assert again.offset == 1 and (1, 1) in again.clients
+    assert_close(state["w"], torch.full((2, 3), 1.5))
+    with pytest.raises(Exception, match="method"):
+        Ledger(tmp_path, {"model": "m", "method": "lora", "data": "d"},
+               get_network("4g"), None).resume()  # fmt: skip
+
+
+def test_to_record_round_trip():
+    rec = to_record(GLOBAL)
+    assert set(rec) == set(GLOBAL) and rec["w"].numpy().shape == (2, 3)
