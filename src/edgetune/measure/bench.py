@@ -1,0 +1,468 @@
+"""Learning methods measured side by side: the logic `edgetune bench` and `benchmarks/` share.
+
+Every measurement runs in a fresh interpreter (`python -m edgetune.measure.bench`), so a peak
+resident set belongs to one configuration only. Three kinds of worker:
+
+- `inference`: the model and data loaded as for training, then forward passes at the training
+  batch without autograd: the inference peak RSS, and the forward time in eval mode (dropout
+  off, the floor a training step is compared with) and in train mode (dropout on).
+- `step`: one method built by `edgetune.train.prepare`; step 1 runs under torch's FLOP counter
+  (FLOPs per step), step 2 under saved-tensor hooks (bytes autograd keeps for backward); the
+  process's peak RSS is read after these two steps. Then `rounds` rounds alternate an eval-mode
+  forward (no autograd) with a training step on the same batch, so step time and forward floor
+  share the machine's load; the ratio is the median of the per-round ratios. The cost model's
+  prediction for the same step comes along (`edgetune.cost`, roofline on `this-machine`).
+- `accuracy`: `edgetune.train.finetune` for `steps` optimizer steps (a fresh batch each), then
+  the test metric on the first `eval_samples` test rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import EdgetuneError
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every method shares in one comparison."""
+
+    model: str = "minilm-l6"
+    data: str = "reuters-r8"
+    task: str | None = None  # for a data file: classify | lm | ...
+    batch: int = 16
+    seq: int = 128
+    steps: int = 100  # optimizer steps of the accuracy runs
+    eval_samples: int = 500  # test rows scored after training
+    rounds: int = 3  # timed step/forward rounds per step worker
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One method with its options and learning rate."""
+
+    label: str
+    method: str
+    lr: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clip(self) -> bool:  # in-place updates cannot clip the global gradient norm
+        return not self.options.get("in_place", False)
+
+
+def minilm_variants(schemes: list[str]) -> list[Variant]:
+    """The issue-3 line-up: backprop, sparse (each scheme, plain and in place), the
+    forward-only rules with plain SGD, MeZO and LoRA."""
+    sparse = [
+        Variant(f"sparse {s}{' in-place' if ip else ''}", "sparse", 3e-4,
+                {"scheme": s, "in_place": ip})
+        for s in schemes for ip in (False, True)
+    ]  # fmt: skip
+    return [
+        Variant("backprop", "backprop", 1e-4),
+        *sparse,
+        Variant("pepita", "pepita", 1e-2),
+        Variant("mempepita", "mempepita", 1e-2),
+        Variant("mezo", "mezo", 1e-5),
+        Variant("lora", "lora", 5e-4),
+    ]
+
+
+def smollm_variants() -> list[Variant]:
+    return [
+        Variant("backprop", "backprop", 5e-5),
+        Variant("sparse last-2", "sparse", 1e-4, {"scheme": "last-2"}),
+        Variant("lora", "lora", 5e-4),
+        Variant("mezo", "mezo", 1e-6),
+    ]
+
+
+def overrides(setup: Setup, v: Variant, kind: str) -> list[str]:
+    """`load_config` overrides of one worker run."""
+    rows = setup.batch * setup.steps if kind == "accuracy" else setup.batch
+    out = [
+        f"model.name={setup.model}", f"data.name={setup.data}", f"data.seq_len={setup.seq}",
+        f"data.train_samples={rows}",
+        f"data.eval_samples={setup.eval_samples if kind == 'accuracy' else setup.batch}",
+        f"train.method={v.method}", f"train.batch_size={setup.batch}",
+        f"train.max_steps={setup.steps if kind == 'accuracy' else 1000}", f"train.lr={v.lr}",
+        f"train.threads={setup.threads}", f"train.final_eval={str(kind == 'accuracy').lower()}",
+    ]  # fmt: skip
+    if setup.task:
+        out.append(f"data.task={setup.task}")
+    if not v.clip:
+        out.append("train.max_grad_norm=null")
+    out += [f"method.{k}={json.dumps(val)}" for k, val in v.options.items()]
+    return out
+
+
+# -- workers (run in the fresh interpreter) ---------------------------------------------------
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        line = next(s for s in f if s.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def _prepared(setup: Setup, v: Variant, kind: str):
+    from transformers.utils import logging
+
+    from edgetune.config import load_config
+    from edgetune.data.tasks import collate
+    from edgetune.train import prepare
+
+    logging.set_verbosity_error()
+    p = prepare(load_config(None, overrides(setup, v, kind)))
+    train = p.data.splits["train"]
+    batch = collate([train[i] for i in range(setup.batch)], p.loaded.tokenizer.pad_token_id)
+    return p, batch
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _forward(model, batch, train_mode: bool = False) -> None:
+    import torch
+
+    model.train(train_mode)
+    with torch.no_grad():
+        model(**batch)
+
+
+def worker_inference(setup: Setup) -> dict[str, Any]:
+    from edgetune.measure.memory import peak_rss_mb
+
+    p, batch = _prepared(setup, Variant("inference", "backprop", 1e-4), "step")
+    model, base = p.loaded.model, _rss_mb()
+    _forward(model, batch)
+    _forward(model, batch)
+    peak = peak_rss_mb()
+    ev, tr = [], []
+    for r in range(setup.rounds):
+        pair = [(ev, False), (tr, True)]
+        for times, mode in pair if r % 2 == 0 else pair[::-1]:
+            times.append(_timed(lambda m=mode: _forward(model, batch, m)))
+    return {"base_rss_mb": base, "peak_rss_mb": peak, "forward_eval_s": statistics.median(ev),
+            "forward_train_s": statistics.median(tr)}  # fmt: skip
+
+
+def _prediction(p, setup: Setup, v: Variant) -> dict[str, Any]:
+    """The cost model's FLOPs, peak memory and `this-machine` latency for this step."""
+    from edgetune.cost import load_device, roofline, shape_from_config, step_cost
+    from edgetune.cost.device import bytes_moved, passes
+
+    model = p.method.model
+    cfg = getattr(model, "base_model", model).config if v.method == "lora" else model.config
+    classify = p.data.task == "classify"
+    kw: dict[str, Any] = {"head": "classifier" if classify else "lm",
+                          "n_labels": max(2, len(p.data.labels))}  # fmt: skip
+    if v.method == "sparse":
+        kw["scheme"] = p.method.scheme
+    if v.method in ("pepita", "mempepita"):
+        kw["optimizer"] = "sgd-momentum" if v.options.get("momentum") else "sgd"
+    if v.method == "lora":
+        units = v.options.get("target_modules", ["qkv"])
+        kw["lora_units"] = tuple(
+            u for t in units for u in (("q", "k", "v") if t == "qkv" else (t,))
+        )
+        kw["lora_rank"] = int(v.options.get("r", 8))
+    c = step_cost(shape_from_config(cfg.to_dict()), v.method, setup.batch, setup.seq, **kw)
+    r = roofline(c, load_device("this-machine"))
+    return {"flops": c.flops, "matmul_flops": 2 * c.macs, "peak_mb": c.memory.peak / 2**20,
+            "latency_s": r.latency_s,
+            "bytes_moved": bytes_moved(c, passes(c.method))}  # fmt: skip
+
+
+def worker_step(setup: Setup, v: Variant) -> dict[str, Any]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgetune.measure.memory import peak_rss_mb
+    from edgetune.measure.saved import saved_bytes
+
+    p, batch = _prepared(setup, v, "step")
+    method = p.method
+    base = _rss_mb()
+    with FlopCounterMode(display=False) as counter:
+        loss = method.step([batch]).loss
+
+    def step_as_loss_fn() -> torch.Tensor:  # saved_bytes wants a closure returning a tensor
+        method.step([batch])
+        return torch.zeros(())
+
+    saved = saved_bytes(step_as_loss_fn, method.model)
+    peak = peak_rss_mb()
+    steps, fwds = [], []
+    for r in range(setup.rounds):
+        pair = [
+            (steps, lambda: method.step([batch])),
+            (fwds, lambda: _forward(method.model, batch)),
+        ]
+        for times, fn in pair if r % 2 == 0 else pair[::-1]:
+            times.append(_timed(fn))
+    trainable = sum(t.numel() for t in method.trainable_state().values())
+    return {
+        "base_rss_mb": base, "peak_rss_mb": peak, "flops_per_step": counter.get_total_flops(),
+        "saved_bytes": saved, "trainable_params": trainable, "first_loss": loss,
+        "step_s": statistics.median(steps), "forward_eval_s": statistics.median(fwds),
+        "step_over_forward": statistics.median(s / f for s, f in zip(steps, fwds, strict=True)),
+        "predicted": _prediction(p, setup, v),
+    }  # fmt: skip
+
+
+def worker_accuracy(setup: Setup, v: Variant) -> dict[str, Any]:
+    from rich.console import Console
+
+    from edgetune.config import load_config
+    from edgetune.train import finetune
+
+    cfg = load_config(None, overrides(setup, v, "accuracy"))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.out = str(Path(tmp) / "run")
+        m = finetune(cfg, console=Console(stderr=True, quiet=True)).metrics
+    t = m["train"]
+    return {"eval": m["eval"], "loss_first": t["loss_first"], "loss_last": t["loss_last"],
+            "loop_step_s": m["time"]["step_s_median"]}  # fmt: skip
+
+
+def run_worker(kind: str, setup: Setup, v: Variant | None = None, timeout: float = 3600) -> dict:
+    """Run one worker in a fresh interpreter and return its result; a failure of the method
+    (a diverging loss, say) comes back as {"error": message}."""
+    spec = json.dumps({"kind": kind, "setup": asdict(setup), "variant": v and asdict(v)})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(setup.threads)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgetune.measure.bench", spec], env=env,
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0][-300:]}
+    return json.loads(lines[-1])
+
+
+def _main(spec: dict) -> dict[str, Any]:
+    setup = Setup(**spec["setup"])
+    if spec["kind"] == "inference":
+        return worker_inference(setup)
+    v = Variant(**spec["variant"])
+    return (worker_step if spec["kind"] == "step" else worker_accuracy)(setup, v)
+
+
+# -- comparison -------------------------------------------------------------------------------
+def compare(setup: Setup, variants: list[Variant], repeats: int = 1,
+            accuracy: set[str] | None = None, log=print) -> dict[str, Any]:  # fmt: skip
+    """Every variant's step worker (and an inference worker) `repeats` times, the order
+    reversed every other repeat; then one accuracy run for each variant whose label is in
+    `accuracy` (None: every variant). Returns the summary dict."""
+    runs: dict[str, list[dict]] = {"inference": [], **{v.label: [] for v in variants}}
+    order: list[Variant | None] = [None, *variants]
+    for r in range(repeats):
+        for v in order if r % 2 == 0 else order[::-1]:
+            res = run_worker("step" if v else "inference", setup, v)
+            runs[v.label if v else "inference"].append(res)
+            log(f"{v.label if v else 'inference'}: {res}")
+    if any("error" in x for x in runs["inference"]):
+        raise EdgetuneError(f"the inference measurement failed: {runs['inference']}")
+    acc = {}
+    for v in variants:
+        if accuracy is None or v.label in accuracy:
+            acc[v.label] = run_worker("accuracy", setup, v)
+            log(f"{v.label} accuracy: {acc[v.label]}")
+    return summarize(setup, variants, runs, acc)
+
+
+def _median(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if "error" not in r and r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(setup: Setup, variants: list[Variant], runs: dict[str, list[dict]],
+              acc: dict[str, dict]) -> dict[str, Any]:  # fmt: skip
+    inf = {k: _median(runs["inference"], k) for k in ("peak_rss_mb", "forward_eval_s",
+                                                     "forward_train_s", "base_rss_mb")}  # fmt: skip
+    rows = []
+    for v in variants:
+        ok = [r for r in runs[v.label] if "error" not in r]
+        row: dict[str, Any] = {"label": v.label, "method": v.method, "lr": v.lr,
+                               "options": v.options}  # fmt: skip
+        if not ok:
+            row["error"] = runs[v.label][0]["error"]
+        else:
+            for k in ("peak_rss_mb", "step_s", "forward_eval_s", "step_over_forward",
+                      "flops_per_step", "saved_bytes", "trainable_params"):  # fmt: skip
+                row[k] = _median(ok, k)
+            row["predicted"] = ok[0]["predicted"]
+            row["above_inference_mb"] = row["peak_rss_mb"] - inf["peak_rss_mb"]
+            row["peak_over_inference"] = row["peak_rss_mb"] / inf["peak_rss_mb"]
+            row["tokens_per_s"] = setup.batch * setup.seq / row["step_s"]
+            row["flops_per_s"] = row["flops_per_step"] / row["step_s"]
+        if v.label in acc:
+            row["accuracy_run"] = acc[v.label]
+        rows.append(row)
+    bp = next((r for r in rows if r["method"] == "backprop" and "error" not in r), None)
+    for r in rows:
+        if bp and "error" not in r:
+            grown = bp["above_inference_mb"]  # 0 when backprop never rose above inference
+            r["above_inference_vs_backprop"] = r["above_inference_mb"] / grown if grown else None
+            r["step_vs_backprop"] = r["step_s"] / bp["step_s"]
+    return {"setup": asdict(setup), "inference": inf, "rows": rows, "runs": runs}
+
+
+def metric_of(acc: dict[str, Any]) -> tuple[str, float] | None:
+    """The headline test metric of an accuracy run: accuracy (%) or perplexity."""
+    ev = acc.get("eval") or {}
+    if "accuracy" in ev:
+        return "accuracy %", 100 * ev["accuracy"]
+    if "perplexity" in ev:
+        return "perplexity", ev["perplexity"]
+    return None
+
+
+# -- hardware ---------------------------------------------------------------------------------
+def hardware(summary: dict[str, Any], gemm: dict[str, Any]) -> dict[str, Any]:
+    """Per measured step: achieved FLOP/s (torch's flop counter over the step time), model FLOP
+    utilization against this machine's fp32 GEMM peak, tokens/s, and the cost model's roofline
+    latency on `this-machine` with the peak and bandwidth of `gemm` (the numbers the profile
+    now holds) against the measured step time."""
+    from edgetune.cost import EFFICIENCY
+
+    peak, bw = gemm["peak_flops"]["fp32"], gemm["bandwidth"]
+    rows = []
+    for r in summary["rows"]:
+        if "error" in r:
+            continue
+        p = r["predicted"]
+        pred = max(p["flops"] / (peak * EFFICIENCY), p.get("bytes_moved", 0.0) / (bw * EFFICIENCY))
+        rows.append({
+            "label": r["label"], "step_s": r["step_s"], "flops_per_step": r["flops_per_step"],
+            "flops_per_s": r["flops_per_s"], "mfu": r["flops_per_s"] / peak,
+            "tokens_per_s": r["tokens_per_s"], "predicted_step_s": pred,
+            "predicted_over_measured": None if pred is None else pred / r["step_s"],
+        })  # fmt: skip
+    return {"setup": summary["setup"], "gemm": gemm, "rows": rows}
+
+
+def hardware_table(hw: dict[str, Any]) -> str:
+    g, s = hw["gemm"], hw["setup"]
+    peaks = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in g["peak_flops"].items())
+    lines = [
+        f"This machine ({g['threads']} threads, measured {g['when']}): GEMM {g['gemm_n']}^3 "
+        f"median of {g['repeats']}: {peaks}; copy bandwidth {g['bandwidth'] / 1e9:.1f} GB/s.",
+        "",
+        f"Training steps of {s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}, fp32. "
+        "MFU = achieved FLOP/s (flop counter: matrix products only) / fp32 GEMM peak. Predicted: "
+        "cost-model roofline on `this-machine` (50 % efficiency).",
+        "",
+        "| method | step s | GFLOP/step | achieved GFLOP/s | MFU | tokens/s | predicted step s "
+        "| predicted / measured |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in hw["rows"]:
+        pred = r["predicted_step_s"]
+        lines.append(
+            f"| {r['label']} | {r['step_s']:.3f} | {r['flops_per_step'] / 1e9:.1f} | "
+            f"{r['flops_per_s'] / 1e9:.1f} | {r['mfu'] * 100:.1f} % | {r['tokens_per_s']:.0f} | "
+            f"{_f(pred, '.3f')} | {_f(r['predicted_over_measured'], '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- outputs ----------------------------------------------------------------------------------
+def _f(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def methods_table(summary: dict[str, Any]) -> str:
+    """The Markdown table of a comparison (one row per variant)."""
+    s, inf = summary["setup"], summary["inference"]
+    head = (
+        f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']} tokens, "
+        f"{s['threads']} threads; accuracy runs: {s['steps']} optimizer steps each, test metric "
+        f"on the first {s['eval_samples']} test rows. Inference (no autograd, eval mode): peak "
+        f"RSS {inf['peak_rss_mb']:.0f} MiB, forward {inf['forward_eval_s']:.3f} s "
+        f"(train mode, dropout on: {inf['forward_train_s']:.3f} s)."
+    )
+    cols = ["method", "lr", "test metric", "step s", "fwd s", "step / fwd", "step / BP",
+            "peak RSS MiB", "above inf. MiB", "above inf. / BP", "saved for bwd MiB",
+            "trainable", "GFLOP/step", "loss first -> last"]  # fmt: skip
+    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in summary["rows"]:
+        acc = r.get("accuracy_run", {})
+        metric = metric_of(acc)
+        m = "-" if metric is None else f"{metric[1]:.2f}" + (" %" if "%" in metric[0] else " ppl")
+        if "error" in acc:
+            m = "failed: " + acc["error"][:60]
+        loss = (f"{acc['loss_first']:.3f} -> {acc['loss_last']:.3f}"
+                if "loss_first" in acc else "-")  # fmt: skip
+        if "error" in r:
+            lines.append(f"| {r['label']} | {r['lr']:g} | {m} | failed: {r['error'][:80]} |")
+            continue
+        cells = [
+            r["label"], f"{r['lr']:g}", m, _f(r["step_s"], ".3f"), _f(r["forward_eval_s"], ".3f"),
+            _f(r["step_over_forward"], ".2f"), _f(r.get("step_vs_backprop"), ".2f"),
+            _f(r["peak_rss_mb"], ".0f"), _f(r["above_inference_mb"], ".0f"),
+            _f(r.get("above_inference_vs_backprop"), ".3f"), _f(r["saved_bytes"] / 2**20, ".1f"),
+            f"{r['trainable_params'] / 1e6:.3f}M", _f(r["flops_per_step"] / 1e9, ".1f"), loss,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(summary: dict[str, Any], out_dir: Path, name: str, table: str) -> list[Path]:
+    """`<name>.json`, `<name>.md` and `<name>.png` (step time over the forward floor, memory
+    above inference, test metric), each written atomically."""
+    from edgetune.io import atomic_write, atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{ext}" for ext in ("json", "md", "png")]
+    atomic_write_text(paths[0], json.dumps(summary, indent=1, default=str))
+    atomic_write_text(paths[1], table)
+    atomic_write(paths[2], lambda tmp: _plot(summary, tmp))
+    return paths
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"] if "error" not in r]
+    labels = [r["label"] for r in rows]
+    metrics = [metric_of(r.get("accuracy_run", {})) for r in rows]
+    panels = [
+        ("step time / eval-mode forward", [r["step_over_forward"] for r in rows]),
+        ("peak RSS above inference (MiB)", [r["above_inference_mb"] for r in rows]),
+        (next((m[0] for m in metrics if m), "test metric"),
+         [m[1] if m else 0.0 for m in metrics]),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(rows) + 1.8), constrained_layout=True)
+    for ax, (title, vals) in zip(axes, panels, strict=True):
+        ax.barh(labels, vals, color="tab:blue")
+        ax.set_title(title)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].axvline(1.3, color="tab:red", ls="--", lw=1)  # issue 3: sparse within 1.3x forward
+    s = summary["setup"]
+    fig.suptitle(f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}")
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_main(json.loads(sys.argv[1]))))

@@ -1,0 +1,131 @@
+"""The measurement plumbing of `edgetune bench` on a tiny BERT classifier (seconds).
+
+Workers run in-process here (their fresh-interpreter wrapper is tested once, on the cheapest
+worker); the CLI test swaps `run_worker` for the in-process call so it stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import edgetune.measure.bench as bench
+from edgetune.commands.bench import bench_app
+from edgetune.errors import EdgetuneError
+from edgetune.measure.bench import Setup, Variant
+
+
+@pytest.fixture
+def setup(tiny_bert, topics_jsonl) -> Setup:
+    return Setup(str(tiny_bert), str(topics_jsonl), task="classify", batch=4, seq=16, steps=3,
+                 eval_samples=8, rounds=2, threads=1)  # fmt: skip
+
+
+def _in_process(kind, setup, v=None, timeout=0):
+    spec = {"kind": kind, "setup": setup.__dict__, "variant": v and v.__dict__}
+    return json.loads(json.dumps(bench._main(spec)))  # the JSON round trip of the real path
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        Variant("backprop", "backprop", 1e-3),
+        Variant("sparse last-1 in-place", "sparse", 1e-3, {"scheme": "last-1", "in_place": True}),
+        Variant("mezo", "mezo", 1e-5),
+        Variant("mempepita", "mempepita", 1e-2),
+    ],
+    ids=lambda v: v.label,
+)
+def test_step_worker_returns_sane_fields(setup, variant):
+    r = bench.worker_step(setup, variant)
+    assert r["step_s"] > 0 and r["forward_eval_s"] > 0
+    assert r["step_over_forward"] > 0
+    assert r["peak_rss_mb"] >= r["base_rss_mb"] > 0
+    assert r["flops_per_step"] > 0
+    assert 0 < r["trainable_params"] < 1e7
+    assert r["predicted"]["flops"] > 0 and r["predicted"]["peak_mb"] > 0
+    if variant.method in ("backprop", "sparse"):
+        assert r["saved_bytes"] > 0  # autograd kept activations for the backward
+    else:
+        assert r["saved_bytes"] < 1e6  # no backward pass through the model
+
+
+def test_flops_per_step_orders_the_methods(setup):
+    """A full backprop step counts more FLOPs than a sparse step on the last block only."""
+    bp = bench.worker_step(setup, Variant("backprop", "backprop", 1e-3))
+    sp = bench.worker_step(setup, Variant("sparse", "sparse", 1e-3, {"scheme": "last-1"}))
+    assert sp["flops_per_step"] < bp["flops_per_step"]
+    assert sp["trainable_params"] < bp["trainable_params"]
+
+
+def test_inference_worker_in_a_fresh_interpreter(setup):
+    r = bench.run_worker("inference", setup, timeout=300)
+    assert "error" not in r, r
+    assert r["peak_rss_mb"] >= r["base_rss_mb"] > 0
+    assert r["forward_eval_s"] > 0 and r["forward_train_s"] > 0
+
+
+def test_a_failing_worker_reports_an_error(setup):
+    bad = Setup(**{**setup.__dict__, "model": "no-such-model-anywhere"})
+    r = bench.run_worker("step", bad, Variant("backprop", "backprop", 1e-3), timeout=300)
+    assert "error" in r and r["error"]
+
+
+def test_compare_summarizes_and_writes_outputs(setup, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "run_worker", _in_process)
+    variants = [Variant("backprop", "backprop", 1e-3), Variant("mezo", "mezo", 1e-5)]
+    summary = bench.compare(setup, variants, accuracy={"mezo"}, log=lambda m: None)
+    bp, mz = summary["rows"]
+    # in one process the peak RSS only grows, so backprop may not rise above "inference"
+    assert bp["above_inference_vs_backprop"] in (None, pytest.approx(1.0))
+    assert bp["step_vs_backprop"] == pytest.approx(1.0)
+    assert "accuracy_run" not in bp
+    assert 0.0 <= mz["accuracy_run"]["eval"]["accuracy"] <= 1.0
+    table = bench.methods_table(summary)
+    assert "| mezo |" in table and "| backprop |" in table
+    paths = bench.write_outputs(summary, tmp_path, "m", table)
+    assert [p.suffix for p in paths] == [".json", ".md", ".png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    hw = bench.hardware(summary, {"peak_flops": {"fp32": 1e10}, "threads": 1, "when": "now",
+                                  "gemm_n": 64, "repeats": 1, "bandwidth": 1e9})  # fmt: skip
+    assert all(r["mfu"] > 0 and r["tokens_per_s"] > 0 for r in hw["rows"])
+    assert "MFU" in bench.hardware_table(hw)
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.add_typer(bench_app, name="bench")
+    return app
+
+
+def test_cli_bench_methods_and_hardware(setup, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "run_worker", _in_process)
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    common = ["--model", setup.model, "--data", setup.data, "--task", "classify", "--batch", "4",
+              "--seq", "16", "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["bench", "methods", *common, "--steps", "2",
+                                 "--eval-samples", "8", "--only", "backprop,mezo"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "methods-minilm.png").is_file()
+    assert "| mezo |" in res.stdout
+    res = runner.invoke(_app(), ["bench", "hardware", *common, "--gemm-n", "64",
+                                 "--only", "sparse qkv-ffn1-2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    hw = json.loads((tmp_path / "hardware.json").read_text())
+    assert hw["gemm"]["peak_flops"]["fp32"] > 0
+    assert (tmp_path / "cache" / "this-machine.json").is_file()  # the profile's numbers
+    assert hw["rows"][0]["predicted_step_s"] > 0  # roofline now knows this machine
+
+
+def test_cli_rejects_bad_input(setup):
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["bench", "methods", "--only", "nope"])
+    assert isinstance(res.exception, EdgetuneError) and "unknown variant" in str(res.exception)
+    res = runner.invoke(_app(), ["bench", "methods", "--preset", "huge"])
+    assert isinstance(res.exception, EdgetuneError)
+    res = runner.invoke(_app(), ["bench", "methods", "--batch", "0"])
+    assert isinstance(res.exception, EdgetuneError)
