@@ -49,3 +49,18 @@ def test_a_run_over_budget_is_refused_naming_what_fits(tiny_bert, topics_jsonl, 
     # the same run within budget trains
     finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", f"train.budget={int(need * 1.1)}"))
     assert (tmp_path / "r/metrics.json").is_file()
+
+
+def test_sparse_with_a_budget_and_no_scheme_plans_one(
+    tiny_bert, topics_jsonl, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "r"
+    finetune(_cfg(tiny_bert, topics_jsonl, out, "train.method=sparse", "train.budget=1GB"))
+    from edgetune.config import load_config as load
+
+    scheme = load(out / "config.yaml").method["scheme"]
+    assert scheme.startswith(str(tmp_path / "cache" / "plans"))
+    from edgetune.plan.scheme import UpdateScheme
+
+    assert UpdateScheme.load(scheme).updates  # a real, non-empty scheme trained this run

@@ -97,6 +97,10 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
         )
     if resume and not list_checkpoints(out):
         raise EdgetuneError(f"nothing to resume in {out}: it has no checkpoint")
+    if cfg.train.method == "sparse" and "scheme" not in cfg.method and (
+        cfg.train.budget or cfg.train.device
+    ):
+        cfg.method["scheme"] = str(_plan_on_the_fly(cfg, console))
     p = prepare(cfg)
     forecast = forecast_run(p, cfg.train.budget, cfg.train.device)
     console.print(forecast.line(), highlight=False)
@@ -107,6 +111,23 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
         if created and not list_checkpoints(out):
             shutil.rmtree(out, ignore_errors=True)  # leave no half-written run folder
         raise
+
+
+def _plan_on_the_fly(cfg: RunConfig, console: Console) -> Path:
+    """`--method sparse --budget B` without a scheme: plan one (contribution analysis, cached)
+    and keep it as a YAML file the run's config points to."""
+    import hashlib
+
+    from edgetune.paths import cache_dir
+    from edgetune.plan.search import plan_scheme
+
+    scheme = plan_scheme(cfg, cfg.train.budget, cfg.train.device, console=console,
+                         whole_peak=True)  # fmt: skip
+    key = hashlib.md5(cfg.to_yaml().encode()).hexdigest()[:12]
+    path = cache_dir() / "plans" / f"{scheme.name}-{key}.yaml"
+    scheme.save(path)
+    console.print(f"planned scheme for the budget: {path}")
+    return path
 
 
 def _identity(cfg: RunConfig) -> dict[str, str]:

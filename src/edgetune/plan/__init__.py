@@ -1,4 +1,8 @@
-"""Update schemes: which parts of a model train, read by the sparse method, cost model and planner."""
+"""Update schemes (which parts of a model train) and the planner that picks one for a budget.
+
+`UpdateScheme` is read by the sparse method, the cost model, the planner and the federated
+payload alike; `edgetune.plan.search.plan_scheme` plans one (imported lazily: it needs torch).
+"""
 
 from edgetune.plan.scheme import UNITS, UnitUpdate, UpdateScheme
 

@@ -1,0 +1,78 @@
+"""`edgetune plan` through typer's CliRunner on an app built here."""
+
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from edgetune.commands.plan import plan
+from edgetune.errors import EdgetuneError
+from edgetune.plan.scheme import UpdateScheme
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(plan)
+    app.command("noop")(lambda: None)  # two commands: `plan` stays a named subcommand
+    return app
+
+
+def _args(tiny_bert, topics_jsonl, tmp_path, *extra):
+    return [
+        "plan",
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(topics_jsonl),
+        "--task",
+        "classify",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--analysis-batch",
+        "4",
+        "--eval-examples",
+        "4",
+        "--cache",
+        str(tmp_path / "cache"),
+        *extra,
+    ]
+
+
+def test_plan_writes_a_scheme_within_the_budget(tiny_bert, topics_jsonl, tmp_path):
+    out = tmp_path / "plan.yaml"
+    args = _args(
+        tiny_bert,
+        topics_jsonl,
+        tmp_path,
+        "--budget",
+        "2MB",
+        "--out",
+        str(out),
+        "--plot",
+        str(tmp_path / "gains.png"),
+    )
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    scheme = UpdateScheme.load(out)
+    assert scheme.trains_head()
+    raw = yaml.safe_load(out.read_text())
+    assert raw["forecast"]["training_bytes"] <= 2e6 == raw["budget_bytes"]
+    assert (tmp_path / "gains.png").is_file()
+    assert "wrote" in result.output
+
+
+def test_plan_budget_too_small_is_an_error(tiny_bert, topics_jsonl, tmp_path):
+    args = _args(tiny_bert, topics_jsonl, tmp_path, "--budget", "1KB")
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, EdgetuneError)
+    assert "too small" in str(result.exception) and "needs" in str(result.exception)
+
+
+def test_plan_needs_a_budget_or_a_device(tiny_bert, topics_jsonl, tmp_path):
+    result = CliRunner().invoke(_app(), _args(tiny_bert, topics_jsonl, tmp_path))
+    assert isinstance(result.exception, EdgetuneError)
+    assert "budget" in str(result.exception)

@@ -1,0 +1,82 @@
+"""Contribution analysis on a tiny BERT: a gain per candidate, cached, resumed, plotted."""
+
+import json
+
+import pytest
+
+import edgetune.plan.contribution as contribution
+from edgetune.config import load_config
+from edgetune.plan.contribution import AnalysisSettings, Candidate, analyze, plot_gains
+
+
+@pytest.fixture
+def cfg(tiny_bert, topics_jsonl):
+    return load_config(
+        None,
+        [
+            f"model.name={tiny_bert}",
+            f"data.name={topics_jsonl}",
+            "data.task=classify",
+            "data.seq_len=16",
+        ],
+    )
+
+
+SETTINGS = AnalysisSettings(
+    steps=2, batch_size=4, eval_examples=8, fractions=(1.0, 0.5), fraction_layers=[1]
+)
+
+
+def _count_runs(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = contribution.train_and_eval
+
+    def counting(model, scheme, *args, **kw):
+        calls.append(scheme.name)
+        return real(model, scheme, *args, **kw)
+
+    monkeypatch.setattr(contribution, "train_and_eval", counting)
+    return calls
+
+
+def test_gain_per_candidate_then_resume_from_cache(cfg, tmp_path, monkeypatch):
+    calls = _count_runs(monkeypatch)
+    # Execute: a full analysis
+    table = analyze(cfg, SETTINGS, cache=tmp_path)
+    # Assert: every unit of both blocks at both fractions has a gain; fraction 1/2 of block 0
+    # is filled from block 1's ratio, not measured
+    units = ("qkv", "attn_out", "ffn1", "ffn2")
+    keys = {Candidate(u, i, f).key for u in units for i in (0, 1) for f in (1.0, 0.5)}
+    keys |= {Candidate("bias", i, 0.0).key for i in (0, 1)}
+    assert set(table.entries) == keys
+    assert table.head and table.n_layers == 2 and table.n_labels == 4
+    assert not table.entries["qkv@0x0.5"].measured and table.entries["qkv@1x0.5"].measured
+    assert len(calls) == 1 + 8 + 4 + 2  # base, fraction 1, block 1's halves, biases
+    for e in table.entries.values():
+        assert isinstance(e.gain, float)
+    # Execute again: everything comes from the cache
+    calls.clear()
+    again = analyze(cfg, SETTINGS, cache=tmp_path)
+    assert calls == [] and again.entries == table.entries
+    # Execute after an interruption: only the missing candidates run
+    path = next(tmp_path.glob("contribution-*.json"))
+    raw = json.loads(path.read_text())
+    raw["entries"] = {k: v for k, v in raw["entries"].items() if not k.startswith("ffn2@0")}
+    path.write_text(json.dumps(raw))
+    analyze(cfg, SETTINGS, cache=tmp_path)
+    assert calls == ["ffn2@0x1"]
+    # the plot
+    plot_gains(table, tmp_path / "gains.png")
+    assert (tmp_path / "gains.png").stat().st_size > 1000
+
+
+def test_unmeasured_layers_are_interpolated(cfg, tmp_path):
+    # below the lowest measured block nothing is assumed to help
+    s = AnalysisSettings(steps=1, batch_size=4, eval_examples=4, fractions=(1.0,), layers=[1])
+    table = analyze(cfg, s, cache=tmp_path)
+    assert not table.entries["ffn1@0x1"].measured and table.entries["ffn1@0x1"].gain == 0.0
+    # above the highest, the nearest measured block's gains
+    s = AnalysisSettings(steps=1, batch_size=4, eval_examples=4, fractions=(1.0,), layers=[0])
+    table = analyze(cfg, s, cache=tmp_path)
+    assert not table.entries["ffn1@1x1"].measured
+    assert table.entries["ffn1@1x1"].gain == table.entries["ffn1@0x1"].gain

@@ -1,0 +1,153 @@
+"""Budgeted search on hand-made gain tables, checked against brute force; budgets; YAML."""
+
+import itertools
+
+import pytest
+import yaml
+
+from edgetune.errors import EdgetuneError
+from edgetune.plan.contribution import Candidate, ContributionTable, Entry, scheme_of
+from edgetune.plan.scheme import UpdateScheme
+from edgetune.plan.search import Costs, Item, Plan, knapsack, parse_bytes, search
+
+# Prepare: 3 blocks; depth costs grow downwards; items with integer costs
+DEPTH = {0: 9, 1: 5, 2: 2}
+BASE = 1
+ITEMS = [
+    Item(Candidate("qkv", 2, 1.0), 5.0, 4),
+    Item(Candidate("qkv", 2, 0.5), 3.5, 2),
+    Item(Candidate("ffn1", 2, 1.0), 4.0, 5),
+    Item(Candidate("bias", 2, 0.0), 1.0, 0),
+    Item(Candidate("qkv", 1, 1.0), 6.0, 4),
+    Item(Candidate("ffn1", 1, 0.25), 2.5, 1),
+    Item(Candidate("bias", 1, 0.0), 0.5, 0),
+    Item(Candidate("ffn2", 0, 1.0), 9.0, 6),
+    Item(Candidate("bias", 0, 0.0), 0.2, 0),
+]
+
+
+def brute_force(budget: float) -> float:
+    best = 0.0
+    for n in range(1, len(ITEMS) + 1):
+        for subset in itertools.combinations(ITEMS, n):
+            groups = [it.group for it in subset]
+            if len(set(groups)) < len(groups):  # one fraction per unit and block
+                continue
+            cost = BASE + DEPTH[min(it.candidate.layer for it in subset)]
+            cost += sum(it.cost for it in subset)
+            if cost <= budget:
+                best = max(best, sum(it.gain for it in subset))
+    return best
+
+
+@pytest.mark.parametrize("budget", [3, 4, 6, 8, 10, 12, 15, 19, 25, 40])
+def test_knapsack_matches_brute_force(budget):
+    # Execute
+    chosen, gain = knapsack(ITEMS, Costs(BASE, DEPTH), budget, resolution=1000)
+    # Assert: the best summed gain, and the choice really fits
+    assert gain == pytest.approx(brute_force(budget))
+    assert sum(it.gain for it in chosen) == pytest.approx(gain)
+    if chosen:
+        low = min(it.candidate.layer for it in chosen)
+        assert BASE + DEPTH[low] + sum(it.cost for it in chosen) <= budget
+        assert len({it.group for it in chosen}) == len(chosen)
+
+
+def _table(gains: dict[str, float], head: bool = True) -> ContributionTable:
+    t = ContributionTable("m", "d", "classify", 2, head, True, 2.0, 1.5, 4)
+    t.entries = {k: Entry(k, g, True) for k, g in gains.items()}
+    return t
+
+
+GAINS = {"qkv@1x1": 0.3, "ffn1@1x1": 0.2, "bias@1x0": 0.05, "qkv@0x1": 0.4, "bias@0x0": 0.01}
+WEIGHT = {"qkv": 30.0, "ffn1": 40.0}
+
+
+def _exact(scheme: UpdateScheme) -> float:
+    """A toy exact cost: head 10, depth 20 per block opened, weights by unit."""
+    low = scheme.lowest_layer()
+    cost = 10.0 + (0 if low is None else 20.0 * (2 - low))
+    return cost + sum(WEIGHT.get(u.unit, 0.0) * u.weight_fraction for u in scheme.updates)
+
+
+def test_search_picks_the_best_scheme_under_the_exact_cost():
+    scheme, gain = search(_table(GAINS), _exact, budget=100.0)
+    # qkv@1 + ffn1@1 (+ bias@1): 10 + 20 + 70 = 100 beats qkv@0: 10 + 40 + 30 = 80, gain 0.41
+    assert gain == pytest.approx(0.55)
+    assert _exact(scheme) <= 100.0
+    assert {(u.unit, u.layer, u.weight_fraction) for u in scheme.updates if u.weight_fraction} >= {
+        ("qkv", 1, 1.0),
+        ("ffn1", 1, 1.0),
+    }
+    assert scheme.trains_head()
+
+
+def test_budget_too_small_says_what_the_smallest_scheme_needs():
+    with pytest.raises(EdgetuneError, match="too small.*needs 10 B"):
+        search(_table(GAINS), _exact, budget=5.0)
+
+
+def test_budget_for_the_head_alone_plans_the_head():
+    scheme, gain = search(_table(GAINS), _exact, budget=12.0)
+    assert [u.unit for u in scheme.updates] == ["head"] and gain == 0.0
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [("64MB", 64e6), ("1.5GB", 1.5e9), ("512MiB", 512 * 2**20), ("2e8", 2e8), (1000, 1000.0)],
+)
+def test_parse_bytes(text, value):
+    assert parse_bytes(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["lots", "-5MB", "0", "12 parsecs"])
+def test_parse_bytes_rejects(text):
+    with pytest.raises(EdgetuneError):
+        parse_bytes(text)
+
+
+def test_plan_yaml_round_trip_with_forecast(tmp_path):
+    scheme = scheme_of([Candidate("qkv", 1, 0.25), Candidate("bias", 1, 0.0)], True, True)
+    plan = Plan(scheme, 0.42, 64e6, {"training_bytes": 3.2e7, "peak_bytes": 1.2e8})
+    path = tmp_path / "plan.yaml"
+    plan.save(path)
+    assert UpdateScheme.load(path) == scheme
+    raw = yaml.safe_load(path.read_text())
+    assert raw["forecast"]["training_bytes"] == 3.2e7
+    assert raw["predicted_gain"] == 0.42 and raw["budget_bytes"] == 64e6
+
+
+def test_scheme_of_merges_a_unit_named_twice():
+    s = scheme_of([Candidate("qkv", 0, 0.5), Candidate("bias", 0, 0.0)], False, True)
+    qkv = [u for u in s.updates if u.unit == "qkv"]
+    assert len(qkv) == 1 and qkv[0].weight_fraction == 0.5 and qkv[0].bias
+    # a bias-free family (Llama) trains the block's norm scales for "bias"
+    (norm,) = scheme_of([Candidate("bias", 3, 0.0)], False, False).updates
+    assert (norm.unit, norm.layer, norm.weight_fraction) == ("norm", 3, 1.0)
+
+
+def test_device_budget_is_its_memory_minus_the_weights():
+    from edgetune.cost import load_device
+    from edgetune.plan.search import resolve_budget
+
+    memory = load_device("rpi4").memory.value
+    assert resolve_budget(None, "rpi4", 1e8) == memory - 1e8
+    assert resolve_budget("64MB", None, 1e8) == 64e6
+    with pytest.raises(EdgetuneError, match="exactly one"):
+        resolve_budget("64MB", "rpi4", 1e8)
+    assert resolve_budget("1GB", None, 1e8, whole_peak=True) == 9e8
+    with pytest.raises(EdgetuneError, match="do not fit"):
+        resolve_budget(None, "stm32h7", 1e8)
+    with pytest.raises(EdgetuneError, match="do not fit the budget"):
+        resolve_budget("64MB", None, 1e8, whole_peak=True)
+
+
+def test_search_without_a_head_plans_blocks_only():
+    # Prepare: a language model (no head in the base)
+    table = _table(GAINS, head=False)
+    # Execute
+    scheme, gain = search(table, _exact, budget=60.0)
+    # Assert: qkv@1 (10 + 20 + 30 = 60 with the toy head cost) and no head
+    assert not scheme.trains_head() and gain == pytest.approx(0.35)
+    with pytest.raises(EdgetuneError, match="cheapest block"):
+        search(table, _exact, budget=20.0)
