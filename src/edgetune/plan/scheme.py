@@ -93,8 +93,12 @@ class UpdateScheme:
         the given output-channel ratio (ratios[-1] is the last block's), with biases, plus the
         head. A ratio of 0 leaves that block bias-only."""
         layers = _last_layers(n_layers, len(ratios))
-        ups = [UnitUpdate(u, i, float(r)) for i, r in zip(layers, ratios, strict=True)
-               for u in UNITS if u != "head"]
+        ups = [
+            UnitUpdate(u, i, float(r))
+            for i, r in zip(layers, ratios, strict=True)
+            for u in UNITS
+            if u != "head"
+        ]
         return cls((*ups, UnitUpdate("head")), "ratios-" + ",".join(f"{r:g}" for r in ratios))
 
     @classmethod
