@@ -53,10 +53,8 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Load data, model and method, validating every input."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+def load_inputs(cfg: RunConfig) -> tuple[LoadedModel, TaskData]:
+    """The model and the tokenized data of a run (the classifier head learns the labels' names)."""
     text = load_data(cfg.data)
     loaded = load_model(
         cfg.model.name,
@@ -69,6 +67,14 @@ def prepare(cfg: RunConfig) -> Prepared:
     if data.labels:
         loaded.model.config.id2label = dict(enumerate(data.labels))
         loaded.model.config.label2id = {n: i for i, n in enumerate(data.labels)}
+    return loaded, data
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Load data, model and method, validating every input."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    loaded, data = load_inputs(cfg)
     t = cfg.train
     micro_per_epoch = math.ceil(len(data.splits["train"]) / t.batch_size)
     steps_per_epoch = max(1, micro_per_epoch // t.grad_accum)

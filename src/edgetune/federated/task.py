@@ -23,15 +23,15 @@ import yaml
 from torch import nn
 
 from edgetune.config import RunConfig, load_config
-from edgetune.data.load import load_data
-from edgetune.data.tasks import TaskData, collate, epoch_order, tokenize
+from edgetune.data.tasks import TaskData, collate, epoch_order
 from edgetune.errors import EdgetuneError
 from edgetune.federated.partition import SCHEMES, partition, split_holdout
 from edgetune.federated.payload import CODECS
 from edgetune.methods import Method, MethodSettings, build_method
 from edgetune.methods.base import lr_lambda
 from edgetune.methods.mezo import mix_seed
-from edgetune.models.loader import LoadedModel, load_model
+from edgetune.models.loader import LoadedModel
+from edgetune.train import load_inputs
 
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
@@ -162,19 +162,7 @@ class Bundle:
 @lru_cache(maxsize=2)
 def _bundle(cfg_yaml: str) -> Bundle:
     cfg = RunConfig.from_dict(yaml.safe_load(cfg_yaml))
-    text = load_data(cfg.data)
-    loaded = load_model(
-        cfg.model.name,
-        text.task,
-        num_labels=len(text.labels) or None,
-        random_init=cfg.model.random_init,
-        seed=cfg.train.seed,
-    )
-    data = tokenize(text, loaded.tokenizer, cfg.data.seq_len, loaded.kind)
-    if data.labels:
-        loaded.model.config.id2label = dict(enumerate(data.labels))
-        loaded.model.config.label2id = {n: i for i, n in enumerate(data.labels)}
-    return Bundle(loaded, data)
+    return Bundle(*load_inputs(cfg))
 
 
 def bundle(cfg: RunConfig) -> Bundle:

@@ -114,8 +114,9 @@ def named_trainable(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_named(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy tensors into the model's parameters by name, checking names and shapes."""
-    params = dict(model.named_parameters())
+    """Copy tensors into the model's parameters by name, checking names and shapes; tied
+    parameters answer to every name."""
+    params = dict(model.named_parameters(remove_duplicate=False))
     for name, value in state.items():
         if name not in params:
             raise EdgetuneError(f"checkpoint tensor {name!r} does not exist in this model")

@@ -112,21 +112,6 @@ def plan_parameters(plan: ModulePlan) -> list[tuple[str, nn.Parameter]]:
     return out
 
 
-def load_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy whole tensors into parameters by name; tied parameters answer to every name."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    for name, value in state.items():
-        if name not in params:
-            raise EdgetuneError(f"checkpoint tensor {name!r} does not exist in this model")
-        if params[name].shape != value.shape:
-            raise EdgetuneError(
-                f"checkpoint tensor {name!r} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(params[name].shape)}"
-            )
-        with torch.no_grad():
-            params[name].copy_(value)
-
-
 def freeze_all(model: nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(False)

@@ -33,11 +33,11 @@ from edgetune.methods.base import (
     MethodSettings,
     StepResult,
     check_finite,
+    load_named,
 )
 from edgetune.methods.common import (
     ParamSteppers,
     freeze_all,
-    load_parameters,
     parse_options,
     sgd_factory,
     shared_parameters,
@@ -172,7 +172,7 @@ class Pepita:
         }
 
     def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_parameters(self.model, state)
+        load_named(self.model, state)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steppers": self.steppers.state_dict()}
