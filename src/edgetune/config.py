@@ -117,20 +117,24 @@ class RunConfig:
         return cls(**kwargs)
 
 
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping, or one clear error."""
+    if not path.is_file():
+        raise EdgetuneError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise EdgetuneError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise EdgetuneError(f"config file {path} must hold a mapping")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then the YAML file, then `section.key=value` overrides (values parsed as YAML)."""
     data: dict[str, Any] = RunConfig().to_dict()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise EdgetuneError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise EdgetuneError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise EdgetuneError(f"config file {p} must hold a mapping")
-        _merge(data, loaded)
+        _merge(data, read_yaml_mapping(Path(path)))
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:

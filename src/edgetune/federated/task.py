@@ -22,7 +22,7 @@ import torch
 import yaml
 from torch import nn
 
-from edgetune.config import RunConfig, load_config
+from edgetune.config import RunConfig, load_config, read_yaml_mapping
 from edgetune.data.tasks import TaskData, collate, epoch_order
 from edgetune.errors import EdgetuneError
 from edgetune.federated.partition import SCHEMES, partition, split_holdout
@@ -90,7 +90,7 @@ def settings(run_config: Mapping[str, Any]) -> tuple[RunConfig, FedSettings]:
     the other keys override it."""
     merged: dict[str, Any] = {}
     if run_config.get("config"):
-        merged.update(_flatten(_read_yaml(Path(str(run_config["config"])))))
+        merged.update(_flatten(read_yaml_mapping(Path(str(run_config["config"])))))
     merged.update({k: v for k, v in run_config.items() if k != "config"})
     fed_keys = {f.name: f for f in dataclasses.fields(FedSettings)}
     fed: dict[str, Any] = {}
@@ -112,18 +112,6 @@ def settings(run_config: Mapping[str, Any]) -> tuple[RunConfig, FedSettings]:
         else:
             raise EdgetuneError(f"unknown run config key {key!r}")
     return load_config(None, overrides), FedSettings(**fed)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise EdgetuneError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise EdgetuneError(f"config file {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise EdgetuneError(f"config file {path} must hold a mapping")
-    return data
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
