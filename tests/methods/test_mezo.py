@@ -154,3 +154,16 @@ def test_z_in_chunks_is_the_same_direction_everywhere(monkeypatch):
         torch.testing.assert_close(got, reference(**batch).logits)
     for k, v in m.model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_an_embedding_table_is_perturbed_without_a_copy():
+    m, batch = mezo(make_model("bert")), make_batch("bert")
+    table = m.model.bert.embeddings.word_embeddings
+    dense = m.model.bert.encoder.layer[0].intermediate.dense
+    seen = []
+    with torch.no_grad(), m.perturbed(3, 0.01):  # hooks after perturbed's own: they see its swap
+        for module in (table, dense):
+            module.register_forward_pre_hook(lambda mod, _a: seen.append(mod.weight.data_ptr()))
+        m.model(**batch)
+    # the table is read in place; a Linear gets a perturbed copy for its forward
+    assert seen[0] == table.weight.data_ptr() and seen[1] != dense.weight.data_ptr()

@@ -83,6 +83,17 @@ def test_backward_stops_at_the_lowest_trainable_module():
     assert seen == {"l0": False, "l1": True}
 
 
+@pytest.mark.parametrize("frozen_dropout", [False, True])
+def test_frozen_modules_below_the_trained_ones_run_without_dropout(frozen_dropout):
+    model = make_model("bert")
+    m = sparse(model, "last-1", options={"frozen_dropout": frozen_dropout})
+    m.step([make_batch("bert")])
+    blocks = model.bert.encoder.layer
+    frozen = [model.bert.embeddings, *blocks[:-1]]
+    assert all(b.training == frozen_dropout for b in frozen)
+    assert blocks[-1].training and model.classifier.training
+
+
 def test_a_trained_tied_head_does_not_open_the_embedding_path():
     m = sparse(make_model("gpt2"), "last-1")
     assert m.model.lm_head.weight is m.model.transformer.wte.weight

@@ -28,6 +28,7 @@ class Backprop:
         self.model = model
         self.settings = settings
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.eval_modules: list[nn.Module] = []
         self.optimizer = make_adamw(model, settings)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(settings))
 
@@ -61,10 +62,19 @@ def make_adamw(model: nn.Module, settings: MethodSettings) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=settings.lr)
 
 
+def train_mode(method) -> None:
+    """The model in train mode, except the modules the method lists in `eval_modules` (sparse:
+    the frozen modules below the lowest trained one), which run without dropout."""
+    method.model.train()
+    for m in method.eval_modules:
+        m.eval()
+
+
 def backward_step(method, batches: Sequence[Batch]) -> StepResult:
     """Forward, backward, clip, optimizer step, schedule step, zero_grad, for any method that
-    has `model`, `params`, `optimizer`, `scheduler` and `settings` (backprop, sparse, lora)."""
-    method.model.train()
+    has `model`, `params`, `eval_modules`, `optimizer`, `scheduler` and `settings` (backprop,
+    sparse, lora)."""
+    train_mode(method)
     total = 0.0
     for batch in batches:
         loss = forward_loss(method.model, batch) / len(batches)

@@ -112,6 +112,19 @@ def plan_parameters(plan: ModulePlan) -> list[tuple[str, nn.Parameter]]:
     return out
 
 
+def frozen_prefix(model: nn.Module, anatomy: Anatomy) -> list[nn.Module]:
+    """The modules below the lowest block with a trainable parameter: the input embeddings and
+    every block under it (all blocks when only the head trains). Gradients never reach them, so
+    for the trained modules they are a fixed feature extractor."""
+    out = [model.get_submodule(n) for n in anatomy.embeddings]
+    for name in anatomy.blocks:
+        block = model.get_submodule(name)
+        if any(p.requires_grad for p in block.parameters()):
+            break
+        out.append(block)
+    return out
+
+
 def freeze_all(model: nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(False)

@@ -94,6 +94,7 @@ class Lora:
         except ValueError as e:
             raise EdgetuneError(f"lora: {e}") from None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.eval_modules: list[nn.Module] = []
         self.optimizer = make_adamw(self.model, settings)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(settings))
 

@@ -11,7 +11,9 @@ point does not give back the same bits. Here the stored weights are never writte
 two evaluations: a forward pre-hook on each module that owns a trainable tensor swaps in
 theta +- eps z (computed into a temporary from the regenerated z) and its forward hook swaps the
 original back, so the weights after the evaluations are the weights before, bit for bit, and
-at most one module's perturbed copy exists at a time. Only the update writes the weights.
+at most one module's perturbed copy exists at a time. An embedding table (the largest tensor of
+a small encoder) is not copied at all: its lookup adds eps z[ids] to the looked-up rows. Only
+the update writes the weights.
 
 Seeds. The step seed is a hash of (settings.seed, step); tensor i of the trainable list draws its
 z from a torch.Generator seeded with a hash of (step seed, i), so a step can be replayed from
@@ -157,9 +159,15 @@ class Mezo:
     @contextmanager
     def perturbed(self, seed: int, scale: float):
         """Inside, every module sees its trainable tensors as theta + scale * z(seed); the stored
-        weights are never written."""
+        weights are never written. A module swaps in a perturbed copy of its tensors for its own
+        forward; an embedding table trained whole instead adds scale * z[ids] to its output (the
+        same numbers, W[ids] + scale * z[ids], without a copy of the table)."""
         by_param = {id(t.param): i for i, t in enumerate(self.tensors)}
         swapped: dict[int, tuple[torch.Tensor, int]] = {}  # param id -> (original, owner id)
+
+        def looked_up(module: nn.Embedding) -> bool:
+            i = by_param.get(id(module.weight))
+            return i is not None and self.tensors[i].index is None
 
         def pre(module: nn.Module, _args) -> None:
             for p in module.parameters(recurse=False):
@@ -180,8 +188,21 @@ class Mezo:
                 if swapped.get(id(p), (None, None))[1] == id(module):
                     p.data = swapped.pop(id(p))[0]
 
-        handles = [m.register_forward_pre_hook(pre) for m in self._owners]
-        handles += [m.register_forward_hook(post) for m in self._owners]
+        def lookup(module: nn.Embedding, args, kwargs, out: torch.Tensor) -> torch.Tensor:
+            ids = (args[0] if args else kwargs["input"]).reshape(-1)
+            rows_z = out.new_empty(ids.numel(), module.embedding_dim)
+            for rows, z in self.chunks(seed, by_param[id(module.weight)]):
+                hit = (ids >= rows.start) & (ids < rows.stop)
+                rows_z[hit] = z[ids[hit] - rows.start]
+            return out.add(rows_z.view_as(out), alpha=scale)
+
+        handles = []
+        for m in self._owners:
+            if isinstance(m, nn.Embedding) and looked_up(m):
+                handles.append(m.register_forward_hook(lookup, with_kwargs=True))
+            else:
+                handles.append(m.register_forward_pre_hook(pre))
+                handles.append(m.register_forward_hook(post))
         try:
             yield
         finally:

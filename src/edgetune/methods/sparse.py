@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgetune.errors import EdgetuneError
-from edgetune.methods.backprop import backward_step, make_adamw
+from edgetune.methods.backprop import backward_step, make_adamw, train_mode
 from edgetune.methods.base import (
     Batch,
     MethodSettings,
@@ -38,6 +38,7 @@ from edgetune.methods.common import (
     ParamSteppers,
     adamw_factory,
     freeze_all,
+    frozen_prefix,
     parse_key,
     parse_options,
     plan_modules,
@@ -57,6 +58,10 @@ class SparseOptions:
     scheme: str | Path | UpdateScheme = "qkv-ffn1-2"
     """Built-in name (last-K, bias-only[-K], qkv-ffn1-K, @F for a channel fraction,
     ratios-R1,...), a YAML scheme file, or an UpdateScheme."""
+    frozen_dropout: bool = False
+    """Keep dropout on in the frozen modules below the lowest trained one (embeddings and
+    blocks). Off by default: there they only add noise to the features the trained modules see,
+    and on a CPU a train-mode forward costs about 1.5x an eval-mode one."""
     in_place: bool = False
     """Apply each parameter's AdamW update in its gradient hook and free the gradient at once
     (needs max_grad_norm null: clipping needs every gradient at the same time)."""
@@ -64,8 +69,9 @@ class SparseOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, str | Path | UpdateScheme):
             raise EdgetuneError("sparse option 'scheme' must be a scheme name or a file path")
-        if not isinstance(self.in_place, bool):
-            raise EdgetuneError("sparse option 'in_place' must be true or false")
+        for name in ("in_place", "frozen_dropout"):
+            if not isinstance(getattr(self, name), bool):
+                raise EdgetuneError(f"sparse option {name!r} must be true or false")
 
 
 class SplitLinear(nn.Module):
@@ -141,6 +147,7 @@ class Sparse:
                 self.split[plan.name] = SplitLinear(plan.module, plan.rows, plan.bias)
                 _set_module(model, plan.name, self.split[plan.name])
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.eval_modules = [] if self.options.frozen_dropout else frozen_prefix(model, anatomy)
         # A trained tied head (lm_head = embeddings) must not open a path into the embedding
         # lookup: detach the embedding output so backward stops at the lowest scheme module.
         self._handles: list[Any] = []
@@ -188,7 +195,7 @@ class Sparse:
     def step(self, batches: Sequence[Batch]) -> StepResult:
         if not self.options.in_place:
             return backward_step(self, batches)
-        self.model.train()
+        train_mode(self)
         self.steppers.begin()
         lr, total = self.steppers.lr, 0.0
         for i, batch in enumerate(batches):
