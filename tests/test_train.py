@@ -55,6 +55,15 @@ def test_finetune_learns_and_writes_the_run_folder(tiny_bert, topics_jsonl, tmp_
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
 
 
+def test_validation_runs_every_eval_every_steps_and_after_the_last(
+    tiny_bert, topics_jsonl, tmp_path
+):
+    cfg = _cfg(tiny_bert, topics_jsonl, tmp_path / "run", "train.max_steps=5", "train.eval_every=2")
+    history = finetune(cfg).metrics["validation_history"]
+    assert [h["step"] for h in history] == [2, 4, 5]
+    assert all(0 <= h["accuracy"] <= 1 for h in history)
+
+
 def test_same_seed_same_weights(tiny_bert, topics_jsonl, tmp_path):
     for name in ("a", "b"):
         finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / name, "train.max_steps=5"))

@@ -53,7 +53,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     epochs: float = 1.0
     max_steps: int | None = None  # optimizer steps; overrides epochs
-    eval_every: int = 0  # optimizer steps between validation runs; 0: at the end only
+    eval_every: int = 0  # steps between validation runs (and after the last); 0: none
     save_every: int = 0  # optimizer steps between checkpoints; 0: at the end only
     keep_checkpoints: int = 2
     seed: int = 0

@@ -193,7 +193,7 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
             rate = 1.0 / statistics.median(step_times[-20:])
             progress.update(bar, advance=1, info=f"loss {result.loss:.4f}  {rate:.2f} step/s")
 
-            if t.eval_every and step % t.eval_every == 0 and step < p.total_steps:
+            if t.eval_every and (step % t.eval_every == 0 or step == p.total_steps):
                 val = evaluate(
                     method.model,
                     data,
