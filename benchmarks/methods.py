@@ -10,6 +10,11 @@ same number of optimizer steps gives the test metric. Writes benchmarks/results/
     python benchmarks/methods.py                         # MiniLM on Reuters-R8, 16 x 128
     python benchmarks/methods.py --preset smollm2        # SmolLM2-135M on brown, 4 x 128
     python benchmarks/methods.py --steps 20 --eval-samples 200 --rounds 3 --repeats 1
+    python benchmarks/methods.py --lr-sweep 0.3,1,3 --only backprop,"sparse last-1"
+
+`--lr-sweep` instead runs only accuracy runs, at each variant's learning rate times each factor,
+picks the rate by the validation metric and reports the test metric there
+(benchmarks/results/<name>-lr.{json,md}).
 """
 
 from __future__ import annotations
@@ -18,18 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgetune.measure.bench import (
-    Setup,
-    Variant,
-    compare,
-    methods_table,
-    minilm_variants,
-    smollm_variants,
-    write_outputs,
-)
+from edgetune.measure.bench import Setup, Variant, compare, minilm_variants, smollm_variants, sweep
+from edgetune.measure.tables import methods_table, sweep_table, write_json_md, write_outputs
 
 RESULTS = Path(__file__).parent / "results"
-SCHEMES = ["last-1", "last-2", "qkv-ffn1-2", "bias-only"]
+SCHEMES = ["last-1", "qkv-ffn1-1", "bias-only-1", "last-2", "bias-only"]
 
 
 def main() -> None:
@@ -46,6 +44,7 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated variant labels to keep")
     ap.add_argument("--accuracy", help="labels that get a finetune run (default: all; '' none)")
     ap.add_argument("--name", help="output file stem (default: methods-<preset>)")
+    ap.add_argument("--lr-sweep", help="comma-separated lr factors: choose lr on validation")
     args = ap.parse_args()
 
     variants: list[Variant]
@@ -67,6 +66,15 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         variants = [v for v in variants if v.label in keep]
+    name = args.name or f"methods-{args.preset}"
+    if args.lr_sweep:
+        result = sweep(setup, variants, [float(f) for f in args.lr_sweep.split(",")],
+                       log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+        table = sweep_table(result)
+        for p in write_json_md(result, RESULTS, f"{name}-lr", table):
+            print(f"wrote {p}", file=sys.stderr)
+        print(table)
+        return
     summary = compare(
         setup,
         variants,
@@ -75,7 +83,6 @@ def main() -> None:
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     table = methods_table(summary)
-    name = args.name or f"methods-{args.preset}"
     for p in write_outputs(summary, RESULTS, name, table):
         print(f"wrote {p}", file=sys.stderr)
     print(table)

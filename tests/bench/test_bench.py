@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 import edgetune.measure.bench as bench
+import edgetune.measure.tables as tables
 from edgetune.commands.bench import bench_app
 from edgetune.errors import EdgetuneError
 from edgetune.measure.bench import Setup, Variant
@@ -84,15 +85,35 @@ def test_compare_summarizes_and_writes_outputs(setup, monkeypatch, tmp_path):
     assert bp["step_vs_backprop"] == pytest.approx(1.0)
     assert "accuracy_run" not in bp
     assert 0.0 <= mz["accuracy_run"]["eval"]["accuracy"] <= 1.0
-    table = bench.methods_table(summary)
+    table = tables.methods_table(summary)
     assert "| mezo |" in table and "| backprop |" in table
-    paths = bench.write_outputs(summary, tmp_path, "m", table)
+    paths = tables.write_outputs(summary, tmp_path, "m", table)
     assert [p.suffix for p in paths] == [".json", ".md", ".png"]
     assert all(p.stat().st_size > 0 for p in paths)
     hw = bench.hardware(summary, {"peak_flops": {"fp32": 1e10}, "threads": 1, "when": "now",
                                   "gemm_n": 64, "repeats": 1, "bandwidth": 1e9})  # fmt: skip
     assert all(r["mfu"] > 0 and r["tokens_per_s"] > 0 for r in hw["rows"])
-    assert "MFU" in bench.hardware_table(hw)
+    assert "MFU" in tables.hardware_table(hw)
+
+
+def test_sweep_chooses_the_learning_rate_on_validation(setup, monkeypatch):
+    def fake(kind, _setup, v, timeout=0):  # validation peaks at lr 1e-3, test elsewhere
+        assert kind == "accuracy"
+        return {"validation": {"accuracy": 1.0 - abs(v.lr - 1e-3)}, "eval": {"accuracy": v.lr}}
+
+    monkeypatch.setattr(bench, "run_worker", fake)
+    result = bench.sweep(setup, [Variant("bp", "backprop", 1e-3)], [0.1, 1, 10], log=lambda m: 0)
+    (row,) = result["rows"]
+    assert [t["lr"] for t in row["tried"]] == [1e-4, 1e-3, 1e-2]
+    assert row["chosen"]["lr"] == 1e-3 and row["chosen"]["eval"]["accuracy"] == 1e-3
+    assert "| bp | 0.0001 (" in tables.sweep_table(result)
+
+
+def test_accuracy_worker_reports_validation_and_test(setup, monkeypatch):
+    monkeypatch.setattr(bench, "run_worker", _in_process)
+    (row,) = bench.sweep(setup, [Variant("mezo", "mezo", 1e-5)], [1], log=lambda m: 0)["rows"]
+    assert set(row["chosen"]["validation"]) >= {"accuracy", "macro_f1"}
+    assert 0.0 <= row["chosen"]["eval"]["accuracy"] <= 1.0
 
 
 def _app() -> typer.Typer:

@@ -17,13 +17,11 @@ from edgetune.measure.bench import (
     Setup,
     Variant,
     compare,
-    hardware_table,
-    methods_table,
     minilm_variants,
     smollm_variants,
-    write_outputs,
 )
 from edgetune.measure.bench import hardware as hardware_rows
+from edgetune.measure.tables import hardware_table, methods_table, write_outputs
 
 bench_app = typer.Typer(
     help="Measure learning methods side by side, and this machine's peak.", no_args_is_help=True

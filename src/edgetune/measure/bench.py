@@ -13,7 +13,10 @@ resident set belongs to one configuration only. Three kinds of worker:
   share the machine's load; the ratio is the median of the per-round ratios. The cost model's
   prediction for the same step comes along (`edgetune.cost`, roofline on `this-machine`).
 - `accuracy`: `edgetune.train.finetune` for `steps` optimizer steps (a fresh batch each), then
-  the test metric on the first `eval_samples` test rows.
+  the validation and test metrics on the first `eval_samples` rows of each split.
+
+`sweep` picks each method's learning rate on the validation metric (a grid of factors around the
+variant's default) and reports the test metric at the chosen one.
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ def overrides(setup: Setup, v: Variant, kind: str) -> list[str]:
         f"train.max_steps={setup.steps if kind == 'accuracy' else 1000}", f"train.lr={v.lr}",
         f"train.threads={setup.threads}", f"train.final_eval={str(kind == 'accuracy').lower()}",
     ]  # fmt: skip
+    if kind == "accuracy":
+        out.append(f"train.eval_every={setup.steps}")  # validation after the last step
     if setup.task:
         out.append(f"data.task={setup.task}")
     if not v.clip:
@@ -234,7 +239,8 @@ def worker_accuracy(setup: Setup, v: Variant) -> dict[str, Any]:
         cfg.out = str(Path(tmp) / "run")
         m = finetune(cfg, console=Console(stderr=True, quiet=True)).metrics
     t = m["train"]
-    return {"eval": m["eval"], "loss_first": t["loss_first"], "loss_last": t["loss_last"],
+    return {"eval": m["eval"], "validation": m["validation_history"][-1],
+            "loss_first": t["loss_first"], "loss_last": t["loss_last"],
             "loop_step_s": m["time"]["step_s_median"]}  # fmt: skip
 
 
@@ -286,6 +292,31 @@ def compare(setup: Setup, variants: list[Variant], repeats: int = 1,
     return summarize(setup, variants, runs, acc)
 
 
+def sweep(setup: Setup, variants: list[Variant], factors: list[float],
+          log=print) -> dict[str, Any]:  # fmt: skip
+    """Accuracy runs of every variant at lr x each factor; per variant the run with the best
+    validation metric (accuracy up, perplexity down) and its test metric."""
+    rows = []
+    for v in variants:
+        tried = []
+        for f in factors:
+            lr = float(f"{v.lr * f:.3g}")
+            res = run_worker("accuracy", setup, Variant(v.label, v.method, lr, v.options))
+            tried.append({"lr": lr, **res})
+            log(f"{v.label} lr {lr:g}: {res}")
+        ok = [t for t in tried if "error" not in t]
+        row: dict[str, Any] = {"label": v.label, "method": v.method, "tried": tried}
+        if ok:
+            key, sign = _selection_key(ok[0]["validation"])
+            row["chosen"] = max(ok, key=lambda t: sign * t["validation"][key])
+        rows.append(row)
+    return {"setup": asdict(setup), "factors": factors, "rows": rows}
+
+
+def _selection_key(validation: dict[str, Any]) -> tuple[str, int]:
+    return ("accuracy", 1) if "accuracy" in validation else ("perplexity", -1)
+
+
 def _median(rows: list[dict], key: str) -> float | None:
     vals = [r[key] for r in rows if "error" not in r and r.get(key) is not None]
     return statistics.median(vals) if vals else None
@@ -323,16 +354,6 @@ def summarize(setup: Setup, variants: list[Variant], runs: dict[str, list[dict]]
     return {"setup": asdict(setup), "inference": inf, "rows": rows, "runs": runs}
 
 
-def metric_of(acc: dict[str, Any]) -> tuple[str, float] | None:
-    """The headline test metric of an accuracy run: accuracy (%) or perplexity."""
-    ev = acc.get("eval") or {}
-    if "accuracy" in ev:
-        return "accuracy %", 100 * ev["accuracy"]
-    if "perplexity" in ev:
-        return "perplexity", ev["perplexity"]
-    return None
-
-
 # -- hardware ---------------------------------------------------------------------------------
 def hardware(summary: dict[str, Any], gemm: dict[str, Any]) -> dict[str, Any]:
     """Per measured step: achieved FLOP/s (torch's flop counter over the step time), model FLOP
@@ -355,113 +376,6 @@ def hardware(summary: dict[str, Any], gemm: dict[str, Any]) -> dict[str, Any]:
             "predicted_over_measured": None if pred is None else pred / r["step_s"],
         })  # fmt: skip
     return {"setup": summary["setup"], "gemm": gemm, "rows": rows}
-
-
-def hardware_table(hw: dict[str, Any]) -> str:
-    g, s = hw["gemm"], hw["setup"]
-    peaks = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in g["peak_flops"].items())
-    lines = [
-        f"This machine ({g['threads']} threads, measured {g['when']}): GEMM {g['gemm_n']}^3 "
-        f"median of {g['repeats']}: {peaks}; copy bandwidth {g['bandwidth'] / 1e9:.1f} GB/s.",
-        "",
-        f"Training steps of {s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}, fp32. "
-        "MFU = achieved FLOP/s (flop counter: matrix products only) / fp32 GEMM peak. Predicted: "
-        "cost-model roofline on `this-machine` (50 % efficiency).",
-        "",
-        "| method | step s | GFLOP/step | achieved GFLOP/s | MFU | tokens/s | predicted step s "
-        "| predicted / measured |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in hw["rows"]:
-        pred = r["predicted_step_s"]
-        lines.append(
-            f"| {r['label']} | {r['step_s']:.3f} | {r['flops_per_step'] / 1e9:.1f} | "
-            f"{r['flops_per_s'] / 1e9:.1f} | {r['mfu'] * 100:.1f} % | {r['tokens_per_s']:.0f} | "
-            f"{_f(pred, '.3f')} | {_f(r['predicted_over_measured'], '.2f')} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-# -- outputs ----------------------------------------------------------------------------------
-def _f(x: float | None, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def methods_table(summary: dict[str, Any]) -> str:
-    """The Markdown table of a comparison (one row per variant)."""
-    s, inf = summary["setup"], summary["inference"]
-    head = (
-        f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']} tokens, "
-        f"{s['threads']} threads; accuracy runs: {s['steps']} optimizer steps each, test metric "
-        f"on the first {s['eval_samples']} test rows. Inference (no autograd, eval mode): peak "
-        f"RSS {inf['peak_rss_mb']:.0f} MiB, forward {inf['forward_eval_s']:.3f} s "
-        f"(train mode, dropout on: {inf['forward_train_s']:.3f} s)."
-    )
-    cols = ["method", "lr", "test metric", "step s", "fwd s", "step / fwd", "step / BP",
-            "peak RSS MiB", "above inf. MiB", "above inf. / BP", "saved for bwd MiB",
-            "trainable", "GFLOP/step", "loss first -> last"]  # fmt: skip
-    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in summary["rows"]:
-        acc = r.get("accuracy_run", {})
-        metric = metric_of(acc)
-        m = "-" if metric is None else f"{metric[1]:.2f}" + (" %" if "%" in metric[0] else " ppl")
-        if "error" in acc:
-            m = "failed: " + acc["error"][:60]
-        loss = (f"{acc['loss_first']:.3f} -> {acc['loss_last']:.3f}"
-                if "loss_first" in acc else "-")  # fmt: skip
-        if "error" in r:
-            lines.append(f"| {r['label']} | {r['lr']:g} | {m} | failed: {r['error'][:80]} |")
-            continue
-        cells = [
-            r["label"], f"{r['lr']:g}", m, _f(r["step_s"], ".3f"), _f(r["forward_eval_s"], ".3f"),
-            _f(r["step_over_forward"], ".2f"), _f(r.get("step_vs_backprop"), ".2f"),
-            _f(r["peak_rss_mb"], ".0f"), _f(r["above_inference_mb"], ".0f"),
-            _f(r.get("above_inference_vs_backprop"), ".3f"), _f(r["saved_bytes"] / 2**20, ".1f"),
-            f"{r['trainable_params'] / 1e6:.3f}M", _f(r["flops_per_step"] / 1e9, ".1f"), loss,
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(summary: dict[str, Any], out_dir: Path, name: str, table: str) -> list[Path]:
-    """`<name>.json`, `<name>.md` and `<name>.png` (step time over the forward floor, memory
-    above inference, test metric), each written atomically."""
-    from edgetune.io import atomic_write, atomic_write_text
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.{ext}" for ext in ("json", "md", "png")]
-    atomic_write_text(paths[0], json.dumps(summary, indent=1, default=str))
-    atomic_write_text(paths[1], table)
-    atomic_write(paths[2], lambda tmp: _plot(summary, tmp))
-    return paths
-
-
-def _plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in summary["rows"] if "error" not in r]
-    labels = [r["label"] for r in rows]
-    metrics = [metric_of(r.get("accuracy_run", {})) for r in rows]
-    panels = [
-        ("step time / eval-mode forward", [r["step_over_forward"] for r in rows]),
-        ("peak RSS above inference (MiB)", [r["above_inference_mb"] for r in rows]),
-        (next((m[0] for m in metrics if m), "test metric"),
-         [m[1] if m else 0.0 for m in metrics]),
-    ]  # fmt: skip
-    fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(rows) + 1.8), constrained_layout=True)
-    for ax, (title, vals) in zip(axes, panels, strict=True):
-        ax.barh(labels, vals, color="tab:blue")
-        ax.set_title(title)
-        ax.invert_yaxis()
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].axvline(1.3, color="tab:red", ls="--", lw=1)  # issue 3: sparse within 1.3x forward
-    s = summary["setup"]
-    fig.suptitle(f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}")
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

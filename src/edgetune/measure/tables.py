@@ -1,0 +1,161 @@
+"""The bench results as Markdown tables, a plot and files: `edgetune bench` and `benchmarks/`
+write what `edgetune.measure.bench` measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def metric_of(acc: dict[str, Any]) -> tuple[str, float] | None:
+    """The headline test metric of an accuracy run: accuracy (%) or perplexity."""
+    ev = acc.get("eval") or {}
+    if "accuracy" in ev:
+        return "accuracy %", 100 * ev["accuracy"]
+    if "perplexity" in ev:
+        return "perplexity", ev["perplexity"]
+    return None
+
+
+def _f(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _metric_cell(ev: dict[str, Any]) -> str:
+    m = metric_of({"eval": ev})
+    return "-" if m is None else f"{m[1]:.2f}" + (" %" if "%" in m[0] else " ppl")
+
+
+def methods_table(summary: dict[str, Any]) -> str:
+    """The Markdown table of a comparison (one row per variant)."""
+    s, inf = summary["setup"], summary["inference"]
+    head = (
+        f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']} tokens, "
+        f"{s['threads']} threads; accuracy runs: {s['steps']} optimizer steps each, test metric "
+        f"on the first {s['eval_samples']} test rows. Inference (no autograd, eval mode): peak "
+        f"RSS {inf['peak_rss_mb']:.0f} MiB, forward {inf['forward_eval_s']:.3f} s "
+        f"(train mode, dropout on: {inf['forward_train_s']:.3f} s)."
+    )
+    cols = ["method", "lr", "test metric", "step s", "fwd s", "step / fwd", "step / BP",
+            "peak RSS MiB", "above inf. MiB", "above inf. / BP", "saved for bwd MiB",
+            "trainable", "GFLOP/step", "loss first -> last"]  # fmt: skip
+    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in summary["rows"]:
+        acc = r.get("accuracy_run", {})
+        metric = metric_of(acc)
+        m = "-" if metric is None else f"{metric[1]:.2f}" + (" %" if "%" in metric[0] else " ppl")
+        if "error" in acc:
+            m = "failed: " + acc["error"][:60]
+        loss = (f"{acc['loss_first']:.3f} -> {acc['loss_last']:.3f}"
+                if "loss_first" in acc else "-")  # fmt: skip
+        if "error" in r:
+            lines.append(f"| {r['label']} | {r['lr']:g} | {m} | failed: {r['error'][:80]} |")
+            continue
+        cells = [
+            r["label"], f"{r['lr']:g}", m, _f(r["step_s"], ".3f"), _f(r["forward_eval_s"], ".3f"),
+            _f(r["step_over_forward"], ".2f"), _f(r.get("step_vs_backprop"), ".2f"),
+            _f(r["peak_rss_mb"], ".0f"), _f(r["above_inference_mb"], ".0f"),
+            _f(r.get("above_inference_vs_backprop"), ".3f"), _f(r["saved_bytes"] / 2**20, ".1f"),
+            f"{r['trainable_params'] / 1e6:.3f}M", _f(r["flops_per_step"] / 1e9, ".1f"), loss,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(result: dict[str, Any]) -> str:
+    s = result["setup"]
+    lines = [
+        f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}, {s['steps']} optimizer "
+        f"steps per run; learning rate chosen on the validation metric (first "
+        f"{s['eval_samples']} validation rows) over the default x {result['factors']}; test "
+        f"metric on the first {s['eval_samples']} test rows at the chosen rate.",
+        "",
+        "| method | learning rates tried (validation metric) | chosen lr | validation | test |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        tried = ", ".join(
+            f"{t['lr']:g} ({'failed' if 'error' in t else _metric_cell(t['validation'])})"
+            for t in r["tried"]
+        )
+        c = r.get("chosen")
+        cells = ([f"{c['lr']:g}", _metric_cell(c["validation"]), _metric_cell(c["eval"])]
+                 if c else ["-", "-", "-"])  # fmt: skip
+        lines.append(f"| {r['label']} | {tried} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def hardware_table(hw: dict[str, Any]) -> str:
+    g, s = hw["gemm"], hw["setup"]
+    peaks = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in g["peak_flops"].items())
+    lines = [
+        f"This machine ({g['threads']} threads, measured {g['when']}): GEMM {g['gemm_n']}^3 "
+        f"median of {g['repeats']}: {peaks}; copy bandwidth {g['bandwidth'] / 1e9:.1f} GB/s.",
+        "",
+        f"Training steps of {s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}, fp32. "
+        "MFU = achieved FLOP/s (flop counter: matrix products only) / fp32 GEMM peak. Predicted: "
+        "cost-model roofline on `this-machine` (50 % efficiency).",
+        "",
+        "| method | step s | GFLOP/step | achieved GFLOP/s | MFU | tokens/s | predicted step s "
+        "| predicted / measured |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in hw["rows"]:
+        pred = r["predicted_step_s"]
+        lines.append(
+            f"| {r['label']} | {r['step_s']:.3f} | {r['flops_per_step'] / 1e9:.1f} | "
+            f"{r['flops_per_s'] / 1e9:.1f} | {r['mfu'] * 100:.1f} % | {r['tokens_per_s']:.0f} | "
+            f"{_f(pred, '.3f')} | {_f(r['predicted_over_measured'], '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_json_md(result: dict[str, Any], out_dir: Path, name: str, table: str) -> list[Path]:
+    """`<name>.json` and `<name>.md`, each written atomically."""
+    from edgetune.io import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{ext}" for ext in ("json", "md")]
+    atomic_write_text(paths[0], json.dumps(result, indent=1, default=str))
+    atomic_write_text(paths[1], table)
+    return paths
+
+
+def write_outputs(summary: dict[str, Any], out_dir: Path, name: str, table: str) -> list[Path]:
+    """`write_json_md` and `<name>.png` (step time over the forward floor, memory above
+    inference, test metric), written atomically."""
+    from edgetune.io import atomic_write
+
+    paths = write_json_md(summary, out_dir, name, table)
+    png = out_dir / f"{name}.png"
+    atomic_write(png, lambda tmp: _plot(summary, tmp))
+    return [*paths, png]
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"] if "error" not in r]
+    labels = [r["label"] for r in rows]
+    metrics = [metric_of(r.get("accuracy_run", {})) for r in rows]
+    panels = [
+        ("step time / eval-mode forward", [r["step_over_forward"] for r in rows]),
+        ("peak RSS above inference (MiB)", [r["above_inference_mb"] for r in rows]),
+        (next((m[0] for m in metrics if m), "test metric"),
+         [m[1] if m else 0.0 for m in metrics]),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(rows) + 1.8), constrained_layout=True)
+    for ax, (title, vals) in zip(axes, panels, strict=True):
+        ax.barh(labels, vals, color="tab:blue")
+        ax.set_title(title)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].axvline(1.3, color="tab:red", ls="--", lw=1)  # issue 3: sparse within 1.3x forward
+    s = summary["setup"]
+    fig.suptitle(f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}")
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
