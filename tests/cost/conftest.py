@@ -71,6 +71,19 @@ def tiny_configs() -> dict:
             "LlamaForCausalLM",
             "lm",
         ),  # fmt: skip
+        "llama-tied": (  # SmolLM2's layout: the LM head is the embedding matrix
+            T.LlamaConfig(
+                vocab_size=64,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                tie_word_embeddings=True,
+            ),
+            "LlamaForCausalLM",
+            "lm",
+        ),  # fmt: skip
         "t5": (
             T.T5Config(
                 vocab_size=64,

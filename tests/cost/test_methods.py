@@ -1,15 +1,29 @@
 """Relations between methods that follow from their definitions, on a real-size shape."""
 
+from dataclasses import replace
+
 import pytest
 
 from edgetune.cost.methods import Precision, step_cost
-from edgetune.cost.shapes import ModelShape, n_params
+from edgetune.cost.shapes import ModelShape, block_params, n_params
 from edgetune.errors import EdgetuneError
 from edgetune.plan.scheme import UnitUpdate, UpdateScheme
 
 # a BERT-base-like encoder written out, so these tests need no transformers
 S = ModelShape("enc", "bert", "encoder", 30522, 768, 12, 12, 12, 64, 3072, n_positions=512,
                type_vocab=2, pooler=True)  # fmt: skip
+
+
+# SmolLM2-135M written out: GQA, tied LM head, KV cache
+SMOL = ModelShape("smol", "llama", "decoder", 49152, 576, 30, 9, 3, 64, 1536, gated=True,
+                  act="silu", norm="rmsnorm", bias=False, tied=True, emb_norm=False,
+                  final_norm=True, kv_cache=True)  # fmt: skip
+V, D = SMOL.vocab, SMOL.d_model
+
+
+def _step_bytes(c) -> float:
+    """The step's own bytes: the peak beyond weights and optimizer state."""
+    return c.memory.peak - c.memory.weights - c.memory.optimizer
 
 
 def test_mezo_is_two_forwards_at_inference_memory():
@@ -48,7 +62,7 @@ def test_adamw_states_and_sgd():
 def test_sparse_backward_stops_at_lowest_layer_and_fraction_scales():
     top = UpdateScheme((UnitUpdate("ffn1", 11), UnitUpdate("head")))
     low = UpdateScheme((UnitUpdate("ffn1", 0), UnitUpdate("head")))
-    # classifier head: a tied LM head would train the embedding table and reopen the backward
+    # classifier head: a tied LM head would add the embedding table's dW to every scheme
     kw = dict(head="classifier")
     c_top, c_low = (step_cost(S, "sparse", 1, 128, scheme=x, **kw) for x in (top, low))
     assert c_top.bwd_macs < c_low.bwd_macs / 5
@@ -62,6 +76,69 @@ def test_sparse_backward_stops_at_lowest_layer_and_fraction_scales():
     assert c_b.memory.activations < c_top.memory.activations  # no stored input for a bias
     with pytest.raises(EdgetuneError, match="needs an update scheme"):
         step_cost(S, "sparse")
+
+
+def test_tied_lm_head_trains_the_embedding_matrix_once():
+    """A trained LM head tied to the embedding matrix trains that matrix (its dW, gradient and
+    AdamW state), counted once; the lookup gets no gradient (the runtime detaches it), so the
+    backward still stops at the lowest trained block."""
+    smol = replace(SMOL, kv_cache=False)
+    m, table = 4 * 128, V * D
+    head = UpdateScheme((UnitUpdate("head"),), "head-only")
+    c = step_cost(smol, "sparse", 4, 128, scheme=head)
+    assert c.trained_params == table
+    assert c.bwd_macs == m * table  # dW only: the head's input needs no gradient
+    assert c.memory.gradients == 4 * table and c.memory.optimizer == 2 * 4 * table
+    last = step_cost(smol, "sparse", 4, 128, scheme=UpdateScheme.last_k(30, 2))
+    assert last.trained_params == table + 2 * block_params(smol) + D  # + the final norm
+    untied = step_cost(replace(smol, tied=False), "sparse", 4, 128, scheme=head)
+    assert (untied.trained_params, untied.bwd_macs) == (c.trained_params, c.bwd_macs)
+    bp = step_cost(smol, "backprop", 4, 128)
+    assert bp.trained_params == n_params(smol, "lm")  # the embedding matrix once
+
+
+def test_mezo_peak_is_the_head_with_its_perturbed_copy():
+    """At the LM head MeZO holds the perturbed copy of the (tied) head matrix, the logits, the
+    head's input and the KV cache (K and V of every layer, until the model returns); the
+    embedding lookup adds z[ids] instead of copying the table."""
+    b, t = 4, 128
+    rows, cache = b * t, 30 * 2 * b * t * SMOL.kv_width * 4
+    c = step_cost(SMOL, "mezo", b, t)
+    assert c.memory.workspace == 4 * (V * D + rows * V + rows * D) + cache
+    no_cache = step_cost(replace(SMOL, kv_cache=False), "mezo", b, t)
+    assert c.memory.workspace - no_cache.memory.workspace == cache
+
+
+def test_pepita_holds_every_update_mempepita_the_output_layer_phase():
+    b, t = 4, 128
+    rows = b * t
+    pe = step_cost(SMOL, "pepita", b, t, optimizer="sgd")
+    assert pe.memory.gradients == 4 * pe.trained_params  # p.grad of every linear to the end
+    mp = step_cost(SMOL, "mempepita", b, t, optimizer="sgd")
+    # the output layer's update: F e (rows, d), the head's input (2 rows, d), its output,
+    # the concatenated logits and the leaf's gradient (2 rows, V each), dW and its scaled copy
+    leaf = 4 * (rows * D + 2 * rows * D + 3 * 2 * rows * V + 2 * V * D)
+    assert _step_bytes(mp) == leaf
+    assert mp.memory.gradients == 4 * V * D  # one update at a time: the largest
+
+
+def test_optimizer_step_temporaries():
+    """After the backward every gradient exists, and torch's (single-tensor) AdamW makes two
+    temporaries of a parameter's size for its denominator: with only the tied head (the
+    embedding matrix) trained, that step is the peak."""
+    head = UpdateScheme((UnitUpdate("head"),), "head-only")
+    c = step_cost(SMOL, "sparse", 1, 128, scheme=head)
+    assert _step_bytes(c) == 3 * 4 * V * D
+    sgd = step_cost(SMOL, "sparse", 1, 128, scheme=head, optimizer="sgd")
+    assert _step_bytes(sgd) < 2 * 4 * V * D
+
+
+def test_mezo_chunk_is_the_runtimes():
+    pytest.importorskip("torch")
+    from edgetune.cost.forward_only import CHUNK
+    from edgetune.methods.mezo import CHUNK as RUNTIME_CHUNK
+
+    assert CHUNK == RUNTIME_CHUNK
 
 
 def test_lora_adapters():
@@ -88,3 +165,5 @@ def test_bad_numbers():
         step_cost(S, "backprop", batch=0)
     with pytest.raises(EdgetuneError, match="unknown method"):
         step_cost(S, "adam")
+    with pytest.raises(EdgetuneError, match="needs a task head"):
+        step_cost(S, "mempepita", head="none")

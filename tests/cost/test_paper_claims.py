@@ -57,14 +57,17 @@ def test_edgetune_model_compute_claims(name):
 
 @pytest.mark.parametrize("name", ["distilbert", "gpt3-small"])
 def test_edgetune_model_mempepita_activation_claim(name):
+    """Stored activations (kept across the step): MEMPEPITA keeps only the modulation F e,
+    more than the claimed 50-94 % below backprop's saved activations. Its working set is not:
+    edgetune's runtime runs the modulated pass on the concatenated batch (2B) and its
+    output-layer update holds three copies of the 2B-row logits, so with an LM head
+    activations + workspace fall by less than half (docs/cost-model.md)."""
     s = _shape(name)
     for seq in (32, 128, 512, 1024, 2048):
         bp, mp = (step_cost(s, m, 1, seq) for m in ("backprop", "mempepita"))
-        assert 0.50 <= 1 - mp.memory.activations / bp.memory.activations <= 0.94
-    # counting the per-layer working set too, the claim holds at long context
-    bp, mp = (step_cost(s, m, 1, 2048) for m in ("backprop", "mempepita"))
-    peak = lambda c: c.memory.activations + c.memory.workspace  # noqa: E731
-    assert 0.50 <= 1 - peak(mp) / peak(bp) <= 0.94
+        assert 1 - mp.memory.activations / bp.memory.activations > 0.94
+        peak = lambda c: c.memory.activations + c.memory.workspace  # noqa: E731
+        assert 0.0 < 1 - peak(mp) / peak(bp) < 0.60
 
 
 def test_edgetune_model_only_mempepita_fits_128mb():

@@ -17,6 +17,7 @@ CLASSES = {
              ("GPT2ForSequenceClassification", "classifier")],
     "llama-gqa": [("LlamaModel", "none"), ("LlamaForCausalLM", "lm"),
                   ("LlamaForSequenceClassification", "classifier")],
+    "llama-tied": [("LlamaForCausalLM", "lm")],
     "t5": [("T5Model", "none"), ("T5ForConditionalGeneration", "lm")],
     "flan-t5-gated": [("T5Model", "none"), ("T5ForConditionalGeneration", "lm")],
 }  # fmt: skip
@@ -33,7 +34,7 @@ def test_param_count_exact(tiny, family):
         assert n_params(shape, head) == sum(p.numel() for p in model.parameters()), cls_name
 
 
-def test_param_count_longformer_and_untied_llama():
+def test_param_count_longformer_and_untied_heads():
     import transformers as T
 
     cfg = T.LongformerConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
@@ -56,6 +57,21 @@ def test_param_count_longformer_and_untied_llama():
     s = shape_from_config(cfg.to_dict())
     assert (s.n_kv_heads, s.tied) == (1, False)
     assert n_params(s, "lm") == sum(p.numel() for p in T.LlamaForCausalLM(cfg).parameters())
+    # tie_word_embeddings=False gives the LM head its own matrix in the other families too
+    untied = [
+        (T.GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=4, n_positions=40,
+                      tie_word_embeddings=False), T.GPT2LMHeadModel),
+        (T.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=40,
+                      tie_word_embeddings=False), T.BertForMaskedLM),
+        (T.DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, hidden_dim=64,
+                            max_position_embeddings=40, tie_word_embeddings=False),
+         T.DistilBertForMaskedLM),
+    ]  # fmt: skip
+    for cfg, cls in untied:
+        s = shape_from_config(cfg.to_dict())
+        assert not s.tied
+        assert n_params(s, "lm") == sum(p.numel() for p in cls(cfg).parameters()), cls.__name__
 
 
 def test_registry_shapes_published_sizes():

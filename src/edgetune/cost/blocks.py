@@ -18,18 +18,20 @@ from edgetune.cost.graph import FROZEN, Node, Tape, Train
 from edgetune.cost.shapes import DECODER, ENCODER, ENCODER_DECODER, ModelShape
 from edgetune.errors import EdgetuneError
 
+TOKENS = "tokens"  # key of the token embedding table (shared by T5's stacks, tied LM heads)
+
 
 @dataclass(frozen=True)
 class Trainability:
     """Which parameters train. `unit(role, layer)` gives the `Train` of one part of a block:
     q, k, v (the three linears of the scheme's `qkv` unit), attn_out, ffn1, ffn2, norm;
-    `embeddings` and `head` say whether those train; a head tied to the embedding matrix
-    trains that matrix only if `tied_head` (backprop and PEPITA do, sparse and LoRA do not)."""
+    `embeddings` and `head` say whether those train. A head tied to the embedding matrix trains
+    that matrix whenever the head trains (counted once); if the embeddings do not train, no
+    gradient reaches the lookup (the runtime detaches it), only the head's dW is formed."""
 
     unit: Callable[[str, int], Train]
     embeddings: bool
     head: bool
-    tied_head: bool = False  # a tied LM decoder (the embedding matrix) trains with the head
 
 
 @dataclass(frozen=True)
@@ -43,41 +45,54 @@ class Inputs:
 
 def record(s: ModelShape, tape: Tape, tr: Trainability, inp: Inputs) -> None:
     """Record one forward pass of `s` on `inp` into `tape` (segments: embeddings, layer.i,
-    head)."""
+    head, loss). As in transformers, a stack's input embeddings stay referenced until the stack
+    returns; the stacks' outputs and a KV cache (decoders with `kv_cache`) until the model
+    returns, after its own loss."""
     b, t = inp.batch, inp.seq
     head_trains = tr.head and inp.head != "none"
     emb_trains = tr.embeddings
+    n_blocks = s.n_layers + s.n_dec_layers
     tape.begin("embeddings")
     if s.kind == ENCODER_DECODER:
-        src = _embed(s, tape, b * t, emb_trains)
+        emb = src = _embed(s, tape, b * t, emb_trains)
         for i in range(s.n_layers):
             tape.begin(f"layer.{i}")
             src = _block(s, tape, tr, i, src, b, t)
         tape.begin("encoder.final_norm")  # trains with the last encoder block's norms
         src = tape.norm(src, b * t, s.norm, tr.unit("norm", s.n_layers - 1))
+        tape.release(emb)
+        tape.held.append(src)  # the encoder's output, in the model's locals
         tape.begin("decoder.embeddings")
         tt = inp.tgt_seq or t
-        x = _embed(s, tape, b * tt, emb_trains)
+        emb = x = _embed(s, tape, b * tt, emb_trains)
         for j in range(s.n_dec_layers):
             i = s.n_layers + j
             tape.begin(f"layer.{i}")
             x = _block(s, tape, tr, i, x, b, tt, enc=(src, t))
         rows = b * tt
     else:
-        x = _embed(s, tape, b * t, emb_trains)
+        emb = x = _embed(s, tape, b * t, emb_trains)
         for i in range(s.n_layers):
             tape.begin(f"layer.{i}")
+            tape.share_params("block" if s.shared_layers else None)  # ALBERT: one set
             x = _block(s, tape, tr, i, x, b, t)
+        tape.share_params(None)
         rows = b * t
     tape.begin("head")
     if s.final_norm:  # trains with the last block's norms
-        x = tape.norm(x, rows, s.norm, tr.unit("norm", s.n_layers + s.n_dec_layers - 1))
-    _head(s, tape, x, rows, b, inp, head_trains, tr.tied_head, emb_trains)
+        x = tape.norm(x, rows, s.norm, tr.unit("norm", n_blocks - 1))
+    tape.release(emb)
+    tape.held.append(x)  # the base model's output object holds its last hidden state
+    scored = _head(s, tape, x, rows, b, inp, head_trains)
+    if scored is not None:
+        tape.begin("loss")
+        tape.cross_entropy(*scored)
+    tape.release(*tape.held)
 
 
 def _embed(s: ModelShape, tape: Tape, rows: int, trained: bool) -> Node:
     e = s.emb_width
-    x = tape.embedding(rows, e, s.vocab, trained)
+    x = tape.embedding(rows, e, s.vocab, trained, TOKENS)
     for table in (s.n_positions, s.type_vocab):
         if table:
             x = tape.add(x, tape.embedding(rows, e, table, trained))
@@ -98,8 +113,9 @@ def _attention(
     t: int,
     kv: tuple[Node, int] | None = None,
     causal: bool = False,
-) -> Node:
-    """Self-attention (kv None) or cross-attention over `kv` = (encoder output, its length)."""
+) -> tuple[Node, Node]:
+    """Self-attention (kv None) or cross-attention over `kv` = (encoder output, its length).
+    Returns the output and the attention map (the caller holds it until the block returns)."""
     src, n = kv if kv else (x, t)
     # Longformer: each query sees a window of attn_window + 1 keys (modelled as a band; the
     # chunked implementation of transformers computes more, its FLOPs are not verified)
@@ -110,36 +126,46 @@ def _attention(
     q = tape.linear(x, rows, s.d_model, s.q_width, t_q, s.bias)
     k = tape.linear(src, b * n, s.d_model, s.kv_width, t_k, s.bias)
     v = tape.linear(src, b * n, s.d_model, s.kv_width, t_v, s.bias)
-    if s.rel_buckets and not kv and i in (0, s.n_layers) and t_q.weight > 0:
-        # T5's relative position bias (first block of each stack; trains with its q): the
-        # bucket lookup saves a (T, N) int64 index table
+    if s.rel_buckets and not kv and i in (0, s.n_layers) and tr.embeddings:
+        # T5's relative position bias (first block of each stack): a position table, it trains
+        # with the embeddings (no scheme unit names it); the bucket lookup saves a (T, N) int64
+        # index table
         tape.save(tape.new(t * n, nbytes_el=8))
-        tape.seg.trained_params += s.rel_buckets * s.n_heads
+        tape.count_params(s.rel_buckets * s.n_heads)
     if s.family == "llama":  # RoPE: q*cos + rot(q)*sin saves the (B, T, hd) cos and sin tables
         if q.rg or k.rg:  # computed once per forward, shared by every block
             for table in ("rope-cos", "rope-sin"):
                 tape.save(tape.shared.setdefault((table, b * t * hd), tape.new(b * t * hd)))
-        q, k = tape.new(q.numel, q.rg), tape.new(k.numel, k.rg)
-    if s.n_kv_heads != s.n_heads:  # repeat_kv materializes the K and V of every query head
-        k, v = tape.new(b * n * h * hd, k.rg), tape.new(b * n * h * hd, v.rg)
-    scores = tape.matmul(q, k, b * h * t * keys * hd, b * h * t * keys)  # (B, h, T, N)
-    if s.family == "t5":  # + position bias (and mask): one (B, h, T, N) tensor per stack
-        stack = "dec" if i >= s.n_layers else "enc"
-        bias = tape.shared.get(("t5-bias", stack, bool(kv)))
-        if bias is None:
-            bias = tape.shared[("t5-bias", stack, bool(kv))] = tape.const(b * h * t * keys)
+        q, k = tape.pointwise(q, 0.0), tape.pointwise(k, 0.0)
+    # K and V as the products read them: a decoder's KV cache keeps a contiguous copy of each
+    # (read from then on), repeat_kv materializes them for every query head; a contiguous
+    # operand is saved as is, a transposed view is copied by matmul
+    contiguous = s.kv_cache and (causal or kv is not None)
+    if contiguous:
+        k, v = tape.cached(k), tape.cached(v)
+    if s.n_kv_heads != s.n_heads:
+        k, v = tape.copy(k, b * n * h * hd), tape.copy(v, b * n * h * hd)
+        contiguous = True
+    scores = tape.matmul(q, k, b * h * t * keys * hd, b * h * t * keys, copy_b=not contiguous)
+    scores = tape.pointwise(scores)  # * scaling (T5: 1.0): a new (B, h, T, N) map
+    if s.family == "t5":  # + the stack's (1, h, T, N) position bias (zeros for cross-attention)
+        bias = _once(tape, ("t5-bias", i >= s.n_layers, kv is not None), h * t * keys)
         scores = tape.add(scores, bias)
-    else:
-        scores = tape.pointwise(scores)  # * 1/sqrt(head_dim): a new map
-        if causal:  # eager decoders add a (B, 1, T, N) float mask made once per forward
-            mask = tape.shared.get(("mask", b * t * keys))
-            if mask is None:
-                mask = tape.shared[("mask", b * t * keys)] = tape.const(b * t * keys)
-            scores = tape.add(scores, mask)
+    if causal:  # eager decoders add a (B, 1, T, N) float mask
+        scores = tape.add(scores, _once(tape, ("mask", b * t * keys), b * t * keys))
     p = tape.softmax(scores, b * h * t)
-    ctx = tape.matmul(p, v, b * h * t * keys * hd, rows * s.q_width, copy_a=False)  # (B, T, h*hd)
-    tape.keep(ctx, q, k)  # q and k are locals of the attention function until it returns
-    return tape.linear(ctx, rows, s.q_width, s.d_model, t_out, s.bias)
+    ctx = tape.matmul(p, v, b * h * t * keys * hd, rows * s.q_width, copy_a=False,
+                      copy_b=not contiguous)  # (B, T, h*hd)  # fmt: skip
+    out = tape.linear(ctx, rows, s.q_width, s.d_model, t_out, s.bias)
+    tape.release(x, q, k)  # the module's input and locals until it returns
+    return out, p
+
+
+def _once(tape: Tape, key: tuple, numel: int) -> Node:
+    """A tensor made once per forward and read by every block (a mask, T5's position bias)."""
+    if key not in tape.shared:
+        tape.shared[key] = tape.const(numel)
+    return tape.shared[key]
 
 
 def _ffn(s: ModelShape, tape: Tape, tr: Trainability, i: int, x: Node, rows: int) -> Node:
@@ -150,7 +176,9 @@ def _ffn(s: ModelShape, tape: Tape, tr: Trainability, i: int, x: Node, rows: int
         a = tape.mul(tape.act(gate, s.act), up)
     else:
         a = tape.act(tape.linear(x, rows, s.d_model, s.d_ff, t1, s.bias), s.act)
-    return tape.linear(a, rows, s.d_ff, s.d_model, t2, s.bias)
+    out = tape.linear(a, rows, s.d_ff, s.d_model, t2, s.bias)
+    tape.release(x)  # the module's input until it returns
+    return out
 
 
 def _block(
@@ -163,17 +191,28 @@ def _block(
     t: int,
     enc: tuple[Node, int] | None = None,
 ) -> Node:
+    """One block. Its input (the caller's reference) and its attention maps (transformers'
+    blocks keep them in a local: `hidden, _ = self.attn(...)`) stay referenced until it
+    returns."""
     rows = b * t
     tn = tr.unit("norm", i)
+    block_in = x
     if s.family in ("bert", "distilbert", "albert", "longformer"):  # post-norm
-        x = tape.norm(tape.add(_attention(s, tape, tr, i, x, b, t), x), rows, s.norm, tn)
-        return tape.norm(tape.add(_ffn(s, tape, tr, i, x, rows), x), rows, s.norm, tn)
-    # pre-norm: x + f(norm(x))
-    causal = s.kind == DECODER
-    x = tape.add(x, _attention(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), b, t, None, causal))
+        a, p = _attention(s, tape, tr, i, x, b, t)
+        x = tape.norm(tape.add(a, x), rows, s.norm, tn)
+        x = tape.norm(tape.add(_ffn(s, tape, tr, i, x, rows), x), rows, s.norm, tn)
+        tape.release(block_in, p)
+        return x
+    # pre-norm: x + f(norm(x)); the decoder blocks of an encoder-decoder are causal too
+    causal = s.kind == DECODER or enc is not None
+    a, p = _attention(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), b, t, None, causal)
+    x, maps = tape.add(x, a), [p]
     if enc is not None:
-        x = tape.add(x, _attention(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), b, t, enc))
-    return tape.add(x, _ffn(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), rows))
+        a, p = _attention(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), b, t, enc)
+        x, maps = tape.add(x, a), [*maps, p]
+    x = tape.add(x, _ffn(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), rows))
+    tape.release(block_in, *maps)
+    return x
 
 
 def _head(
@@ -184,42 +223,34 @@ def _head(
     b: int,
     inp: Inputs,
     trains: bool,
-    tied_trains: bool,
-    emb_trains: bool,
-) -> None:
+) -> tuple[Node, int] | None:
+    """The task head; returns what the loss scores: (logits, their rows), None without a
+    head."""
     d = s.d_model
     th = Train(1.0, True) if trains else FROZEN
     if inp.head == "none":
-        return
+        return None
     if inp.head == "lm":
         if s.kind == ENCODER:  # MLM head: transform, act, norm, decoder (+bias)
             x = tape.act(tape.linear(x, rows, d, s.emb_width, th, True), s.act)
             x = tape.norm(x, rows, s.norm, th)
         elif s.kind == ENCODER_DECODER and s.tied:  # T5 rescales by d^-1/2: a new tensor
-            x = tape.new(x.numel, x.rg)
-        t_dec = th
-        if s.tied and trains and not tied_trains:  # the shared matrix stays frozen
-            t_dec = Train(0.0, True)
-        logits = tape.linear(x, rows, s.emb_width, s.vocab, t_dec, s.kind == ENCODER)
-        if s.tied and t_dec.weight > 0 and emb_trains:  # one matrix, counted at the embeddings
-            tape.seg.trained_params -= s.vocab * s.emb_width
-        tape.cross_entropy(logits, rows)
-        return
+            x = tape.pointwise(x)
+        key = TOKENS if s.tied else None  # a tied decoder is the token table, counted once
+        return tape.linear(x, rows, s.emb_width, s.vocab, th, s.kind == ENCODER, key), rows
     if inp.head != "classifier":
         raise EdgetuneError(f"unknown head {inp.head!r}; choose lm, classifier or none")
     c = inp.n_labels
     if s.kind == DECODER:  # score every token, pick the last one
         logits = tape.linear(x, rows, d, c, th, False)
-        tape.cross_entropy(tape.new(b * c, logits.rg), b)
-        return
+        return tape.new(b * c, logits.rg), b
     if s.kind != ENCODER:
         raise EdgetuneError("a classifier head on an encoder-decoder is not modelled")
     # first token: a view that keeps the whole (B, T, d) storage alive when saved
     first = Node(x.numel, x.nbytes_el, x.rg, x.storage)
     y = tape.linear(first, b, d, d, th, True)  # pooler / pre_classifier / dense
     y = tape.act(y, "relu" if s.family == "distilbert" else "tanh")
-    logits = tape.linear(y, b, d, c, th, True)
-    tape.cross_entropy(logits, b)
+    return tape.linear(y, b, d, c, th, True), b
 
 
 __all__ = ["DECODER", "ENCODER", "ENCODER_DECODER", "Inputs", "Trainability", "record"]

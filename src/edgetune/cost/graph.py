@@ -10,7 +10,11 @@ grad (it does when a trained parameter lies upstream of it), and the storage it 
   needs no input gradient, backward stops below the lowest trained layer);
 - it saves for backward only what those gradients need (a linear saves its input only if its
   weight trains; a bias gradient is a sum of the output gradient and saves nothing);
-- tensors sharing a storage are counted once, parameters are never counted.
+- tensors sharing a storage are counted once, parameters are never counted;
+- a parameter reached under two names (an LM head tied to the embedding matrix, T5's one token
+  table read by both stacks, ALBERT's block weights in every layer) is counted once among the
+  trained parameters: the ops that use it pass the same `key`, and the backward adds their
+  gradients into one.
 
 Matrix products are counted as MACs (one multiply-accumulate = 2 FLOPs), the unit of
 `torch.utils.flop_counter`; element-wise work (norms, softmax, activations) is counted apart in
@@ -18,12 +22,15 @@ Matrix products are counted as MACs (one multiply-accumulate = 2 FLOPs), the uni
 
 Every op is also kept as an `Event`, so that `Tape.peak_bytes` can replay the step and find its
 memory high-water mark (tensor lifetimes in the forward, frees and gradient buffers in the
-backward).
+backward). An event also says what kind of op it is and how many parameters its module owns
+(`weights`, what MeZO copies to perturb), so that the forward-only rules can add what their
+runtime holds at each op (`edgetune.cost.forward_only`).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _ids = itertools.count()
@@ -57,9 +64,12 @@ class Event:
     out_rg: bool
     inputs: list[tuple[int, float]]
     grad_in: float  # bytes of the input gradients its backward forms
-    params: float  # trained parameters whose gradient its backward forms
+    # trained tensors whose gradient its backward forms: (shared-parameter key or None, elements)
+    params: list[tuple[str | None, float]]
     saved: list[tuple[int, float]]
     segment: str = ""
+    weights: float = 0.0  # elements of the parameters its module owns, trained or not
+    kind: str = "op"  # linear | norm | lookup (an embedding table) | op
 
 
 @dataclass(frozen=True)
@@ -91,14 +101,9 @@ class Segment:
     fwd_elementwise: float = 0.0
     bwd_elementwise: float = 0.0
     saved: dict[int, float] = field(default_factory=dict)
-    # largest working set of one op in a no-grad forward: its inputs plus its output
-    peak_op_bytes: float = 0.0
-    # bytes of the outputs of trained linears (what PEPITA keeps from its clean pass)
-    trained_out_bytes: float = 0.0
     # weight-update MACs of a forward-only rule (dW = delta^T x per trained weight)
     update_macs: float = 0.0
     trained_params: float = 0.0
-    max_linear_params: float = 0.0  # largest single trained linear (in-place local updates)
 
     @property
     def saved_bytes(self) -> float:
@@ -115,20 +120,44 @@ class Tape:
         self.seg = self.begin("start")
         self._global: set[int] = set()
         self.shared: dict = {}  # tensors made once per forward and read by every block
-        self.last_trained_out = 0.0  # output bytes of the last trained linear recorded
+        self.held: list[Node] = []  # held until the model returns (KV cache, stack outputs)
         self.events: list[Event] = []  # every op in forward order, for the peak replay
         self._pending_saved: list[tuple[int, float]] = []
-        self._params_at_op = 0.0
+        self._pending_params: list[tuple[str | None, float]] = []
+        self._counted: set[str] = set()  # keys of shared parameters already counted
+        self._scope: str | None = None  # see `share_params`
+        self._ordinal = 0
+        self.largest_param = 0.0  # elements of the largest trained tensor
 
     # -- bookkeeping ------------------------------------------------------------------------
     def begin(self, name: str) -> Segment:
-        self._params_at_op = 0.0
         self.seg = Segment(name)
         self.segments.append(self.seg)
         return self.seg
 
     def new(self, numel: int, rg: bool = False, nbytes_el: float | None = None) -> Node:
         return Node(numel, self.act_bytes if nbytes_el is None else nbytes_el, rg)
+
+    def share_params(self, scope: str | None) -> None:
+        """From here on, the trained tensors met are the same as those met after the previous
+        call with this `scope` (ALBERT runs one set of block weights in every layer): the k-th
+        one gets the key (scope, k). None ends it."""
+        self._scope, self._ordinal = scope, 0
+
+    def count_params(self, n: float, key: str | None = None) -> None:
+        """One trained tensor of `n` elements in the current op (its backward forms the
+        gradient). A shared parameter (`key`) counts among the trained parameters only the first
+        time it is met; its other uses add into the same gradient."""
+        if key is None and self._scope is not None:
+            key = f"{self._scope}:{self._ordinal}"
+            self._ordinal += 1
+        self._pending_params.append((key, n))
+        if key is not None:
+            if key in self._counted:
+                return
+            self._counted.add(key)
+        self.seg.trained_params += n
+        self.largest_param = max(self.largest_param, n)
 
     def save(self, node: Node) -> None:
         """Autograd keeps `node` for backward. A storage saved twice (the input of q, k and v;
@@ -140,49 +169,63 @@ class Tape:
         self.seg.saved[node.storage] = node.nbytes
         self._pending_saved.append((node.storage, node.nbytes))
 
-    def _op(self, out: Node, *inputs: Node, flops: float = 0.0) -> None:
+    def _op(
+        self,
+        out: Node,
+        *inputs: Node,
+        flops: float = 0.0,
+        weights: float = 0.0,
+        kind: str = "op",
+    ) -> None:
         self.seg.fwd_elementwise += flops
         if out.rg:
             self.seg.bwd_elementwise += 2 * flops
-        work = out.nbytes + sum(i.nbytes for i in inputs)
-        self.seg.peak_op_bytes = max(self.seg.peak_op_bytes, work)
-        params = self.seg.trained_params - self._params_at_op
-        self._params_at_op = self.seg.trained_params
         self.events.append(Event(
             out.storage, out.nbytes, out.rg, [(n.storage, n.nbytes) for n in inputs],
-            sum(n.nbytes for n in inputs if n.rg) if out.rg else 0.0, params,
-            self._pending_saved, self.seg.name,
+            sum(n.nbytes for n in inputs if n.rg) if out.rg else 0.0, self._pending_params,
+            self._pending_saved, self.seg.name, weights, kind,
         ))  # fmt: skip
-        self._pending_saved = []
+        self._pending_saved, self._pending_params = [], []
 
     def peak_bytes(
-        self, grad_bytes: float, no_grad: bool = False, stop_at: str | None = None
+        self,
+        grad_bytes: float,
+        no_grad: bool = False,
+        stop_at: str | None = None,
+        extra: Callable[[int, Event], float] | None = None,
+        kept: set[int] | None = None,
     ) -> tuple[float, float, float]:
         """Activation-side peaks of one step, by replaying the ops: (forward, backward).
 
         Forward: a tensor lives from the op that makes it to its last use, or, if autograd
         saved it, to the backward (`no_grad`: nothing is saved, an inference forward); the
-        peak is the largest sum of live bytes at any op. Backward, ops in reverse: the
-        activations still saved, the parameter gradients formed so far, and the op's output
-        gradient and input gradients; an op's saved tensors are freed once it has run (a
-        storage belongs to the first op that saved it, which runs last in the backward).
-        `stop_at`: a forward that ends where that segment begins (PEPITA's modulated passes
-        stop before the head). Returns (forward peak, backward peak, largest backward
-        transient: one op's output and input gradients)."""
+        peak is the largest sum of live bytes at any op, plus `extra(index, event)`: what a
+        method's runtime holds at that op (called once per op, in order; MeZO's perturbed
+        copy of the op's weights, PEPITA's local updates). `kept`: indices of ops whose output
+        a method keeps to the end of the replayed forward (PEPITA's stored clean outputs).
+        `stop_at`: a forward that ends where that segment begins.
+
+        Backward, ops in reverse: the activations still saved, the parameter gradients formed
+        so far, and the op's output gradient and input gradients; an op's saved tensors are
+        freed once it has run (a storage belongs to the first op that saved it, which runs
+        last in the backward). A gradient added into one that exists (a tied or shared
+        parameter met again) holds the new gradient and the out-of-place sum for the moment
+        of the op. Returns (forward peak, backward peak, largest backward transient: one op's
+        output and input gradients)."""
         last_use: dict[int, int] = {}
         for i, e in enumerate(self.events):
             for sid, _ in e.inputs:
                 last_use[sid] = i
         live: dict[int, float] = {}
         saved: dict[int, float] = {}
-        live_total = extra = fwd = 0.0  # extra: saved bytes not in `live`
+        live_total = outside = fwd = 0.0  # outside: saved bytes not in `live`
 
         def drop(sid: int) -> None:
-            nonlocal live_total, extra
+            nonlocal live_total, outside
             v = live.pop(sid, None)
             if v is not None:
                 live_total -= v
-                extra += v if sid in saved else 0.0
+                outside += v if sid in saved else 0.0
 
         for i, e in enumerate(self.events):
             if stop_at is not None and e.segment == stop_at:
@@ -190,12 +233,14 @@ class Tape:
             for sid, v in [] if no_grad else e.saved:
                 if sid not in saved:
                     saved[sid] = v
-                    extra += 0.0 if sid in live else v
+                    outside += 0.0 if sid in live else v
             if e.out not in live:
                 live[e.out] = e.out_bytes
                 live_total += e.out_bytes
-                extra -= e.out_bytes if e.out in saved else 0.0
-            fwd = max(fwd, live_total + extra)
+                outside -= e.out_bytes if e.out in saved else 0.0
+            if kept and i in kept:
+                saved[e.out] = e.out_bytes
+            fwd = max(fwd, live_total + outside + (extra(i, e) if extra else 0.0))
             for sid, _ in e.inputs:
                 if last_use.get(sid) == i:
                     drop(sid)
@@ -205,17 +250,36 @@ class Tape:
             return fwd, 0.0, 0.0
         remaining = sum(saved.values())
         bwd = grads = transient = 0.0
+        formed: set[str] = set()  # shared parameters whose gradient exists
         for e in reversed(self.events):
+            new = added = 0.0
+            for key, n in e.params:
+                if key is not None and key in formed:
+                    added = max(added, 2 * n * grad_bytes)
+                else:
+                    new += n * grad_bytes
+                    if key is not None:
+                        formed.add(key)
             if e.out_rg:
-                transient = max(transient, e.out_bytes + e.grad_in)
-                bwd = max(bwd, remaining + grads + e.out_bytes + e.grad_in)
-            grads += e.params * grad_bytes
+                transient = max(transient, e.out_bytes + e.grad_in + added)
+                bwd = max(bwd, remaining + grads + e.out_bytes + e.grad_in + added)
+            grads += new
             remaining -= sum(v for _, v in e.saved)
         return fwd, bwd, transient
 
     # -- ops --------------------------------------------------------------------------------
-    def linear(self, x: Node, rows: int, d_in: int, d_out: int, t: Train, bias: bool) -> Node:
-        """y = x W^T + b with x (rows, d_in). Saves x when W (or a LoRA adapter) trains."""
+    def linear(
+        self,
+        x: Node,
+        rows: int,
+        d_in: int,
+        d_out: int,
+        t: Train,
+        bias: bool,
+        key: str | None = None,
+    ) -> Node:
+        """y = x W^T + b with x (rows, d_in). Saves x when W (or a LoRA adapter) trains. `key`
+        names a weight shared with another op (a tied LM head: the embedding matrix)."""
         s = self.seg
         macs = rows * d_in * d_out
         s.fwd_macs += macs
@@ -224,15 +288,11 @@ class Tape:
         if t.weight > 0:
             s.bwd_weight_macs += t.weight * macs
             s.update_macs += t.weight * macs
-            s.trained_params += t.weight * d_in * d_out
-            s.max_linear_params = max(s.max_linear_params, t.weight * d_in * d_out + d_out)
+            self.count_params(t.weight * d_in * d_out, key)
             self.save(x)
         if t.bias and bias:
-            s.trained_params += d_out
+            self.count_params(d_out)
         y = self.new(rows * d_out, x.rg or t.weight > 0 or (t.bias and bias) or t.lora_rank > 0)
-        if t.weight > 0 or (t.bias and bias):
-            s.trained_out_bytes += y.nbytes
-            self.last_trained_out = y.nbytes
         if t.lora_rank:  # y += B(A x): A (r, d_in), B (d_out, r) train; x and A x are saved
             r = t.lora_rank
             lmacs = rows * r * (d_in + d_out)
@@ -240,11 +300,11 @@ class Tape:
             s.bwd_weight_macs += lmacs
             s.update_macs += lmacs
             s.bwd_input_macs += rows * r * d_out + (rows * r * d_in if x.rg else 0)
-            s.trained_params += r * (d_in + d_out)
+            self.count_params(r * d_in)
+            self.count_params(r * d_out)
             self.save(x)
             self.save(self.new(rows * r))
-            s.trained_out_bytes += y.nbytes
-        self._op(y, x)
+        self._op(y, x, weights=d_in * d_out + (d_out if bias else 0), kind="linear")
         return y
 
     def matmul(
@@ -313,8 +373,10 @@ class Tape:
         width = x.numel // rows
         stats = self.new(rows, nbytes_el=4)
         trained = t.weight > 0 or (t.bias and kind == "layernorm")  # RMSNorm has no bias
-        if trained:
-            self.seg.trained_params += width * ((t.weight > 0) + (t.bias and kind == "layernorm"))
+        if t.weight > 0:
+            self.count_params(width)
+        if t.bias and kind == "layernorm":
+            self.count_params(width)
         if kind == "layernorm":
             if x.rg or trained:
                 self.save(x)
@@ -327,18 +389,21 @@ class Tape:
             if t.weight > 0:
                 self.save(self.new(x.numel))
         y = self.new(x.numel, x.rg or trained)
-        if trained:
-            self.seg.trained_out_bytes += y.nbytes
-        self._op(y, x, flops=8 * x.numel)
+        self._op(
+            y, x, flops=8 * x.numel, weights=width * (2 if kind == "layernorm" else 1), kind="norm"
+        )
         return y
 
-    def embedding(self, rows: int, width: int, vocab: int, trained: bool) -> Node:
-        """A table lookup: no MACs; its backward saves the int64 indices."""
+    def embedding(
+        self, rows: int, width: int, vocab: int, trained: bool, key: str | None = None
+    ) -> Node:
+        """A table lookup: no MACs; its backward saves the int64 indices. `key` names a table
+        shared with another op (T5's stacks, a tied LM head)."""
         if trained:
             self.save(self.new(rows, nbytes_el=8))
-            self.seg.trained_params += vocab * width
+            self.count_params(vocab * width, key)
         y = self.new(rows * width, trained)
-        self._op(y)
+        self._op(y, weights=vocab * width, kind="lookup")
         return y
 
     def const(self, numel: int) -> Node:
@@ -347,17 +412,34 @@ class Tape:
         self._op(y)
         return y
 
+    def copy(self, x: Node, numel: int) -> Node:
+        """A new tensor of `numel` elements filled from x, no FLOPs, nothing saved
+        (repeat_kv's expand + reshape)."""
+        y = self.new(numel, x.rg)
+        self._op(y, x)
+        return y
+
     def pointwise(self, x: Node, flops_per_el: float = 1.0) -> Node:
         """A new tensor of x's size by an element-wise op that saves nothing (x * scale)."""
         y = self.new(x.numel, x.rg)
         self._op(y, x, flops=flops_per_el * x.numel)
         return y
 
-    def keep(self, y: Node, *alive: Node) -> None:
-        """`alive` stay referenced until `y` exists (Python locals such as q and k inside an
-        attention function): extends their life in the peak replay, computes nothing."""
-        ins = [(n.storage, n.nbytes) for n in alive]
-        self.events.append(Event(y.storage, y.nbytes, False, ins, 0.0, 0.0, [], self.seg.name))
+    def release(self, *held: Node) -> None:
+        """`held` stay referenced until here (Python locals: q and k until the attention
+        function returns, the attention map until the block returns, the stack's input until
+        the stack returns; the KV cache until the model returns): extends their life in the
+        peak replay, computes nothing."""
+        ins = [(n.storage, n.nbytes) for n in held]
+        self.events.append(Event(self.new(0).storage, 0.0, False, ins, 0.0, [], [], self.seg.name))
+
+    def cached(self, x: Node) -> Node:
+        """The copy of x a KV cache keeps (transformers' DynamicCache concatenates K and V into
+        it, `torch.cat`); what the attention reads from then on, held until the model returns
+        (`held`)."""
+        y = self.copy(x, x.numel)
+        self.held.append(y)
+        return y
 
     def add(self, a: Node, b: Node) -> Node:
         """Residual or embedding sum: saves nothing."""

@@ -7,25 +7,29 @@ Methods (one name each, as everywhere in edgetune):
               the lowest trained layer; weight-gradient MACs scale with `weight_fraction`;
               bias-only units save no input activations.
 - `pepita`    two forwards (clean, then input modulated by F e) and a local update per trained
-              weight; keeps the clean pass's outputs of the trained linears for the update
-              (all but the last linear, whose update dW = e^T h' uses the error e).
-- `mempepita` PEPITA that recomputes the clean activations: three forwards; keeps only one
-              layer's working set (clean and modulated together) at a time.
-- `mezo`      zeroth-order SPSA: two forwards per step, inference memory, no gradients.
+              weight; keeps the clean pass's outputs of the trained hidden linears for the
+              update and every update until the end of the step.
+- `mempepita` PEPITA in lockstep: the clean pass, then the clean and modulated batch together
+              (three forwards' work); keeps F e and one update at a time.
+- `mezo`      zeroth-order SPSA: two forwards per step on perturbed copies of one module's
+              parameters at a time, no gradients.
 - `lora`      rank-r adapters on chosen linears; the base model is frozen.
 
-Memory components: weights, gradients, optimizer state, activations (kept across the step:
-saved for backward, or PEPITA's clean outputs) and workspace (transient tensors on top: the live
-tensors of a forward, the gradient buffers of a backward). `total` is their sum, an upper bound;
-`peak` is the high-water mark from replaying the step's ops (for backprop, sparse and LoRA
-gradients and saved activations do not all coexist; for the forward-only rules peak = total).
+Memory components: weights, gradients (PEPITA's: its updates), optimizer state, activations
+(kept across the step: saved for backward, or PEPITA's clean outputs and F e) and workspace
+(transient tensors on top: the live tensors of a forward, the gradient buffers of a backward,
+the optimizer step's temporaries, a forward-only rule's runtime tensors). `total` is their sum,
+an upper bound; `peak` is the high-water mark from replaying the step's ops
+(`Tape.peak_bytes`, `edgetune.cost.forward_only`): not every component is at its largest at
+the same moment.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from edgetune.cost.blocks import Inputs, Trainability, record
+from edgetune.cost.forward_only import FP32, mezo_peak, pepita_peak
 from edgetune.cost.graph import FROZEN, FULL, Tape, Train
 from edgetune.cost.shapes import ENCODER_DECODER, ModelShape, n_params
 from edgetune.errors import EdgetuneError
@@ -34,6 +38,10 @@ from edgetune.plan.scheme import UpdateScheme
 METHODS = ("backprop", "sparse", "pepita", "mempepita", "mezo", "lora")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 OPTIMIZER_STATES = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}
+# temporaries of one parameter's size the optimizer step makes per parameter (torch's
+# single-tensor path, the CPU default): AdamW's denominator sqrt(v) / c and its quotient; SGD
+# and its momentum update in place (no weight decay)
+OPTIMIZER_TEMPORARIES = {"adamw": 2, "sgd": 0, "sgd-momentum": 0}
 LORA_UNITS = ("q", "k", "v", "attn_out", "ffn1", "ffn2")
 
 
@@ -128,10 +136,10 @@ def _trainability(
     method: str, head: str, scheme: UpdateScheme | None, lora_rank: int, lora_units
 ) -> Trainability:
     if method == "backprop":
-        return Trainability(lambda u, i: FULL, True, True, tied_head=True)
+        return Trainability(lambda u, i: FULL, True, True)
     if method in ("pepita", "mempepita"):  # linears and head learn; embeddings, norms do not
         # the output layer learns (dW_L = e^T h'); a tied one is the embedding matrix
-        return Trainability(lambda u, i: FROZEN if u == "norm" else FULL, False, True, True)
+        return Trainability(lambda u, i: FROZEN if u == "norm" else FULL, False, True)
     if method == "mezo":  # perturbs every weight, but never needs a gradient
         return Trainability(lambda u, i: FROZEN, False, False)
     if method == "lora":
@@ -176,6 +184,9 @@ def step_cost(
         raise EdgetuneError(
             f"unknown optimizer {optimizer!r}; choose {', '.join(OPTIMIZER_STATES)}"
         )
+    if method in ("pepita", "mempepita") and head == "none":
+        raise EdgetuneError(f"{method} needs a task head (lm or classifier): its updates start "
+                            "from the output error")  # fmt: skip
     p = precision or Precision()
     act = p.nbytes("activations")
     inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels)
@@ -201,40 +212,38 @@ def step_cost(
         grads = trained * g_bytes
         acts = sum(g.saved_bytes for g in segs)
         fwd_peak, bwd_peak, bwd_transient = tape.peak_bytes(g_bytes)
+        # the optimizer step: every gradient, and its temporaries for one parameter at a time
+        step = OPTIMIZER_TEMPORARIES[optimizer] * tape.largest_param * p.nbytes("optimizer")
         # transient beyond saved activations and gradients: the forward's live tensors, one
-        # backward op's gradient buffers; the peak holds weights, optimizer state and the
-        # largest phase (gradients and saved activations never all coexist)
-        work = max(fwd_peak - acts, bwd_transient)
-        peak = w + opt + max(fwd_peak, bwd_peak, grads)
+        # backward op's gradient buffers, the step's temporaries; the peak holds weights,
+        # optimizer state and the largest phase (gradients and saved activations never all
+        # coexist)
+        work = max(fwd_peak - acts, bwd_transient, step)
+        peak = w + opt + max(fwd_peak, bwd_peak, grads + step)
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, fwd, bwd, 0.0, elem_f, elem_b,
             Memory(w, grads, opt, acts, work, peak), params, trained,
         )  # fmt: skip
-    work = tape.peak_bytes(g_bytes, no_grad=True)[0]  # live tensors of an inference forward
     if method == "mezo":  # two forwards, perturbation/update passes over the weights
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, 2 * fwd, 0.0, 0.0,
             2 * elem_f + 4 * params, 0.0,  # + perturb (x3) and update passes over the weights
-            Memory(w, 0.0, 0.0, 0.0, work), params, float(params),
+            Memory(w, 0.0, 0.0, 0.0, mezo_peak(tape, p.nbytes("weights"))), params,
+            float(params),
         )  # fmt: skip
     # PEPITA family: F e projects the output error (rows, width) to the input width
-    proj = e_rows * e_width * s.emb_width
-    update = sum(g.update_macs for g in segs) + proj
-    # each linear's update is formed and applied in place, so one dW exists at a time
-    layer_params = max(g.max_linear_params for g in segs)
-    err = e_rows * e_width * act  # e kept for the modulation and the last layer's update
-    if method == "pepita":
-        # clean outputs h_l of every trained linear; the last one's update uses e instead
-        kept = sum(g.trained_out_bytes for g in segs) - tape.last_trained_out + err
-        n_fwd, workspace = 2, work
-    else:  # mempepita: one layer's clean and modulated working set, nothing across layers
-        kept = err
-        # the clean pass runs alone through the head (for e); the concatenated clean and
-        # modulated passes stop at the last block (the last update uses e, not logits)
-        blocks = tape.peak_bytes(g_bytes, no_grad=True, stop_at="head")[0]
-        n_fwd, workspace = 3, max(work, 2 * blocks)
+    update = sum(g.update_macs for g in segs) + e_rows * e_width * s.emb_width
+    lockstep = method == "mempepita"
+    modulated = tape
+    if lockstep:  # the concatenated clean and modulated batch: the same ops at 2B
+        modulated = Tape(act, softmax_jacobian)
+        record(s, modulated, tr, replace(inp, batch=2 * batch))
+    f = pepita_peak(tape, modulated, lockstep, e_rows * e_width, e_rows * s.emb_width * FP32,
+                    g_bytes)  # fmt: skip
+    n_fwd = 3 if lockstep else 2
+    work = max(0.0, f.peak - f.updates - f.kept)
     return StepCost(
         method, s.name, batch, seq, inp.tgt_seq, n_fwd * fwd, 0.0, update,
-        n_fwd * elem_f, 0.0, Memory(w, layer_params * g_bytes, opt, kept, workspace),
+        n_fwd * elem_f, 0.0, Memory(w, f.updates, opt, f.kept, work, w + opt + f.peak),
         params, trained,
     )  # fmt: skip

@@ -54,6 +54,7 @@ class ModelShape:
     pooler: bool = False  # BERT-style pooler (dense + tanh on the first token) in the base model
     emb_norm: bool = True  # normalization after the embeddings (BERT family)
     final_norm: bool = False  # normalization after the last block (pre-norm models)
+    kv_cache: bool = False  # decoder attention fills a KV cache in every forward (use_cache)
     source: str = ""  # where the numbers come from
 
     @property
@@ -85,6 +86,19 @@ def _get(cfg: dict, *keys: str, default=None):
     raise EdgetuneError(f"config has none of the fields {keys}; cannot work out the model shape")
 
 
+def _tied(cfg: dict, default: bool) -> bool:
+    """Whether the LM head shares the input embedding matrix (`tie_word_embeddings`; its
+    default is the family's own: True for transformers' configs, False for Llama's)."""
+    value = cfg.get("tie_word_embeddings")
+    return default if value is None else bool(value)
+
+
+def _kv_cache(cfg: dict) -> bool:
+    """Whether a decoder's forward fills a KV cache: transformers does whenever `use_cache`
+    (default True), in training too, unless the caller passes use_cache=False."""
+    return bool(cfg.get("use_cache", True))
+
+
 def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
     """The shape of a transformers config, given as `config.to_dict()`."""
     family = cfg.get("model_type")
@@ -99,14 +113,14 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             d, cfg["num_hidden_layers"], heads, heads, d // heads, cfg["intermediate_size"],
             act=cfg.get("hidden_act", "gelu"), n_positions=cfg["max_position_embeddings"],
             type_vocab=cfg.get("type_vocab_size", 0), attn_window=window,
-            global_proj=family == "longformer", pooler=True,
+            global_proj=family == "longformer", pooler=True, tied=_tied(cfg, True),
         )  # fmt: skip
     if family == "distilbert":
         d, heads = cfg["dim"], cfg["n_heads"]
         return ModelShape(
             name, "distilbert", ENCODER, cfg["vocab_size"], d, cfg["n_layers"], heads, heads,
             d // heads, cfg["hidden_dim"], act=cfg.get("activation", "gelu"),
-            n_positions=cfg["max_position_embeddings"],
+            n_positions=cfg["max_position_embeddings"], tied=_tied(cfg, True),
         )  # fmt: skip
     if family == "albert":
         d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -117,6 +131,7 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             d // heads, cfg["intermediate_size"], act=cfg.get("hidden_act", "gelu_new"),
             n_positions=cfg["max_position_embeddings"], type_vocab=cfg.get("type_vocab_size", 0),
             emb_size=cfg["embedding_size"], shared_layers=True, pooler=True,
+            tied=_tied(cfg, True),
         )  # fmt: skip
     if family == "t5":
         proj = cfg.get("feed_forward_proj", "relu")
@@ -128,9 +143,8 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             cfg["num_heads"], cfg["num_heads"], cfg["d_kv"], cfg["d_ff"],
             n_dec_layers=_get(cfg, "num_decoder_layers", default=n_layers), gated=gated,
             act="gelu_new" if act == "gelu" else act, norm="rmsnorm", bias=False,
-            tied=bool(cfg.get("tie_word_embeddings", True)),
-            rel_buckets=cfg.get("relative_attention_num_buckets", 32), emb_norm=False,
-            final_norm=True,
+            tied=_tied(cfg, True), rel_buckets=cfg.get("relative_attention_num_buckets", 32),
+            emb_norm=False, final_norm=True, kv_cache=_kv_cache(cfg),
         )  # fmt: skip
     if family == "gpt2":
         d, heads = cfg["n_embd"], cfg["n_head"]
@@ -138,6 +152,7 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             name, "gpt2", DECODER, cfg["vocab_size"], d, cfg["n_layer"], heads, heads, d // heads,
             cfg.get("n_inner") or 4 * d, act=cfg.get("activation_function", "gelu_new"),
             n_positions=cfg["n_positions"], emb_norm=False, final_norm=True,
+            tied=_tied(cfg, True), kv_cache=_kv_cache(cfg),
         )  # fmt: skip
     if family == "llama":
         d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -147,8 +162,8 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             name, "llama", DECODER, cfg["vocab_size"], d, cfg["num_hidden_layers"], heads,
             cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or d // heads,
             cfg["intermediate_size"], gated=True, act=cfg.get("hidden_act", "silu"),
-            norm="rmsnorm", bias=False, tied=bool(cfg.get("tie_word_embeddings", False)),
-            emb_norm=False, final_norm=True,
+            norm="rmsnorm", bias=False, tied=_tied(cfg, False),
+            emb_norm=False, final_norm=True, kv_cache=_kv_cache(cfg),
         )  # fmt: skip
     raise EdgetuneError(
         f"the cost model does not know model type {family!r}; known: {', '.join(FAMILIES)}"
@@ -233,7 +248,9 @@ def head_params(s: ModelShape, head: str, n_labels: int = 2) -> int:
             e = s.emb_width
             n = _linear(d, e, True) + _norm(s, e) + s.vocab
             n -= _linear(d, d, True) if s.pooler else 0  # ForMaskedLM drops the pooler
-            return n + (0 if s.tied else s.vocab * e)
+            if not s.tied:  # its own matrix; BERT/ALBERT's decoder bias is then its own too
+                n += s.vocab * e + (0 if s.family == "distilbert" else s.vocab)
+            return n
         return 0 if s.tied else s.vocab * d
     if head == "classifier":
         if s.family in ("bert", "albert"):
