@@ -1,11 +1,13 @@
 """Federated benchmark: accuracy against centralized training, and payload per method.
 
-    .venv/bin/python benchmarks/federated.py            # full: ~20 minutes on 2 free cores
+    .venv/bin/python benchmarks/federated.py            # full: 25 local steps, ~1 hour on 2 cores
+    .venv/bin/python benchmarks/federated.py --local-steps 4 --strategy fedavgm
     .venv/bin/python benchmarks/federated.py --quick    # a smoke run of every part
     .venv/bin/python benchmarks/federated.py --reuse    # keep finished runs, do the rest
 
-1. Accuracy: MiniLM on Reuters-R8, 8 clients x 5 rounds, non-IID Dirichlet(alpha 0.5), FedAvg,
-   backprop, in Flower's Simulation Engine; then centralized backprop on the same number of
+1. Accuracy: MiniLM on Reuters-R8, 8 clients x 5 rounds x `--local-steps`, non-IID
+   Dirichlet(alpha 0.5), `--strategy` (FedAvg by default), backprop, in Flower's Simulation
+   Engine; then centralized backprop on the same number of
    training samples (8 clients x 5 rounds x local steps x batch), same learning rate, schedule,
    sequence length and test rows.
 2. Payload: one short simulated round per method (backprop with each codec, sparse, lora,
@@ -45,11 +47,13 @@ def timed(folder: Path, run, reuse: bool) -> tuple[dict, float]:
     return result, wall
 
 
-def accuracy_run(clients: int, rounds: int, steps: int, eval_rows: int | None, work: Path, reuse):
+def accuracy_run(clients: int, rounds: int, steps: int, eval_rows: int | None, work: Path, reuse,
+                 strategy: str = "fedavg"):  # fmt: skip
     fed = {**BASE, "train.method": "backprop", "out": str(work / "federated"),
            "federated.clients": clients, "federated.rounds": rounds,
            "federated.local_steps": steps, "federated.partition": "dirichlet",
-           "federated.alpha": 0.5, "federated.min_clients": clients}  # fmt: skip
+           "federated.alpha": 0.5, "federated.min_clients": clients,
+           "federated.strategy": strategy}  # fmt: skip
     limit = {"data.eval_samples": eval_rows} if eval_rows else {}
     fed.update(limit)
     fl, fl_s = timed(work / "federated", lambda: simulate(fed), reuse)
@@ -113,7 +117,7 @@ def markdown(acc: dict, pay: list[dict]) -> str:
     lines = [
         f"MiniLM-L6 on Reuters-R8, {s['federated.clients']} clients x {s['federated.rounds']} "
         f"rounds x {s['federated.local_steps']} local steps (batch 16, seq 64), Dirichlet alpha "
-        f"{s['federated.alpha']}, FedAvg, backprop; centralized on the same "
+        f"{s['federated.alpha']}, {s['federated.strategy']}, backprop; centralized on the same "
         f"{acc['train_samples_each']} training samples; {f['test_rows']} test rows.",
         "",
         "| run | accuracy | macro-F1 | wall s |",
@@ -141,6 +145,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget, to check the script")
     parser.add_argument("--reuse", action="store_true", help="read finished runs, rerun the rest")
+    parser.add_argument("--local-steps", type=int, default=25, help="client steps per round")
+    parser.add_argument("--strategy", default="fedavg", help="Flower strategy of the accuracy run")
     args = parser.parse_args()
     work = WORK / ("federated-quick" if args.quick else "federated")
     if not args.reuse:
@@ -149,9 +155,8 @@ def main() -> None:
         acc = accuracy_run(clients=2, rounds=1, steps=2, eval_rows=64, work=work, reuse=args.reuse)
         pay = payload_runs(steps=1, work=work, reuse=args.reuse)
     else:
-        acc = accuracy_run(
-            clients=8, rounds=5, steps=4, eval_rows=1000, work=work, reuse=args.reuse
-        )
+        acc = accuracy_run(clients=8, rounds=5, steps=args.local_steps, eval_rows=1000, work=work,
+                           reuse=args.reuse, strategy=args.strategy)  # fmt: skip
         pay = payload_runs(steps=2, work=work, reuse=args.reuse)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
