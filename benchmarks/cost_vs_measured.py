@@ -139,15 +139,11 @@ def static_checks(name: str) -> dict[str, Any]:
     return out
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        line = next(s for s in f if s.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
-
-
 def rss_worker(name: str, method: str) -> dict[str, float]:
     """Run in a fresh interpreter: growth of the resident high-water mark over two steps."""
     import torch
+
+    from edgetune.measure.memory import resident_growth
 
     torch.set_num_threads(1)
     c = CONFIGS[name]
@@ -156,19 +152,12 @@ def rss_worker(name: str, method: str) -> dict[str, float]:
     m = method_for(method, model, c["scheme"], lr=1e-6)
     small = batch_for(cfg, c["head"], c["labels"], 1, 8, min(tgt, 8) if tgt else 0)
     full = batch_for(cfg, c["head"], c["labels"], b, t, tgt)
-    m.step([small])
-    m.step([small])
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the high-water mark to the current resident set
-    base = _status("VmRSS")
-    m.step([full])
-    m.step([full])
-    peak = _status("VmHWM")
+    growth = resident_growth(lambda: (m.step([small]), m.step([small])),
+                             lambda: (m.step([full]), m.step([full])))  # fmt: skip
     opt = {"mezo": None, "pepita": "sgd", "mempepita": "sgd"}.get(method, "adamw")
     p = predict(name, cfg, method, b, t, tgt, getattr(m, "scheme", None), opt)
     mem = p.memory
-    return {"measured": peak - base, "predicted": mem.peak - mem.weights - mem.optimizer,
+    return {"measured": growth, "predicted": mem.peak - mem.weights - mem.optimizer,
             "predicted_peak": mem.peak, "weights": mem.weights}  # fmt: skip
 
 

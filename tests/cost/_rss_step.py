@@ -4,27 +4,20 @@ the resident set before the steps. Before each measurement warm-up steps on a ti
 weights, optimizer state and library buffers resident, and the high-water mark is reset
 (/proc/self/clear_refs, Linux)."""
 
-import gc
 import json
-import re
 import sys
 
 import torch
 import transformers as T
 
 from edgetune.cost import shape_from_config, step_cost
+from edgetune.measure.memory import resident_growth
 from edgetune.methods import MethodSettings, build_method
 from edgetune.plan.scheme import UpdateScheme
 
 T.logging.set_verbosity_error()
 torch.set_num_threads(1)
 OPTIMIZER = {"mezo": "sgd", "pepita": "sgd", "mempepita": "sgd"}  # the rest: AdamW
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        text = f.read()
-    return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1)) * 1024
 
 
 def measure(method: str, batch: int, seq: int) -> dict:
@@ -41,19 +34,13 @@ def measure(method: str, batch: int, seq: int) -> dict:
     ids = torch.randint(0, 256, (batch, seq), generator=g)
     labels = torch.randint(0, 256, (batch, seq), generator=g)
     small = {"input_ids": ids[:1, :8], "labels": labels[:1, :8]}
-    m.step([small])
-    m.step([small])
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the high-water mark to the current resident set
-    base = _status("VmRSS")
-    m.step([{"input_ids": ids, "labels": labels}])
-    m.step([{"input_ids": ids, "labels": labels}])
-    peak = _status("VmHWM")
+    full = {"input_ids": ids, "labels": labels}
+    growth = resident_growth(lambda: (m.step([small]), m.step([small])),
+                             lambda: (m.step([full]), m.step([full])))  # fmt: skip
     c = step_cost(shape_from_config(cfg.to_dict()), method, batch, seq, head="lm",
                   scheme=scheme, optimizer=OPTIMIZER.get(method, "adamw"))  # fmt: skip
     # weights and optimizer state were resident before the measured steps
-    return {"measured": peak - base,
+    return {"measured": growth,
             "predicted": c.memory.peak - c.memory.weights - c.memory.optimizer}  # fmt: skip
 
 
