@@ -13,6 +13,8 @@ def tiny_configs() -> dict:
     common = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     bert = dict(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=128, max_position_embeddings=64, **common)  # fmt: skip
+    llama = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
     return {
         "bert": (T.BertConfig(**bert), "BertForSequenceClassification", "classifier"),
         "bert-mlm": (T.BertConfig(**bert), "BertForMaskedLM", "lm"),
@@ -60,27 +62,12 @@ def tiny_configs() -> dict:
             "lm",
         ),  # fmt: skip
         "llama-gqa": (
-            T.LlamaConfig(
-                vocab_size=64,
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-            ),
+            T.LlamaConfig(**llama),
             "LlamaForCausalLM",
             "lm",
         ),  # fmt: skip
         "llama-tied": (  # SmolLM2's layout: the LM head is the embedding matrix
-            T.LlamaConfig(
-                vocab_size=64,
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                tie_word_embeddings=True,
-            ),
+            T.LlamaConfig(**llama, tie_word_embeddings=True),
             "LlamaForCausalLM",
             "lm",
         ),  # fmt: skip
