@@ -1,27 +1,33 @@
 """Planned sparse schemes against fixed built-in schemes, full backprop and LoRA, measured.
 
-    .venv/bin/python benchmarks/planning.py minilm      # MiniLM-L6 on Reuters-R8
-    .venv/bin/python benchmarks/planning.py smollm2     # SmolLM2-135M on Brown (LM)
-    .venv/bin/python benchmarks/planning.py report      # JSON + Markdown + plots from both
+    .venv/bin/python benchmarks/planning.py minilm           # MiniLM-L6 on Reuters-R8, all of it
+    .venv/bin/python benchmarks/planning.py smollm2          # SmolLM2-135M on `instructions`
+    .venv/bin/python benchmarks/planning.py minilm refs      # only backprop, LoRA, fixed schemes
+    .venv/bin/python benchmarks/planning.py minilm plans     # only analysis, plans, planned runs
+    .venv/bin/python benchmarks/planning.py minilm compiled  # the planned 1/4 scheme compiled
+    .venv/bin/python benchmarks/planning.py report           # JSON + Markdown + plots
+
+`refs` and `plans` can run side by side (two cores): `plans` waits for the backprop run, whose
+measured memory sets the budgets, `compiled` for the planned 1/4 run.
 
 Per model: (1) contribution analysis (cached); (2) full backprop in a fresh subprocess: its
 *training memory* = peak resident set during the steps minus the resident set with the model
 and data loaded and the (memory-mapped) weights paged in by one inference forward (the
 high-water mark reset there through /proc/self/clear_refs, glibc's mmap threshold fixed as in
-tests/cost/_rss_step.py); (3) budgets of 1/2, 1/4 and 1/8 of that, a
-planned scheme for each (cost-model forecast within the budget); (4) every configuration (planned,
-fixed built-ins, backprop, LoRA) trained the same steps on the same batches in its own fresh
-subprocess, timed (median step; median inference forward on the same batches, side by side in
-the same process), its memory measured, then evaluated. Results per configuration are cached in
-benchmarks/results/planning-runs/, so a rerun resumes. One torch thread per process.
+tests/cost/_rss_step.py); (3) budgets of 1/2, 1/4 and 1/8 of that; for each the planner gets
+the budget in bytes (it plans with the cost model's forecasts, as `edgetune plan --budget`
+does) and judges its best shortlisted schemes by a short joint fine-tune on validation data;
+(4) every configuration (planned, fixed built-ins, backprop, LoRA) trained the same steps on the
+same batches in its own fresh subprocess, timed (median step; median inference forward on the
+same batches, side by side in the same process), its memory measured, then evaluated on the
+test split. Results per configuration are cached in benchmarks/results/planning-runs/, so a
+rerun resumes. One torch thread per process.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -35,28 +41,26 @@ FRACTIONS = (0.5, 0.25, 0.125)
 
 SETUPS = {
     "minilm": {
-        "model": "minilm-l6", "data": "reuters-r8", "seq": 64, "batch": 8, "steps": 24,
-        "eval_samples": 160, "metric": "accuracy", "lr": 1e-3, "lr_backprop": 2e-4,
-        "fixed": ["bias-only", "last-1", "last-2", "last-3", "last-1@0.25", "last-2@0.25"],
-        "analysis": {"steps": 3, "batch_size": 8, "eval_examples": 32, "lr": 1e-3,
-                     "layers": [1, 3, 5], "fraction_layers": [5], "fractions": (1.0, 0.25)},
+        "model": "minilm-l6", "data": "reuters-r8", "labels": 8, "seq": 64, "batch": 16,
+        "steps": 100,
+        "eval_samples": None, "metric": "accuracy", "lr": 1e-3, "lr_backprop": 2e-4,
+        "fixed": ["bias-only", "last-1", "last-2", "last-3", "last-4"],
+        "analysis": {"steps": 16, "batch_size": 8, "eval_examples": 128, "lr": 1e-3,
+                     "fraction_layers": [2, 5]},
+        "verify": 4,
     },
     "smollm2": {
-        "model": "smollm2-135m", "data": "brown", "seq": 32, "batch": 2, "steps": 6,
-        "eval_samples": 8, "metric": "perplexity", "lr": 5e-4, "lr_backprop": 5e-5,
-        "fixed": ["last-1", "last-2@0.25"],
-        "analysis": {"steps": 2, "batch_size": 2, "eval_examples": 8, "lr": 1e-3,
-                     "layers": [29], "fraction_layers": [29], "fractions": (1.0, 0.25)},
+        "model": "smollm2-135m", "data": "instructions", "seq": 64, "batch": 2, "steps": 30,
+        "eval_samples": 60, "metric": "perplexity", "lr": 1e-3, "lr_backprop": 5e-5,
+        "fixed": ["last-1", "last-4", "last-8"],
+        "analysis": {"steps": 6, "batch_size": 2, "eval_examples": 16, "lr": 1e-3,
+                     "layers": [14, 22, 29], "fraction_layers": []},
+        "verify": 3,
     },
 }  # fmt: skip
 
 
 # -- the worker: one configuration in a fresh interpreter --------------------------------------
-
-
-def _status(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1)) * 1024
 
 
 def worker(spec: dict) -> dict:
@@ -66,31 +70,28 @@ def worker(spec: dict) -> dict:
     from edgetune.data.load import load_data
     from edgetune.data.tasks import batches, epoch_order, tokenize
     from edgetune.evaluate import evaluate
+    from edgetune.measure.memory import resident_growth
     from edgetune.methods import MethodSettings, build_method
     from edgetune.models.loader import load_model
 
     torch.set_num_threads(1)
-    cfg = load_config(
-        None,
-        [
-            f"model.name={spec['model']}",
-            f"data.name={spec['data']}",
-            f"data.seq_len={spec['seq']}",
-            f"data.eval_samples={spec['eval_samples']}",
-        ],
-    )
+    overrides = [f"model.name={spec['model']}", f"data.name={spec['data']}"]
+    overrides.append(f"data.seq_len={spec['seq']}")
+    if spec["eval_samples"]:
+        overrides.append(f"data.eval_samples={spec['eval_samples']}")
+    cfg = load_config(None, overrides)
     text = load_data(cfg.data)
     loaded = load_model(spec["model"], text.task, num_labels=len(text.labels) or None, seed=0)
     data = tokenize(text, loaded.tokenizer, spec["seq"], loaded.kind)
     pad = loaded.tokenizer.pad_token_id
     order = epoch_order(len(data.splits["train"]), 0, 0)[: spec["steps"] * spec["batch"]]
     train = list(batches(data.splits["train"], spec["batch"], pad, order))
-    with torch.no_grad():  # page the (memory-mapped) weights in: they are not training memory
-        loaded.model.eval()(**train[0])
-    loaded.model.train()
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # high-water mark := resident set now
-    base = _status("VmRSS")
+
+    def page_in():  # the (memory-mapped) weights are not training memory
+        with torch.no_grad():
+            loaded.model.eval()(**train[0])
+        loaded.model.train()
+
     settings = MethodSettings(
         lr=spec["lr"],
         total_steps=spec["steps"],
@@ -98,28 +99,32 @@ def worker(spec: dict) -> dict:
         warmup_steps=2,
         options=spec["options"],
     )
-    method = build_method(spec["method"], loaded.model, settings)
-    compile_report = None
+    state = {"method": None, "compile": None}
     steps, forwards, losses = [], [], []
-    for i, batch in enumerate(train):
-        if spec.get("compile") and i == len(train) // 2:
-            # first half eager, second half compiled: the per-step gain side by side
-            from edgetune.plan.compile import compile_step
 
-            compile_report = compile_step(method, batch).__dict__
-            compile_report["eager_step_s"] = statistics.median(steps[2:])
-            steps = []
-        t = time.perf_counter()
-        losses.append(method.step([batch]).loss)
-        steps.append(time.perf_counter() - t)
-        if len(forwards) < 8:  # an inference forward on the same batch, side by side
-            method.model.eval()
-            with torch.no_grad():
-                t = time.perf_counter()
-                method.model(**batch)
-                forwards.append(time.perf_counter() - t)
-            method.model.train()
-    training = _status("VmHWM") - base
+    def train_steps():
+        method = state["method"] = build_method(spec["method"], loaded.model, settings)
+        for i, batch in enumerate(train):
+            if spec.get("compile") and i == len(train) // 2:
+                # first half eager, second half compiled: the per-step gain side by side
+                from edgetune.plan.compile import compile_step
+
+                report = state["compile"] = compile_step(method, batch).__dict__
+                report["eager_step_s"] = statistics.median(steps[2:])
+                steps.clear()
+            t = time.perf_counter()
+            losses.append(method.step([batch]).loss)
+            steps.append(time.perf_counter() - t)
+            if len(forwards) < 8:  # an inference forward on the same batch, side by side
+                method.model.eval()
+                with torch.no_grad():
+                    t = time.perf_counter()
+                    method.model(**batch)
+                    forwards.append(time.perf_counter() - t)
+                method.model.train()
+
+    training = resident_growth(page_in, train_steps)
+    method, compile_report = state["method"], state["compile"]
     if compile_report is not None:  # evaluate eagerly: eval shapes would recompile the graph
         from edgetune.plan.compile import release
 
@@ -129,7 +134,6 @@ def worker(spec: dict) -> dict:
     return {
         **spec,
         "training_bytes": training,
-        "base_rss_bytes": base,
         "step_s": statistics.median(warm),
         "forward_s": statistics.median(forwards[1:]),
         "loss_first": losses[0],
@@ -165,19 +169,56 @@ def run(spec: dict, name: str) -> dict:
     return result
 
 
-# -- one model: analysis, budgets, runs ---------------------------------------------------------
+# -- one model: references, analysis, budgets, planned runs -----------------------------------
 
 
-def bench(key: str) -> None:
-    from edgetune.config import load_config
-    from edgetune.cost import step_cost
-    from edgetune.plan.contribution import AnalysisSettings, analyze, plot_gains
-    from edgetune.plan.scheme import UpdateScheme
-    from edgetune.plan.search import model_shape_of, plan_from_table
+def _common(key: str) -> dict:
+    s = SETUPS[key]
+    return {k: s[k] for k in ("model", "data", "seq", "batch", "steps", "eval_samples")}
+
+
+def _sparse_spec(key: str, scheme, path: Path | None) -> dict:
+    """A sparse configuration of `scheme` (saved to `path`, if given) with its forecast."""
+    from edgetune.plan.search import forecast, model_shape_of
 
     s = SETUPS[key]
-    common = {k: s[k] for k in ("model", "data", "seq", "batch", "steps", "eval_samples")}
-    cfg = load_config(
+    if path is not None:
+        scheme.save(path)
+    head = "lm" if s["metric"] == "perplexity" else "classifier"
+    n_labels = s.get("labels", 0)
+    fc = forecast(model_shape_of(s["model"]), scheme, s["batch"], s["seq"], head, n_labels)
+    spec = {**_common(key), "method": "sparse", "options": {"scheme": str(path)}, "lr": s["lr"]}
+    return {**spec, "forecast": fc, "lowest_layer": scheme.lowest_layer()}
+
+
+def refs(key: str) -> None:
+    """Full backprop, LoRA and the fixed built-in schemes (an LM's tied head left frozen)."""
+    from edgetune.cost import step_cost
+    from edgetune.plan.scheme import UpdateScheme
+    from edgetune.plan.search import model_shape_of
+
+    s = SETUPS[key]
+    common = _common(key)
+    head = "lm" if s["metric"] == "perplexity" else "classifier"
+    shape = model_shape_of(s["model"])
+    m = step_cost(shape, "backprop", s["batch"], s["seq"], head=head,
+                  n_labels=max(2, s.get("labels", 0))).memory  # fmt: skip
+    spec = {**common, "method": "backprop", "options": {}, "lr": s["lr_backprop"]}
+    run({**spec, "forecast": {"training_bytes": float(m.peak - m.weights)}}, f"{key}-backprop")
+    run({**common, "method": "lora", "options": {}, "lr": s["lr"]}, f"{key}-lora")
+    n = shape.n_layers
+    for name in s["fixed"]:
+        scheme = UpdateScheme.builtin(name, n)
+        if s["metric"] == "perplexity":
+            scheme = UpdateScheme(tuple(u for u in scheme.updates if u.unit != "head"), name)
+        run(_sparse_spec(key, scheme, RUNS / f"{key}-fixed-{name}.yaml"), f"{key}-fixed-{name}")
+
+
+def _config(key: str):
+    from edgetune.config import load_config
+
+    s = SETUPS[key]
+    return load_config(
         None,
         [
             f"model.name={s['model']}",
@@ -186,72 +227,83 @@ def bench(key: str) -> None:
             f"train.batch_size={s['batch']}",
         ],
     )
-    table = analyze(cfg, AnalysisSettings(**s["analysis"]), cache=RUNS / "cache")
-    plot_gains(table, RESULTS / f"planning-gains-{key}.png")
-    bp = run(
-        {**common, "method": "backprop", "options": {}, "lr": s["lr_backprop"]}, f"{key}-backprop"
+
+
+def plans(key: str) -> None:
+    """Contribution analysis, a plan per budget (judged on validation data), planned runs."""
+    import torch
+
+    from edgetune.errors import EdgetuneError
+    from edgetune.plan.contribution import (
+        AnalysisSettings,
+        analyze,
+        measure_schemes,
+        plot_gains,
+        scheme_key,
     )
-    run({**common, "method": "lora", "options": {}, "lr": s["lr"]}, f"{key}-lora")
-    n = table.n_layers
-    for name in s["fixed"]:
-        scheme = UpdateScheme.builtin(name, n)
-        if not table.head:  # an LM's head is the tied embedding matrix: leave it frozen
-            scheme = UpdateScheme(tuple(u for u in scheme.updates if u.unit != "head"), name)
-        path = RUNS / f"{key}-fixed-{name}.yaml"
-        scheme.save(path)
-        run(
-            {**common, "method": "sparse", "options": {"scheme": str(path)}, "lr": s["lr"]},
-            f"{key}-fixed-{name}",
-        )
-    # Budgets are fractions of backprop's training memory. The search works in the cost
-    # model's units, so it gets the fraction of backprop's *forecast*; the table compares
-    # measured memory with the fraction of backprop's *measured* training memory.
+    from edgetune.plan.search import model_shape_of, plan_from_table, summed_gain
+
+    torch.set_num_threads(1)
+    s = SETUPS[key]
+    cfg = _config(key)
+    settings = AnalysisSettings(**s["analysis"])
+    cache = RUNS / "cache"
+    table = analyze(cfg, settings, cache=cache)
+    plot_gains(table, RESULTS / f"planning-gains-{key}.png")
+    bp_path = RUNS / f"{key}-backprop.json"
+    while not bp_path.is_file():  # `refs` measures it, maybe in another process
+        time.sleep(10)
+    bp = json.loads(bp_path.read_text())
     shape = model_shape_of(s["model"])
-    head = "classifier" if table.task == "classify" else "lm"
-    bp_cost = step_cost(
-        shape, "backprop", s["batch"], s["seq"], head=head, n_labels=max(2, table.n_labels)
-    ).memory
-    bp_forecast = bp_cost.peak - bp_cost.weights
+
+    judged: list[dict] = []
+
+    def judge(schemes):  # the planner's verification, recorded for the report
+        gains = measure_schemes(cfg, schemes, settings, cache)
+        judged[:] = [
+            {
+                "scheme": sc.name,
+                "lowest_layer": sc.lowest_layer(),
+                "summed_gain": summed_gain(table, sc),
+                "measured_gain": g,
+                "forecast_bytes": _sparse_spec(key, sc, None)["forecast"]["training_bytes"],
+            }
+            for sc, g in zip(schemes, gains, strict=True)
+        ]
+        return gains
+
     done: dict[str, dict] = {}  # the same scheme at two budgets is trained once
     for frac in FRACTIONS:
-        plan = plan_from_table(table, shape, frac * bp_forecast, s["batch"], s["seq"])
-        path = RUNS / f"{key}-planned-{frac:g}.yaml"
-        plan.save(path)
-        spec = {
-            **common,
-            "method": "sparse",
-            "options": {"scheme": str(path)},
-            "lr": s["lr"],
-            "budget_bytes": frac * bp["training_bytes"],
-            "plan_budget_bytes": frac * bp_forecast,
-            "forecast": plan.forecast,
-        }
-        same = done.get(json.dumps(plan.scheme.to_dict()["updates"]))
+        budget = frac * bp["training_bytes"]
+        try:
+            plan = plan_from_table(table, shape, budget, s["batch"], s["seq"], judge=judge,
+                                   top=s["verify"])  # fmt: skip
+        except EdgetuneError as e:  # nothing fits this budget: say so, plan the others
+            print(f"{key} at {frac:g} of backprop's memory: {e}", flush=True)
+            continue
         name = f"{key}-planned-{frac:g}"
+        spec = _sparse_spec(key, plan.scheme, RUNS / f"{name}.yaml")
+        spec.update(budget_bytes=budget, fraction=frac, plan=plan.scheme.name,
+                    predicted_gain=plan.gain,
+                    measured_gain=plan.measured_gain, shortlist=list(judged))  # fmt: skip
+        same = done.get(scheme_key(plan.scheme))
         if same is not None and not (RUNS / f"{name}.json").is_file():
             (RUNS / f"{name}.json").write_text(json.dumps({**same, **spec, "name": name}))
-        done[json.dumps(plan.scheme.to_dict()["updates"])] = run(spec, name)
-    if key != "minilm":  # compile once, on the small model: Inductor is slow on a shared CPU
-        return
-    scheme_path = str(RUNS / f"{key}-planned-0.25.yaml")
-    run(
-        {
-            **common,
-            "steps": 12,
-            "method": "sparse",
-            "options": {"scheme": scheme_path},
-            "lr": s["lr"],
-            "compile": True,
-        },
-        f"{key}-compiled-0.25",
-    )
+        done[scheme_key(plan.scheme)] = run(spec, name)
+
+
+def compiled(key: str) -> None:
+    """The planned 1/4 scheme, 6 steps eager then 6 compiled ahead of time, same process."""
+    from edgetune.plan.scheme import UpdateScheme
+
+    path = RUNS / f"{key}-planned-0.25.yaml"
+    while not (RUNS / f"{key}-planned-0.25.json").is_file():  # `plans` plans and runs it
+        time.sleep(10)
+    spec = _sparse_spec(key, UpdateScheme.load(path), path)
+    run({**spec, "steps": 12, "compile": True}, f"{key}-compiled-0.25")
 
 
 # -- report: JSON, Markdown, plots ------------------------------------------------------------
-
-
-def _mib(b: float) -> str:
-    return f"{b / 2**20:.0f}"
 
 
 def summarize(key: str) -> dict | None:
@@ -263,11 +315,14 @@ def summarize(key: str) -> dict | None:
     higher = s["metric"] == "accuracy"
     bp, rows, budgets = runs["backprop"], [], []
     for name, r in sorted(runs.items()):
+        fc = r.get("forecast")
         rows.append(
             {
-                "name": name,
+                "name": name if r["steps"] == s["steps"] else f"{name} ({r['steps']} steps)",
                 "metric": r["metrics"][s["metric"]],
                 "training_mib": r["training_bytes"] / 2**20,
+                "forecast_mib": fc["training_bytes"] / 2**20 if fc else None,
+                "lowest_layer": r.get("lowest_layer"),
                 "step_s": r["step_s"],
                 "forward_s": r["forward_s"],
                 "step_over_forward": r["step_s"] / r["forward_s"],
@@ -280,12 +335,10 @@ def summarize(key: str) -> dict | None:
             }
         )
     fixed = [r for n, r in runs.items() if n.startswith("fixed-")]
-    for frac in FRACTIONS:
-        planned = runs.get(f"planned-{frac:g}")
-        if planned is None:
-            continue
-        budget = planned["budget_bytes"]
-        # the best fixed scheme whose measured memory is at most the planned one's
+    planned_runs = [r for n, r in runs.items() if n.startswith("planned-")]
+    for planned in sorted(planned_runs, key=lambda r: -r["fraction"]):
+        budget, frac = planned["budget_bytes"], planned["fraction"]
+        # the best fixed scheme whose measured memory is at most max(budget, the planned one's)
         fits = [r for r in fixed if r["training_bytes"] <= max(budget, planned["training_bytes"])]
         best = (max if higher else min)(fits, key=lambda r: r["metrics"][s["metric"]], default=None)
         pm = planned["metrics"][s["metric"]]
@@ -294,13 +347,18 @@ def summarize(key: str) -> dict | None:
             {
                 "fraction": frac,
                 "budget_mib": budget / 2**20,
+                "plan": planned["plan"],
+                "lowest_layer": planned["lowest_layer"],
                 "planned_mib": planned["training_bytes"] / 2**20,
                 "forecast_mib": planned["forecast"]["training_bytes"] / 2**20,
+                "within_budget": planned["training_bytes"] <= budget,
                 "planned_metric": pm,
+                "planned_step_over_forward": planned["step_s"] / planned["forward_s"],
                 "best_fixed": best["name"][len(key) + 7 :] if best else None,
                 "best_fixed_mib": best["training_bytes"] / 2**20 if best else None,
                 "best_fixed_metric": bm,
                 "planned_wins": bm is None or (pm > bm if higher else pm < bm),
+                "shortlist": planned.get("shortlist", []),
             }
         )
     return {
@@ -313,44 +371,52 @@ def summarize(key: str) -> dict | None:
     }
 
 
+def _f(x, fmt: str) -> str:
+    return "" if x is None else format(x, fmt)
+
+
 def report() -> None:
     out = {k: v for k in SETUPS if (v := summarize(k))}
     (RESULTS / "planning.json").write_text(json.dumps(out, indent=1))
     lines = [
         "# Planned sparse schemes vs fixed schemes, backprop and LoRA",
         "",
-        "Generated by `benchmarks/planning.py` (one torch thread per process, shared "
-        "2-core machine). Training memory = peak RSS during the steps minus RSS with "
-        "model and data loaded and the weights paged in by one inference forward, in a fresh "
-        "process per row. Step and forward: medians in the same process; the last column "
-        "divides backprop's step/forward by this row's (robust to load changing between rows). "
-        "Best fixed: the fixed built-in of best metric whose measured memory is at most "
-        "max(budget, the planned scheme's measured memory).",
+        "Generated by `benchmarks/planning.py` (one torch thread per process, 2-core machine, "
+        "two configurations at a time). Training memory = peak RSS during the steps minus RSS "
+        "with model and data loaded and the weights paged in by one inference forward, in a "
+        "fresh process per row; forecast = the cost model's training memory (peak - weights) "
+        "that the planner plans with. Step and forward: medians in the same process; the last "
+        "column divides backprop's step/forward by this row's (robust to load changing "
+        "between rows). Best fixed: the fixed built-in of best metric whose measured memory is "
+        "at most max(budget, the planned scheme's measured memory).",
         "",
     ]
     for key, r in out.items():
         st = r["setup"]
+        test = f"first {st['eval_samples']}" if st["eval_samples"] else "all"
         lines += [
-            f"## {r['model']} on {r['data']} ({r['metric']}; batch {st['batch']}, "
-            f"{st['seq']} tokens, {st['steps']} steps)",
+            f"## {r['model']} on {r['data']} ({r['metric']} on {test} test rows; batch "
+            f"{st['batch']}, {st['seq']} tokens, {st['steps']} steps)",
             "",
-            "| configuration | " + r["metric"] + " | training memory MiB | step s | "
-            "forward s | step / forward | backprop step / step | same, forward-normalized |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| configuration | " + r["metric"] + " | training memory MiB | forecast MiB | "
+            "lowest block | step s | forward s | step / forward | backprop step / step | "
+            "same, forward-normalized |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in r["rows"]:
             lines.append(
                 f"| {row['name']} | {row['metric']:.4g} | {row['training_mib']:.0f} | "
+                f"{_f(row['forecast_mib'], '.0f')} | {_f(row['lowest_layer'], 'd')} | "
                 f"{row['step_s']:.3f} | {row['forward_s']:.3f} | "
                 f"{row['step_over_forward']:.2f} | {row['bp_over_step']:.2f} | "
                 f"{row['bp_over_step_norm']:.2f} |"
             )
         lines += [
             "",
-            "| budget (of backprop) | budget MiB | planned: forecast / measured MiB | "
-            f"planned {r['metric']} | best fixed within it | its MiB | its {r['metric']} "
-            "| planned better |",
-            "|---|---:|---:|---:|---|---:|---:|---|",
+            "| budget (of backprop) | budget MiB | plan (lowest block) | planned: forecast / "
+            f"measured MiB | planned {r['metric']} | planned step / fwd | best fixed within it "
+            f"| its MiB | its {r['metric']} | planned better |",
+            "|---|---:|---|---:|---:|---:|---|---:|---:|---|",
         ]
         for b in r["budgets"]:
             fixed = (
@@ -358,12 +424,30 @@ def report() -> None:
                 if b["best_fixed"]
                 else "none fits | | "
             )
+            over = "" if b["within_budget"] else " (over)"
             lines.append(
-                f"| 1/{round(1 / b['fraction'])} | {b['budget_mib']:.0f} | "
-                f"{b['forecast_mib']:.0f} / {b['planned_mib']:.0f} | "
-                f"{b['planned_metric']:.4g} | {fixed} | "
+                f"| 1/{round(1 / b['fraction'])} | {b['budget_mib']:.0f} | {b['plan']} "
+                f"({b['lowest_layer']}) | {b['forecast_mib']:.0f} / {b['planned_mib']:.0f}{over} "
+                f"| {b['planned_metric']:.4g} | {b['planned_step_over_forward']:.2f} | {fixed} | "
                 f"{'yes' if b['planned_wins'] else 'no'} |"
             )
+        lines += [
+            "",
+            "Schemes the planner judged per budget (the shortlist's best scheme by summed gain "
+            "for lowest blocks spread over the depths, each fine-tuned jointly under the "
+            "analysis' protocol on validation data; the best measured one was planned):",
+            "",
+            "| budget | scheme | lowest block | forecast MiB | summed gain | measured gain |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for b in r["budgets"]:
+            for j in b["shortlist"]:
+                lines.append(
+                    f"| 1/{round(1 / b['fraction'])} | {j['scheme']} | "
+                    f"{j['lowest_layer']} | {j['forecast_bytes'] / 2**20:.0f} | "
+                    f"{j['summed_gain']:.3f} | "
+                    f"{j['measured_gain']:.3f} |"
+                )
         for row in [row for row in r["rows"] if row["compile"]]:
             c = row["compile"]
             lines += [
@@ -403,6 +487,10 @@ def _plot(key: str, r: dict) -> None:
                 xytext=(3, 3),
                 textcoords="offset points",
             )
+    for b in r["budgets"]:
+        ax.axvline(b["budget_mib"], color="grey", lw=0.8, ls=":")
+        ax.annotate(f"1/{round(1 / b['fraction'])}", (b["budget_mib"], 0.02), fontsize=7,
+                    xycoords=("data", "axes fraction"))  # fmt: skip
     ax.set_xscale("log")
     ax.set(
         xlabel="measured training memory (MiB, log)",
@@ -421,4 +509,8 @@ if __name__ == "__main__":
     elif sys.argv[1] == "report":
         report()
     else:
-        bench(sys.argv[1])
+        parts = sys.argv[2:] or ["refs", "plans"] + (
+            ["compiled"] if sys.argv[1] == "minilm" else []
+        )
+        for part in parts:
+            {"refs": refs, "plans": plans, "compiled": compiled}[part](sys.argv[1])

@@ -6,7 +6,15 @@ import pytest
 
 import edgetune.plan.contribution as contribution
 from edgetune.config import load_config
-from edgetune.plan.contribution import AnalysisSettings, Candidate, analyze, plot_gains
+from edgetune.plan.contribution import (
+    AnalysisSettings,
+    Candidate,
+    analyze,
+    measure_schemes,
+    plot_gains,
+    scheme_of,
+)
+from edgetune.plan.scheme import UpdateScheme
 
 
 @pytest.fixture
@@ -77,6 +85,43 @@ def test_unmeasured_layers_are_interpolated(cfg, tmp_path):
     assert not table.entries["ffn1@0x1"].measured and table.entries["ffn1@0x1"].gain == 0.0
     # above the highest, the nearest measured block's gains
     s = AnalysisSettings(steps=1, batch_size=4, eval_examples=4, fractions=(1.0,), layers=[0])
-    table = analyze(cfg, s, cache=tmp_path)
+    table = analyze(cfg, s, cache=tmp_path / "other")
     assert not table.entries["ffn1@1x1"].measured
     assert table.entries["ffn1@1x1"].gain == table.entries["ffn1@0x1"].gain
+
+
+def test_a_wider_analysis_reuses_what_a_narrower_one_measured(cfg, tmp_path, monkeypatch):
+    narrow = AnalysisSettings(steps=1, batch_size=4, eval_examples=4, fractions=(1.0,), layers=[1])
+    first = analyze(cfg, narrow, cache=tmp_path)
+    calls = _count_runs(monkeypatch)
+    wide = AnalysisSettings(steps=1, batch_size=4, eval_examples=4, fractions=(1.0,))
+    table = analyze(cfg, wide, cache=tmp_path)
+    # only block 0's five candidates ran; block 1 kept its measurements
+    assert sorted(calls) == sorted(c.key for c in _block(0))
+    assert table.entries["qkv@1x1"] == first.entries["qkv@1x1"]
+    assert table.entries["qkv@0x1"].measured
+
+
+def _block(layer: int) -> list[Candidate]:
+    return [Candidate(u, layer, 1.0) for u in ("qkv", "attn_out", "ffn1", "ffn2")] + [
+        Candidate("bias", layer, 0.0)
+    ]
+
+
+def test_whole_schemes_are_measured_under_the_same_protocol_and_cached(cfg, tmp_path, monkeypatch):
+    s = AnalysisSettings(steps=2, batch_size=4, eval_examples=8, fractions=(1.0,), layers=[1])
+    table = analyze(cfg, s, cache=tmp_path)
+    single = scheme_of([Candidate("qkv", 1, 1.0)], True, True, "alone")
+    last = UpdateScheme.builtin("last-2", 2)
+    calls = _count_runs(monkeypatch)
+    # Execute
+    gains = measure_schemes(cfg, [single, last], s, cache=tmp_path)
+    # Assert: a one-candidate scheme gets exactly its analysed gain (seeded runs, same
+    # batches); the whole model is something else; both are cached
+    assert len(calls) == 2
+    assert gains[0] == pytest.approx(table.entries["qkv@1x1"].gain, abs=1e-6)
+    assert gains[1] != pytest.approx(gains[0])
+    calls.clear()
+    assert measure_schemes(cfg, [last, single], s, cache=tmp_path) == gains[::-1]
+    assert calls == []
+    assert len(analyze(cfg, s, cache=tmp_path).schemes) == 2

@@ -8,7 +8,17 @@ import yaml
 from edgetune.errors import EdgetuneError
 from edgetune.plan.contribution import Candidate, ContributionTable, Entry, scheme_of
 from edgetune.plan.scheme import UpdateScheme
-from edgetune.plan.search import Costs, Item, Plan, knapsack, parse_bytes, search
+from edgetune.plan.search import (
+    Costs,
+    Item,
+    Plan,
+    builtin_schemes,
+    knapsack,
+    parse_bytes,
+    search,
+    shortlist,
+    summed_gain,
+)
 
 # Prepare: 3 blocks; depth costs grow downwards; items with integer costs
 DEPTH = {0: 9, 1: 5, 2: 2}
@@ -43,13 +53,15 @@ def brute_force(budget: float) -> float:
 @pytest.mark.parametrize("budget", [3, 4, 6, 8, 10, 12, 15, 19, 25, 40])
 def test_knapsack_matches_brute_force(budget):
     # Execute
-    chosen, gain = knapsack(ITEMS, Costs(BASE, DEPTH), budget, resolution=1000)
-    # Assert: the best summed gain, and the choice really fits
-    assert gain == pytest.approx(brute_force(budget))
-    assert sum(it.gain for it in chosen) == pytest.approx(gain)
-    if chosen:
-        low = min(it.candidate.layer for it in chosen)
-        assert BASE + DEPTH[low] + sum(it.cost for it in chosen) <= budget
+    per_depth = knapsack(ITEMS, Costs(BASE, DEPTH), budget, resolution=1000)
+    # Assert: the best over the lowest blocks is the best summed gain, and every choice fits
+    assert max((g for _, g in per_depth.values()), default=0.0) == pytest.approx(
+        brute_force(budget)
+    )
+    for l0, (chosen, gain) in per_depth.items():
+        assert sum(it.gain for it in chosen) == pytest.approx(gain)
+        assert min(it.candidate.layer for it in chosen) >= l0
+        assert BASE + DEPTH[l0] + sum(it.cost for it in chosen) <= budget
         assert len({it.group for it in chosen}) == len(chosen)
 
 
@@ -71,9 +83,10 @@ def _exact(scheme: UpdateScheme) -> float:
 
 
 def test_search_picks_the_best_scheme_under_the_exact_cost():
-    scheme, gain = search(_table(GAINS), _exact, budget=100.0)
+    best = search(_table(GAINS), _exact, budget=100.0)
+    scheme = best.scheme
     # qkv@1 + ffn1@1 (+ bias@1): 10 + 20 + 70 = 100 beats qkv@0: 10 + 40 + 30 = 80, gain 0.41
-    assert gain == pytest.approx(0.55)
+    assert best.gain == pytest.approx(0.55) and best.cost == 100.0
     assert _exact(scheme) <= 100.0
     assert {(u.unit, u.layer, u.weight_fraction) for u in scheme.updates if u.weight_fraction} >= {
         ("qkv", 1, 1.0),
@@ -88,8 +101,8 @@ def test_budget_too_small_says_what_the_smallest_scheme_needs():
 
 
 def test_budget_for_the_head_alone_plans_the_head():
-    scheme, gain = search(_table(GAINS), _exact, budget=12.0)
-    assert [u.unit for u in scheme.updates] == ["head"] and gain == 0.0
+    best = search(_table(GAINS), _exact, budget=12.0)
+    assert [u.unit for u in best.scheme.updates] == ["head"] and best.gain == 0.0
 
 
 @pytest.mark.parametrize(
@@ -146,8 +159,98 @@ def test_search_without_a_head_plans_blocks_only():
     # Prepare: a language model (no head in the base)
     table = _table(GAINS, head=False)
     # Execute
-    scheme, gain = search(table, _exact, budget=60.0)
+    best = search(table, _exact, budget=60.0)
     # Assert: qkv@1 (10 + 20 + 30 = 60 with the toy head cost) and no head
-    assert not scheme.trains_head() and gain == pytest.approx(0.35)
+    assert not best.scheme.trains_head() and best.gain == pytest.approx(0.35)
     with pytest.raises(EdgetuneError, match="cheapest block"):
         search(table, _exact, budget=20.0)
+
+
+def test_summed_gain_takes_each_weight_at_the_largest_analysed_fraction_below_it():
+    # Prepare: qkv of block 1 analysed at 1 and 1/4
+    table = _table({**GAINS, "qkv@1x0.25": 0.1})
+    scheme = UpdateScheme.from_dict(
+        {"updates": [{"unit": "qkv", "layer": 1, "weight_fraction": 0.5, "bias": False}]}
+    )
+    # Execute / Assert: 1/2 counts as the analysed 1/4; no bias trained, no bias gain
+    assert summed_gain(table, scheme) == pytest.approx(0.1)
+    # the whole block 1 (last-1): qkv, ffn1 and the biases; attn_out/ffn2 have no entries
+    assert summed_gain(table, UpdateScheme.builtin("last-1", 2)) == pytest.approx(0.55)
+    # a knapsack scheme comes back to its summed gain: qkv with its own bias is not `bias`
+    picked = [Candidate("qkv", 1, 1.0), Candidate("ffn1", 1, 1.0)]
+    assert summed_gain(table, scheme_of(picked, True, True)) == pytest.approx(0.5)
+    picked.append(Candidate("bias", 1, 0.0))
+    assert summed_gain(table, scheme_of(picked, True, True)) == pytest.approx(0.55)
+
+
+def _exact_peak(scheme: UpdateScheme) -> float:
+    """A toy sub-additive cost: the weights' share is the largest one, not their sum."""
+    low = scheme.lowest_layer()
+    cost = 10.0 + (0 if low is None else 20.0 * (2 - low))
+    return cost + max(
+        [WEIGHT.get(u.unit, 0.0) * u.weight_fraction for u in scheme.updates], default=0.0
+    )
+
+
+def test_a_builtin_that_fits_exactly_beats_the_additive_knapsack():
+    # Additively qkv@1 + ffn1@1 cost 10 + 20 + 30 + 40 = 100 > 80; exactly, last-1 costs
+    # 10 + 20 + max(30, 40) = 70. The knapsack's best within 80 is qkv@0 + biases (0.46).
+    options = shortlist(_table(GAINS), _exact_peak, budget=80.0)
+    names = [o.scheme.name for o in options]
+    assert "last-1" in names and "last-2" not in names  # last-2 (both blocks) costs 90
+    best = search(_table(GAINS), _exact_peak, budget=80.0)
+    assert best.scheme.name == "last-1" and best.gain == pytest.approx(0.55)
+    assert all(o.cost <= 80.0 for o in options)
+    assert [o.gain for o in options] == sorted((o.gain for o in options), reverse=True)
+
+
+def test_a_judge_picks_the_best_measured_of_the_best_scheme_per_depth():
+    # Prepare: a judge that measures the shallower scheme better
+    judged: list[list[UpdateScheme]] = []
+
+    def judge(schemes):
+        judged.append(schemes)
+        return [float(s.lowest_layer()) for s in schemes]
+
+    options = shortlist(_table(GAINS), _exact, budget=100.0)
+    # Execute
+    best = search(_table(GAINS), _exact, budget=100.0, judge=judge, top=3)
+    # Assert: one contender per lowest block (the best summed one there), judged once; the
+    # judge's favourite wins and carries its measured gain
+    assert len(judged) == 1 and [s.lowest_layer() for s in judged[0]] == [0, 1]
+    for s in judged[0]:
+        first = next(o for o in options if o.scheme.lowest_layer() == s.lowest_layer())
+        assert s == first.scheme
+    assert best.scheme.lowest_layer() == 1 and best.measured == 1.0
+    # top=1 judges the deepest only
+    judged.clear()
+    search(_table(GAINS), _exact, budget=100.0, judge=judge, top=1)
+    assert [s.lowest_layer() for s in judged[0]] == [0]
+
+
+def test_max_depth_keeps_backward_in_the_top_blocks():
+    unbounded = search(_table(GAINS), _exact, budget=100.0, max_depth=2)
+    assert unbounded.scheme.lowest_layer() == 1  # the best scheme happens to be shallow
+    options = shortlist(_table(GAINS), _exact, budget=200.0, max_depth=1)
+    assert options and all(o.scheme.lowest_layer() == 1 for o in options)
+    assert search(_table(GAINS), _exact, budget=200.0).scheme.lowest_layer() == 0
+
+
+def test_builtins_leave_the_head_and_bias_only_where_the_model_has_none():
+    with_head = builtin_schemes(2, head=True, has_bias=True)
+    assert {s.name for s in with_head} >= {"bias-only", "last-2", "last-1@0.125", "qkv-ffn1-2"}
+    assert all(s.trains_head() for s in with_head)
+    lm = builtin_schemes(2, head=False, has_bias=False)
+    assert not any(s.trains_head() for s in lm) and "bias-only" not in {s.name for s in lm}
+
+
+def test_builtins_never_open_backward_below_the_lowest_measured_block():
+    # Prepare: only block 1 was measured; block 0's entries are interpolated (gain 0)
+    table = _table(GAINS)
+    for key in ("qkv@0x1", "bias@0x0"):
+        table.entries[key] = Entry(key, 0.0, False)
+    # Execute
+    options = shortlist(table, _exact, budget=500.0)
+    # Assert: last-2, bias-only etc. (backward into block 0) are not weighed
+    assert options and all(o.scheme.lowest_layer() == 1 for o in options)
+    assert "last-1" in {o.scheme.name for o in options}

@@ -22,8 +22,9 @@ measured, unmeasured layers by linear interpolation between the nearest measured
 nearest one's gains above the highest, 0 below the lowest). Each entry says whether it was
 measured.
 
-Results go to a JSON file after every run (atomically), keyed by everything that changes them,
-so an interrupted analysis resumes where it stopped.
+Results go to a JSON file after every run (atomically), keyed by everything that changes them
+(not by the blocks measured), so an interrupted analysis resumes where it stopped and a wider
+one reuses what a narrower one measured.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from edgetune.plan.scheme import UnitUpdate, UpdateScheme
 
 CANDIDATE_UNITS = ("qkv", "attn_out", "ffn1", "ffn2", "bias")
 FRACTIONS = (1.0, 0.5, 0.25, 0.125)
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,9 @@ class ContributionTable:
     loss_base: float  # ... after training the base alone
     n_labels: int = 0  # classes of a classifier (0: a language model)
     entries: dict[str, Entry] = field(default_factory=dict)
+    schemes: dict[str, Entry] = field(default_factory=dict)
+    """Whole schemes fine-tuned jointly by `measure_schemes`, by `scheme_key` (which is also
+    the entry's `candidate`)."""
 
     def gain(self, c: Candidate) -> float:
         return self.entries[c.key].gain
@@ -176,7 +180,14 @@ class ContributionTable:
         if d.pop("version", None) != TABLE_VERSION:
             raise EdgetuneError("contribution table of another edgetune version")
         d["entries"] = {k: Entry(**v) for k, v in d["entries"].items()}
+        d["schemes"] = {k: Entry(**v) for k, v in d.get("schemes", {}).items()}
         return cls(**d)
+
+
+def scheme_key(scheme: UpdateScheme) -> str:
+    """A short name for what a scheme trains (its updates, not its name)."""
+    text = json.dumps(scheme.to_dict()["updates"], sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -204,11 +215,14 @@ def train_and_eval(
     train: list[dict],
     held_out: list[dict],
     lr: float,
+    seed: int = 0,
 ) -> tuple[float, float | None]:
-    """Fine-tune a copy of `model` on `scheme` for one pass over `train`; its held-out loss."""
+    """Fine-tune a copy of `model` on `scheme` for one pass over `train`; its held-out loss.
+    The RNG (dropout) is seeded, so the same scheme gives the same loss."""
     from edgetune.methods.base import MethodSettings
     from edgetune.methods.sparse import Sparse
 
+    torch.manual_seed(seed)
     work = copy.deepcopy(model)
     settings = MethodSettings(
         lr=lr,
@@ -224,25 +238,43 @@ def train_and_eval(
 
 
 def _fingerprint(cfg: RunConfig, s: AnalysisSettings) -> str:
-    key = {"model": cfg.model.name, "data": asdict(cfg.data), "settings": asdict(s)}
+    """What changes a measured gain (not which blocks are measured: an analysis can be
+    widened or narrowed later and keeps what it has measured)."""
+    protocol = {k: v for k, v in asdict(s).items() if k not in ("layers", "fraction_layers")}
+    key = {"model": cfg.model.name, "data": asdict(cfg.data), "settings": protocol}
     key["version"] = TABLE_VERSION
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def analyze(
-    cfg: RunConfig,
-    settings: AnalysisSettings | None = None,
-    cache: Path | None = None,
-    console: Console | None = None,
-) -> ContributionTable:
-    """Measure the gain of every candidate of `cfg`'s model on `cfg`'s data (cached per
-    setting in `cache`, default `<cache_dir>/plan`), then `complete` the unmeasured ones."""
+@dataclass
+class _Runs:
+    """What every short run of one analysis shares: the start model, the batches, the table
+    as cached (measured entries only) and its file."""
+
+    model: nn.Module
+    train: list[dict]
+    held_out: list[dict]
+    settings: AnalysisSettings
+    table: ContributionTable
+    path: Path
+
+    def gain(self, scheme: UpdateScheme) -> Entry:
+        s = self.settings
+        loss, acc = train_and_eval(self.model, scheme, self.train, self.held_out, s.lr, s.seed)
+        return Entry(scheme.name, self.table.loss_base - loss, True, loss, acc)
+
+    def save(self) -> None:
+        atomic_write_text(self.path, self.table.to_json())
+
+
+def _prepare(cfg: RunConfig, s: AnalysisSettings, cache: Path | None) -> _Runs:
+    """Load model and data, fix the batches, and read the cached table (or start one by
+    measuring the untouched model and the base)."""
     from edgetune.data.load import load_data
     from edgetune.data.tasks import batches, epoch_order, tokenize
     from edgetune.models.anatomy import describe
     from edgetune.models.loader import load_model
 
-    s = settings or AnalysisSettings()
     torch.manual_seed(s.seed)
     text = load_data(cfg.data)
     n_labels = len(text.labels) or None
@@ -272,38 +304,78 @@ def analyze(
         getattr(model.get_submodule(n), "bias", None) is not None
         for n in anatomy.modules("qkv", n_layers - 1)
     )
-
     path = (cache or cache_dir() / "plan") / f"contribution-{_fingerprint(cfg, s)}.json"
-    table = ContributionTable.from_json(path.read_text()) if path.is_file() else None
-    if table is None:
-        loss0, _ = _eval_loss(model, held_out)
-        base = UpdateScheme((UnitUpdate("head"),), "base") if head else None
-        loss_b = train_and_eval(model, base, train, held_out, s.lr)[0] if base else loss0
-        about = (cfg.model.name, cfg.data.name, data.task, n_layers, head, has_bias)
-        table = ContributionTable(*about, loss0, loss_b, len(data.labels))
-        atomic_write_text(path, table.to_json())
-    todo = [c for c in _to_measure(n_layers, s) if c.key not in table.entries]
+    if path.is_file():
+        table = ContributionTable.from_json(path.read_text())
+        return _Runs(model, train, held_out, s, table, path)
+    loss0, _ = _eval_loss(model, held_out)
+    base = UpdateScheme((UnitUpdate("head"),), "base") if head else None
+    loss_b = train_and_eval(model, base, train, held_out, s.lr, s.seed)[0] if base else loss0
+    about = (cfg.model.name, cfg.data.name, data.task, n_layers, head, has_bias)
+    table = ContributionTable(*about, loss0, loss_b, len(data.labels))
+    runs = _Runs(model, train, held_out, s, table, path)
+    runs.save()
+    return runs
+
+
+def analyze(
+    cfg: RunConfig,
+    settings: AnalysisSettings | None = None,
+    cache: Path | None = None,
+    console: Console | None = None,
+) -> ContributionTable:
+    """Measure the gain of every candidate of `cfg`'s model on `cfg`'s data (cached per
+    setting in `cache`, default `<cache_dir>/plan`), then `complete` the unmeasured ones."""
+    s = settings or AnalysisSettings()
+    runs = _prepare(cfg, s, cache)
+    table = runs.table
+    todo = [c for c in _to_measure(table.n_layers, s) if c.key not in table.entries]
     with _progress(console) as progress:
         bar = progress.add_task("contribution", total=len(todo), info="")
         for c in todo:
             progress.update(bar, info=c.key)
-            scheme = scheme_of([c], head, has_bias, c.key)
-            loss, acc = train_and_eval(model, scheme, train, held_out, s.lr)
-            table.entries[c.key] = Entry(c.key, table.loss_base - loss, True, loss, acc)
-            atomic_write_text(path, table.to_json())
+            table.entries[c.key] = runs.gain(scheme_of([c], table.head, table.has_bias, c.key))
+            runs.save()
             progress.advance(bar)
     complete(table, s)
     return table
 
 
+def measure_schemes(
+    cfg: RunConfig,
+    schemes: Sequence[UpdateScheme],
+    settings: AnalysisSettings | None = None,
+    cache: Path | None = None,
+    console: Console | None = None,
+) -> list[float]:
+    """The held-out gain of each whole scheme, fine-tuned jointly (with the base) under the
+    analysis' protocol: the same steps, batches, learning rate and held-out examples, so it
+    compares with the table's base and with the summed gains. Cached in the table's file."""
+    s = settings or AnalysisSettings()
+    runs = _prepare(cfg, s, cache)
+    todo = [sc for sc in schemes if scheme_key(sc) not in runs.table.schemes]
+    with _progress(console) as progress:
+        bar = progress.add_task("schemes", total=len(todo), info="")
+        for scheme in todo:
+            progress.update(bar, info=scheme.name)
+            key = scheme_key(scheme)
+            runs.table.schemes[key] = runs.gain(UpdateScheme(scheme.updates, key))
+            runs.save()
+            progress.advance(bar)
+    return [runs.table.schemes[scheme_key(sc)].gain for sc in schemes]
+
+
 def _to_measure(n_layers: int, s: AnalysisSettings) -> list[Candidate]:
+    """The candidates to measure, whole units of every block first (top block first), then
+    the fractions below 1: an analysis stopped early has the blocks covered."""
     layers = range(n_layers) if s.layers is None else s.layers
     frac_layers = set(layers if s.fraction_layers is None else s.fraction_layers)
-    out = []
-    for c in candidates(n_layers, sorted(set(layers)), s.fractions):
-        if c.fraction in (0.0, 1.0) or c.layer in frac_layers:
-            out.append(c)
-    return out
+    out = [
+        c
+        for c in candidates(n_layers, sorted(set(layers)), s.fractions)
+        if c.fraction in (0.0, 1.0) or c.layer in frac_layers
+    ]
+    return sorted(out, key=lambda c: c.fraction not in (0.0, 1.0))
 
 
 def _progress(console: Console | None) -> Progress:

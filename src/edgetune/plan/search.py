@@ -18,6 +18,16 @@ discretized budget; the best l0 wins. That is exact and fast (milliseconds for 3
 where an evolutionary search is neither. The cost model's real peak is not exactly additive
 (a step's peak is a max over phases), so the chosen scheme is checked against the exact
 forecast and, if over budget, searched again under a budget lowered by the excess.
+
+The search keeps a *shortlist* rather than one answer: the knapsack's best scheme for each
+lowest block, and every built-in scheme (last-k, last-k@f, qkv-ffn1-k, bias-only) whose exact
+forecast fits, each with its summed gain. Two reasons (docs/planning.md): the additive cost is
+an upper bound of the exact one (a step's peak is a max over phases), so a built-in can fit
+where the knapsack thinks it does not; and summed gains ignore that units trained together
+overlap (summing favours deep schemes: more units to sum), so with a `judge` (a short joint
+fine-tune of each scheme, `measure_schemes`) the best *measured* of the shortlist's best
+schemes for several lowest blocks wins. `max_depth` bounds how many blocks backward may run
+through, i.e. the step time.
 """
 
 from __future__ import annotations
@@ -34,7 +44,13 @@ from rich.console import Console
 from edgetune.config import RunConfig
 from edgetune.cost import ModelShape
 from edgetune.errors import EdgetuneError
-from edgetune.plan.contribution import AnalysisSettings, Candidate, ContributionTable, scheme_of
+from edgetune.plan.contribution import (
+    AnalysisSettings,
+    Candidate,
+    ContributionTable,
+    scheme_key,
+    scheme_of,
+)
 from edgetune.plan.scheme import UpdateScheme
 
 _UNITS = {
@@ -95,12 +111,13 @@ class Costs:
 
 def knapsack(
     items: Sequence[Item], costs: Costs, budget: float, resolution: int = 4000
-) -> tuple[list[Item], float]:
-    """The items of most summed gain with base + depth(lowest block) + sum(cost) <= budget,
-    at most one item per (unit, block). Costs (bytes) are rounded *up* to cells of
-    max(1, room / resolution) bytes, so the result always fits; it is exact when the costs
-    are whole numbers and the room is at most `resolution` bytes."""
-    best: tuple[float, float, list[Item]] = (0.0, 0.0, [])  # gain, -cost, items
+) -> dict[int, tuple[list[Item], float]]:
+    """For each lowest block l0 that fits, the items of most summed gain with
+    base + depth(l0) + sum(cost) <= budget, at most one item per (unit, block), all in blocks
+    >= l0. Costs (bytes) are rounded *up* to cells of max(1, room / resolution) bytes, so the
+    result always fits; it is exact when the costs are whole numbers and the room is at most
+    `resolution` bytes. Lowest blocks where no item of positive gain fits are left out."""
+    out: dict[int, tuple[list[Item], float]] = {}
     for l0 in sorted(costs.depth):
         room = budget - costs.base - costs.depth[l0]
         if room < 0:
@@ -113,12 +130,9 @@ def knapsack(
             if it.candidate.layer >= l0 and it.gain > 0 and c <= cells:
                 groups.setdefault(it.group, []).append((c, it))
         chosen, gain = _multiple_choice(list(groups.values()), cells)
-        if not chosen:
-            continue
-        total = costs.base + costs.depth[l0] + sum(it.cost for it in chosen)
-        if (gain, -total) > best[:2]:
-            best = (gain, -total, chosen)
-    return best[2], best[0]
+        if chosen:
+            out[l0] = (chosen, gain)
+    return out
 
 
 def _multiple_choice(groups: list[list[tuple[int, Item]]], cap: int):
@@ -150,9 +164,10 @@ class Plan:
     """A searched scheme, its predicted gain and its forecast cost."""
 
     scheme: UpdateScheme
-    gain: float
+    gain: float  # summed gain of the scheme's units (the contribution table)
     budget: float
     forecast: dict
+    measured_gain: float | None = None  # the judge's joint gain, where one was asked
 
     def save(self, path) -> None:
         """The scheme as YAML (`UpdateScheme.load` reads it back) with gain and forecast."""
@@ -161,37 +176,86 @@ class Plan:
             {
                 "budget_bytes": float(self.budget),
                 "predicted_gain": float(self.gain),
+                "measured_gain": self.measured_gain,
                 "forecast": self.forecast,
             },
         )
 
 
-def search(
+@dataclass(frozen=True)
+class Option:
+    """A scheme the search weighs: its summed gain, its exact training memory and, once a
+    judge has run it, its measured joint gain."""
+
+    scheme: UpdateScheme
+    gain: float
+    cost: float
+    measured: float | None = None
+
+
+Judge = Callable[[list[UpdateScheme]], list[float]]
+"""Measured held-out gains of whole schemes (`edgetune.plan.contribution.measure_schemes`)."""
+
+
+def summed_gain(table: ContributionTable, scheme: UpdateScheme) -> float:
+    """The table's gains summed over what `scheme` trains: each weight (with its own bias) at
+    the largest analysed fraction not above its own, and a block's `bias` candidate if the
+    block's norms or the biases of a frozen weight train (the search's own schemes come back
+    to their knapsack gain)."""
+    fractions: dict[tuple[str, int], list[float]] = {}
+    for c in map(Candidate.from_key, table.entries):
+        fractions.setdefault((c.unit, c.layer), []).append(c.fraction)
+    total = 0.0
+    for layer in range(table.n_layers):
+        ups = scheme.for_layer(layer)
+        if any(u.unit == "norm" or (u.bias and u.weight_fraction == 0.0) for u in ups):
+            total += table.gain(Candidate("bias", layer, 0.0))
+        for u in ups:
+            below = [f for f in fractions.get((u.unit, layer), []) if 0 < f <= u.weight_fraction]
+            if below:
+                total += table.gain(Candidate(u.unit, layer, max(below)))
+    return total
+
+
+def builtin_schemes(n_layers: int, head: bool, has_bias: bool) -> list[UpdateScheme]:
+    """The fixed built-ins the search also weighs: last-k and last-k@f (f = 1/2, 1/4, 1/8) and
+    qkv-ffn1-k for every k, and bias-only where the family has biases; without the head where
+    the base has none (a language model's tied head)."""
+    names = ["bias-only"] if has_bias else []
+    for k in range(1, n_layers + 1):
+        names += [f"last-{k}", f"qkv-ffn1-{k}"] + [f"last-{k}@{f}" for f in (0.5, 0.25, 0.125)]
+    out = []
+    for name in names:
+        ups = UpdateScheme.builtin(name, n_layers).updates
+        out.append(UpdateScheme(tuple(u for u in ups if head or u.unit != "head"), name))
+    return out
+
+
+def shortlist(
     table: ContributionTable,
     exact: Callable[[UpdateScheme], float],
     budget: float,
+    max_depth: int | None = None,
     tries: int = 8,
-) -> tuple[UpdateScheme, float]:
-    """The best scheme of `table` whose exact training memory `exact(scheme)` fits `budget`.
-
-    Builds the additive cost model from `exact` (one call per block and candidate), runs the
-    knapsack, and lowers its budget by the excess while the exact forecast is over budget.
-    Raises EdgetuneError naming the smallest scheme when nothing fits."""
-    head, hb = table.head, table.has_bias
+) -> list[Option]:
+    """Schemes of `table` whose exact training memory `exact(scheme)` fits `budget`, best
+    summed gain first: the knapsack's best for each lowest block (searched again under a
+    budget lowered by the excess while the exact forecast is over) and every built-in that
+    fits and opens backward no lower than the lowest measured block. `max_depth`: backward
+    runs through at most that many blocks. Raises EdgetuneError naming the smallest scheme
+    when nothing fits."""
+    head, hb, n = table.head, table.has_bias, table.n_layers
+    lowest = 0 if max_depth is None else max(0, n - max_depth)
     base_scheme = scheme_of([], head, hb, "base")
     base = exact(base_scheme) if head else 0.0
     depth, extra = {}, {}
-    for layer in range(table.n_layers):
+    for layer in range(lowest, n):
         bias = Candidate("bias", layer, 0.0)
         depth[layer] = exact(scheme_of([bias], head, hb)) - base
         for key in table.entries:
             c = Candidate.from_key(key)
             if c.layer == layer and c.unit != "bias":
                 extra[key] = max(0.0, exact(scheme_of([bias, c], head, hb)) - base - depth[layer])
-    costs = Costs(base, depth)
-    items = [
-        Item(Candidate.from_key(k), e.gain, extra.get(k, 0.0)) for k, e in table.entries.items()
-    ]
     smallest = base if head else min(depth.values())
     if budget < smallest:
         what = "training the head alone" if head else "the biases of the cheapest block"
@@ -199,21 +263,72 @@ def search(
             f"memory budget {human_bytes(budget)} is too small: the smallest scheme "
             f"({what}) needs {human_bytes(smallest)} of training memory"
         )
-    target = budget
-    for _ in range(tries):
-        chosen, gain = knapsack(items, costs, target)
-        if not chosen:  # nothing with a positive gain fits: the cheapest fitting scheme
-            if head:
-                return base_scheme, 0.0
-            layer = min(depth, key=lambda m: depth[m])
-            chosen = [Item(Candidate("bias", layer, 0.0), 0.0, 0.0)]
-            gain = table.gain(chosen[0].candidate)
-        scheme = scheme_of([it.candidate for it in chosen], head, hb, "planned")
-        over = exact(scheme) - budget
-        if over <= 0:
-            return scheme, gain
-        target -= over + 0.01 * budget
-    raise EdgetuneError(f"could not find a scheme within {human_bytes(budget)}: raise the budget")
+    items = [
+        Item(Candidate.from_key(k), e.gain, extra.get(k, 0.0))
+        for k, e in table.entries.items()
+        if Candidate.from_key(k).layer >= lowest
+    ]
+    found: dict[str, Option] = {}
+
+    def keep(scheme: UpdateScheme, gain: float) -> bool:
+        cost = exact(scheme)
+        if cost <= budget:
+            found.setdefault(scheme_key(scheme), Option(scheme, gain, cost))
+        return cost <= budget
+
+    for l0, d in depth.items():
+        target = budget
+        for _ in range(tries):
+            picked = knapsack(items, Costs(base, {l0: d}), target).get(l0)
+            if picked is None:
+                break
+            chosen, gain = picked
+            scheme = scheme_of([it.candidate for it in chosen], head, hb, "planned")
+            if keep(scheme, gain):
+                break
+            target -= exact(scheme) - budget + 0.01 * budget
+    # built-ins too, but never opening backward below the lowest measured block (the
+    # knapsack does not either: its gains are 0 there)
+    measured = [Candidate.from_key(k).layer for k, e in table.entries.items() if e.measured]
+    floor = max(lowest, min(measured, default=0))
+    for scheme in builtin_schemes(n, head, hb):
+        if (n if (low := scheme.lowest_layer()) is None else low) >= floor:
+            keep(scheme, summed_gain(table, scheme))
+    if not found:  # nothing with a positive gain fits: the cheapest fitting scheme
+        if head:
+            return [Option(base_scheme, 0.0, base)]
+        layer = min(depth, key=lambda m: depth[m])
+        scheme = scheme_of([Candidate("bias", layer, 0.0)], head, hb, "planned")
+        return [Option(scheme, table.gain(Candidate("bias", layer, 0.0)), exact(scheme))]
+    return sorted(found.values(), key=lambda o: (-o.gain, o.cost))
+
+
+def search(
+    table: ContributionTable,
+    exact: Callable[[UpdateScheme], float],
+    budget: float,
+    max_depth: int | None = None,
+    judge: Judge | None = None,
+    top: int = 4,
+) -> Option:
+    """The planned scheme within `budget` (exact training memory): the shortlisted scheme of
+    most summed gain or, with a `judge`, the best *measured* of up to `top` contenders: the
+    shortlist's best scheme for each lowest block, those blocks spread evenly from the
+    deepest to the shallowest (depth is what summed gains favour: deeper schemes have more
+    units to sum). Its scheme is named `planned`, or after the built-in it is."""
+    options = shortlist(table, exact, budget, max_depth)
+    if judge is None:
+        return options[0]
+    by_depth: dict[int, Option] = {}
+    for o in options:  # best summed gain first
+        low = o.scheme.lowest_layer()
+        by_depth.setdefault(table.n_layers if low is None else low, o)
+    depths = sorted(by_depth)
+    picks = sorted({depths[round(i)] for i in np.linspace(0, len(depths) - 1, max(1, top))})
+    contenders = [by_depth[d] for d in picks]
+    gains = judge([o.scheme for o in contenders])
+    best = max(zip(contenders, gains, strict=True), key=lambda og: og[1])
+    return Option(best[0].scheme, best[0].gain, best[0].cost, best[1])
 
 
 # -- planning a run -------------------------------------------------------------------------
@@ -287,34 +402,53 @@ def make_plan(
     cache: Path | None = None,
     console: Console | None = None,
     whole_peak: bool = False,
+    max_depth: int | None = None,
+    verify: int = 0,
 ) -> tuple[Plan, ContributionTable]:
     """Contribution analysis (cached) of `cfg`'s model and data, then the best scheme within
     the budget at `cfg`'s batch size and sequence length. The budget is training memory
     beyond the weights; with `whole_peak` it is the step's whole peak, weights included (as
-    `edgetune finetune --budget` reads it)."""
+    `edgetune finetune --budget` reads it). `max_depth` bounds the blocks backward runs
+    through; `verify` > 0 fine-tunes that many of the best shortlisted schemes jointly (the
+    analysis' protocol, cached) and keeps the best measured."""
     from edgetune.cost import n_params
-    from edgetune.plan.contribution import analyze
+    from edgetune.plan.contribution import analyze, measure_schemes
 
     shape = model_shape_of(cfg.model.name)
     batch, seq = cfg.train.batch_size, cfg.data.seq_len
     # the budget check needs only the shape: fail before an analysis that may take minutes
     limit = resolve_budget(budget, device, 4.0 * n_params(shape), whole_peak)
     table = analyze(cfg, settings, cache, console)
-    return plan_from_table(table, shape, limit, batch, seq), table
+
+    def judge(schemes: list[UpdateScheme]) -> list[float]:
+        return measure_schemes(cfg, schemes, settings, cache, console)
+
+    plan = plan_from_table(
+        table, shape, limit, batch, seq, max_depth, judge if verify else None, verify
+    )
+    return plan, table
 
 
 def plan_from_table(
-    table: ContributionTable, shape: ModelShape, budget: float, batch: int, seq: int
+    table: ContributionTable,
+    shape: ModelShape,
+    budget: float,
+    batch: int,
+    seq: int,
+    max_depth: int | None = None,
+    judge: Judge | None = None,
+    top: int = 4,
 ) -> Plan:
-    """The best scheme of an analysed table within `budget` bytes of training memory, with
-    the cost model's forecast at this batch size and sequence length."""
+    """The best scheme of an analysed table within `budget` bytes of training memory (see
+    `search`), with the cost model's forecast at this batch size and sequence length."""
     head = "classifier" if table.task == "classify" else "lm"
 
     def exact(scheme: UpdateScheme) -> float:
         return forecast(shape, scheme, batch, seq, head, table.n_labels)["training_bytes"]
 
-    scheme, gain = search(table, exact, budget)
-    return Plan(scheme, gain, budget, forecast(shape, scheme, batch, seq, head, table.n_labels))
+    best = search(table, exact, budget, max_depth, judge, top)
+    fc = forecast(shape, best.scheme, batch, seq, head, table.n_labels)
+    return Plan(best.scheme, best.gain, budget, fc, best.measured)
 
 
 def plan_scheme(
