@@ -48,18 +48,36 @@ def test_topk_keeps_the_largest_and_error_feedback_loses_nothing():
         assert_close(back[name] + back2[name] + residual2[name], upd[name] + second[name])
 
 
+def test_an_update_travels_packed_in_a_fixed_number_of_arrays():
+    many = {f"block{i}.bias": torch.randn(4) for i in range(50)}
+    for codec, keys in [("fp32", {"layout", "values"}), ("int8", {"layout", "values", "scales"}),
+                        ("topk", {"layout", "values", "index"})]:  # fmt: skip
+        arrays, _ = payload.encode(many, codec, 0.5)
+        assert set(arrays) == keys
+        back = payload.decode(arrays, codec, many)
+        assert set(back) == set(many)
+    assert_close(payload.decode(payload.encode(many, "fp32")[0], "fp32", many), many)
+
+
 def test_malformed_updates_are_refused():
     like = _update()
     good, _ = payload.encode(like, "fp32")
-    renamed = {("b.weight" if k == "a.weight" else k): v for k, v in good.items()}
-    with pytest.raises(MalformedUpdate, match="names differ"):
-        payload.decode(renamed, "fp32", like)
-    with pytest.raises(MalformedUpdate, match="shape"):
-        payload.decode({**good, "a.bias": np.zeros(3, np.float32)}, "fp32", like)
+    renamed = {("b.weight" if k == "a.weight" else k): v for k, v in like.items()}
+    with pytest.raises(MalformedUpdate, match="layout"):
+        payload.decode(payload.encode(renamed, "fp32")[0], "fp32", like)
+    reshaped = {**like, "a.weight": like["a.weight"].reshape(8, 16)}
+    with pytest.raises(MalformedUpdate, match="layout"):
+        payload.decode(payload.encode(reshaped, "fp32")[0], "fp32", like)
+    with pytest.raises(MalformedUpdate, match="layout"):
+        payload.decode({"values": good["values"]}, "fp32", like)
+    with pytest.raises(MalformedUpdate, match="holds 10 values"):
+        payload.decode({**good, "values": good["values"][:10]}, "fp32", like)
     bad_idx = payload.encode(like, "topk", 0.5)[0]
-    bad_idx["a.bias::idx"] = bad_idx["a.bias::idx"] + 100
+    bad_idx["index"] = bad_idx["index"] + 1000
     with pytest.raises(MalformedUpdate, match="cannot be decoded"):
         payload.decode(bad_idx, "topk", like)
+    with pytest.raises(MalformedUpdate, match="cannot be decoded"):
+        payload.decode(good, "int8", like)  # fp32 values, no scales
     nan = payload.decode(good, "fp32", like)
     nan["a.bias"][0] = float("nan")
     with pytest.raises(MalformedUpdate, match="NaN"):
@@ -124,8 +142,9 @@ def test_payload_sizes_per_method(fl_config):
     full = sizes["backprop", "fp32"]
     assert fractions["backprop"] == 1.0 and full >= 4 * total
     assert sizes["lora", "fp32"] <= 0.02 * full
-    # fp32 values are exactly the trainable fraction; names and headers add a few hundred
-    # bytes per tensor, which fp16 more than pays for
-    assert sizes["sparse", "fp32"] >= 4 * fractions["sparse"] * total
+    # packed: the trainable values plus a fixed framing of a few hundred bytes, whatever the
+    # number of tensors
+    trained = 4 * fractions["sparse"] * total
+    assert trained <= sizes["sparse", "fp32"] <= trained + 1024
     assert sizes["sparse", "fp16"] <= fractions["sparse"] * full
     assert sizes["mezo", "seeds"] <= 20_000

@@ -1,27 +1,34 @@
 """What a client sends up: its update encoded by a codec, and the server's decoding and checks.
 
 A client's update is the difference between its trainable state after local steps and the
-global state it started from, tensor by tensor (names from `Method.trainable_state()`). Codecs:
+global state it started from (names from `Method.trainable_state()`). It travels packed: the
+tensors, in the order of their sorted names, concatenated into one flat vector, so a message
+carries a handful of arrays whatever the number of tensors (per-array framing would otherwise
+cost a few hundred bytes per tensor). Both sides derive the layout from the trainable state
+they already hold; the payload names it by an 8-byte fingerprint of the names and shapes, so a
+client with another layout is refused rather than misread. Codecs:
 
 - fp32: the delta as is (lossless).
 - fp16: the delta in half precision (2 bytes per value).
 - int8: per-tensor symmetric quantization, q = round(d / s), s = max|d| / 127 (1 byte per value
   plus one fp32 scale per tensor).
-- topk: the `fraction` largest-magnitude entries of each tensor, as int32 indices and fp32
-  values (Aji & Heafield 2017); with error feedback the client keeps what it did not send and
-  adds it to the next round's delta (Seide et al. 2014, Karimireddy et al. 2019).
+- topk: the `fraction` largest-magnitude entries of each tensor, as indices into the flat
+  vector and fp32 values (Aji & Heafield 2017); with error feedback the client keeps what it
+  did not send and adds it to the next round's delta (Seide et al. 2014, Karimireddy et al.
+  2019).
 - seeds (MeZO only): the (seed, projected gradient, learning rate) of every local step, 24 bytes
   a step; the server replays them on the global model (FedKSeed-style, Qin et al. ICML 2024).
 
 The server turns every payload back into a full client state (global + delta, or the replayed
-model) and rejects it, with a reason, when names or shapes differ from the global state, when a
+model) and rejects it, with a reason, when its layout differs from the global state's, when a
 value is NaN or Inf, or when the update's norm is absurd relative to the global state's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -30,7 +37,7 @@ from edgetune.errors import EdgetuneError
 
 CODECS = ("fp32", "fp16", "int8", "topk")
 SEEDS = "seeds"
-SEP = "::"  # separates a tensor name from the part of its encoding (name::scale, name::idx)
+SEP = "::"  # separates the parts of a seeds payload (mezo::seed, mezo::grad, mezo::lr)
 State = dict[str, torch.Tensor]
 Arrays = dict[str, np.ndarray]
 
@@ -49,89 +56,109 @@ def delta(new: Mapping[str, torch.Tensor], old: Mapping[str, torch.Tensor]) -> S
     return {k: new[k].detach().float() - old[k].float() for k in new}
 
 
+def layout_id(state: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """8-byte fingerprint of the names and shapes of `state`, in packing order."""
+    text = ";".join(f"{k}:{tuple(state[k].shape)}" for k in sorted(state))
+    return np.frombuffer(hashlib.blake2b(text.encode(), digest_size=8).digest(), dtype=np.uint8)
+
+
 def encode(
     update: State, codec: str, fraction: float = 0.01, residual: State | None = None
 ) -> tuple[Arrays, State | None]:
-    """Encoded arrays of an update; for topk with a residual (error feedback) also the new
+    """The packed arrays of an update; for topk with a residual (error feedback) also the new
     residual: what was left out this time, to be added to the next update."""
-    out: Arrays = {}
-    new_residual: State | None = {} if residual is not None else None
-    for name, d in update.items():
-        d = d.float()
-        if codec == "fp32":
-            out[name] = d.numpy().copy()
-        elif codec == "fp16":
-            out[name] = d.half().numpy()
-        elif codec == "int8":
-            scale = float(d.abs().max()) / 127 or 1.0
-            out[name] = torch.round(d / scale).clamp(-127, 127).to(torch.int8).numpy()
-            out[name + SEP + "scale"] = np.asarray([scale], dtype=np.float32)
-        elif codec == "topk":
-            if residual is not None:
-                d = d + residual.get(name, torch.zeros_like(d))
-            flat = d.reshape(-1)
-            k = max(1, math.ceil(fraction * flat.numel()))
-            idx = flat.abs().topk(k).indices.sort().values
-            out[name + SEP + "idx"] = idx.to(torch.int32).numpy()
-            out[name + SEP + "val"] = flat[idx].numpy().copy()
-            if new_residual is not None:
-                left = flat.clone()
-                left[idx] = 0
-                new_residual[name] = left.reshape(d.shape)
-        else:
-            raise EdgetuneError(f"unknown compression {codec!r}; choose from {', '.join(CODECS)}")
+    if codec not in CODECS:
+        raise EdgetuneError(f"unknown compression {codec!r}; choose from {', '.join(CODECS)}")
+    if codec == "topk" and residual is not None:
+        update = {k: d.float() + residual.get(k, torch.zeros_like(d)) for k, d in update.items()}
+    parts = [update[k].detach().float().reshape(-1) for k in sorted(update)]
+    flat = torch.cat(parts) if parts else torch.zeros(0)
+    out: Arrays = {"layout": layout_id(update)}
+    new_residual: State | None = None
+    if codec == "fp32":
+        out["values"] = flat.numpy().copy()
+    elif codec == "fp16":
+        out["values"] = flat.half().numpy()
+    elif codec == "int8":
+        scales = torch.tensor([float(p.abs().max()) / 127 if p.numel() else 0.0 for p in parts])
+        scales[scales == 0] = 1.0
+        per_value = torch.repeat_interleave(scales, torch.tensor([p.numel() for p in parts]))
+        out["values"] = torch.round(flat / per_value).clamp(-127, 127).to(torch.int8).numpy()
+        out["scales"] = scales.numpy().astype(np.float32)
+    else:  # topk
+        picks, at = [torch.zeros(0, dtype=torch.long)], 0
+        for p in parts:  # per tensor: its largest entries, as positions in the flat vector
+            k = min(p.numel(), max(1, math.ceil(fraction * p.numel())))
+            picks.append(p.abs().topk(k).indices.sort().values + at)
+            at += p.numel()
+        idx = torch.cat(picks)
+        wide = flat.numel() > np.iinfo(np.int32).max
+        out["index"] = idx.to(torch.int64 if wide else torch.int32).numpy()
+        out["values"] = flat[idx].numpy().copy()
+        if residual is not None:
+            left = flat.clone()
+            left[idx] = 0
+            new_residual = unpack(left, update)
     return out, new_residual
 
 
-def decode(arrays: Mapping[str, np.ndarray], codec: str, like: Mapping[str, torch.Tensor]) -> State:
-    """The update encoded in `arrays`, checked against the names and shapes of `like`."""
-    parts: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in arrays.items():
-        name, _, part = key.partition(SEP)
-        parts.setdefault(name, {})[part] = value
-    missing, extra = sorted(set(like) - set(parts)), sorted(set(parts) - set(like))
-    if missing or extra:
-        raise MalformedUpdate(f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}")
-    out: State = {}
-    for name, ref in like.items():
-        p, shape = parts[name], tuple(ref.shape)
-        try:
-            out[name] = _DECODERS[codec](p, shape)
-        except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as e:
-            raise MalformedUpdate(f"tensor {name!r} cannot be decoded as {codec}: {e}") from None
-        if tuple(out[name].shape) != shape:
-            raise MalformedUpdate(
-                f"tensor {name!r} has shape {tuple(out[name].shape)}, expected {shape}"
-            )
+def unpack(flat: torch.Tensor, like: Mapping[str, torch.Tensor]) -> State:
+    """A flat vector cut back into tensors named and shaped as `like` (sorted-name order)."""
+    out, at = {}, 0
+    for k in sorted(like):
+        n = like[k].numel()
+        out[k] = flat[at : at + n].reshape(like[k].shape)
+        at += n
     return out
 
 
-def _dense(p: dict[str, np.ndarray], shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(p[""], dtype=np.float32).copy())
+def decode(arrays: Mapping[str, np.ndarray], codec: str, like: Mapping[str, torch.Tensor]) -> State:
+    """The update packed in `arrays`, checked against the layout of `like`."""
+    layout = arrays.get("layout")
+    if layout is None or not np.array_equal(np.asarray(layout).reshape(-1), layout_id(like)):
+        raise MalformedUpdate(
+            "the update's layout (tensor names and shapes) differs from the global state's"
+        )
+    n = sum(t.numel() for t in like.values())
+    try:
+        flat = _DECODERS[codec](arrays, like, n)
+    except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as e:
+        raise MalformedUpdate(f"the update cannot be decoded as {codec}: {e}") from None
+    if flat.numel() != n:
+        raise MalformedUpdate(f"the update holds {flat.numel()} values, the state has {n}")
+    return unpack(flat, like)
 
 
-def _int8(p: dict[str, np.ndarray], shape: tuple[int, ...]) -> torch.Tensor:
-    if p[""].dtype != np.int8:
-        raise ValueError(f"values are {p[''].dtype}, not int8")
-    return torch.from_numpy(p[""].astype(np.float32)) * float(p["scale"].reshape(-1)[0])
+def _values(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    return np.asarray(arrays["values"]).reshape(-1)
 
 
-def _topk(p: dict[str, np.ndarray], shape: tuple[int, ...]) -> torch.Tensor:
-    idx, val = torch.from_numpy(p["idx"].astype(np.int64)), torch.from_numpy(p["val"].copy())
-    n = math.prod(shape)
+def _dense(arrays: Mapping[str, np.ndarray], like, n: int) -> torch.Tensor:
+    return torch.from_numpy(_values(arrays).astype(np.float32))
+
+
+def _int8(arrays: Mapping[str, np.ndarray], like, n: int) -> torch.Tensor:
+    q = _values(arrays)
+    if q.dtype != np.int8:
+        raise ValueError(f"values are {q.dtype}, not int8")
+    scales = torch.from_numpy(np.asarray(arrays["scales"], dtype=np.float32).reshape(-1))
+    sizes = torch.tensor([like[k].numel() for k in sorted(like)])
+    if scales.numel() != sizes.numel() or q.size != n:
+        raise ValueError(f"{scales.numel()} scales and {q.size} values for {len(like)} tensors")
+    return torch.from_numpy(q.astype(np.float32)) * torch.repeat_interleave(scales, sizes)
+
+
+def _topk(arrays: Mapping[str, np.ndarray], like, n: int) -> torch.Tensor:
+    idx = torch.from_numpy(np.asarray(arrays["index"]).reshape(-1).astype(np.int64))
+    val = torch.from_numpy(_values(arrays).astype(np.float32))
     if idx.numel() != val.numel() or (idx.numel() and (idx.min() < 0 or idx.max() >= n)):
         raise ValueError("indices out of range or not matching the values")
     out = torch.zeros(n, dtype=torch.float32)
-    out[idx] = val.float()
-    return out.reshape(shape)
+    out[idx] = val
+    return out
 
 
-_DECODERS: dict[str, Callable[[dict[str, np.ndarray], tuple[int, ...]], torch.Tensor]] = {
-    "fp32": _dense,
-    "fp16": _dense,
-    "int8": _int8,
-    "topk": _topk,
-}
+_DECODERS = {"fp32": _dense, "fp16": _dense, "int8": _int8, "topk": _topk}
 
 
 def encode_seeds(history: list[tuple[int, float, float]]) -> Arrays:
