@@ -66,7 +66,7 @@ def worker_edgetune(args) -> dict:
         "step_s_median": ends,
         "peak_rss_mb": peak_rss_mb(),
         "train_peak_rss_mb": m["memory"]["train_peak_rss_mb"],  # before the model is saved
-        "loss_last": m["train"]["loss_last"],
+        "loss_mean": statistics.fmean(m["train"]["loss_history"]),  # the Trainer's training_loss
     }
 
 
@@ -127,7 +127,7 @@ def worker_hf(args) -> dict:
     step = statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
     peak = peak_rss_mb()  # save_strategy "no": the run's peak is its training peak
     return {"step_s_median": step, "peak_rss_mb": peak, "train_peak_rss_mb": peak,
-            "loss_last": out.training_loss}  # fmt: skip
+            "loss_mean": out.training_loss}  # fmt: skip
 
 
 def main() -> None:
