@@ -71,6 +71,9 @@ def test_sparse_backward_stops_at_lowest_layer_and_fraction_scales():
     ffn1_w = 128 * 768 * 3072
     assert c_top.bwd_macs - c_q.bwd_macs == pytest.approx(0.75 * ffn1_w)
     assert c_top.trained_params - c_q.trained_params == pytest.approx(0.75 * 768 * 3072)
+    # a split weight's trained rows are a copy beside the frozen original; a whole one is not
+    assert c_top.memory.copies == 0.0
+    assert c_q.memory.copies == pytest.approx(0.25 * 768 * 3072 * 4)
     bias = UpdateScheme((UnitUpdate("ffn1", 11, 0.0, True), UnitUpdate("head")))
     c_b = step_cost(S, "sparse", 1, 128, scheme=bias, **kw)
     assert c_b.memory.activations < c_top.memory.activations  # no stored input for a bias

@@ -116,6 +116,13 @@ def test_split_linear_only_forms_the_trained_rows_gradient():
     assert s.bias.grad is None
     merged = s.merged()
     assert type(merged) is nn.Linear and torch.equal(merged.weight, lin.weight)
+    # the trained rows are a copy, the frozen rows a view of the original: the split adds
+    # the trained rows only
+    assert s.weight_frozen.untyped_storage().data_ptr() == lin.weight.untyped_storage().data_ptr()
+    assert s.weight_train.untyped_storage().data_ptr() != lin.weight.untyped_storage().data_ptr()
+    with torch.no_grad():
+        s.weight_train.add_(1.0)
+    assert torch.equal(lin.weight[:2], merged.weight[:2])  # training leaves the original be
 
 
 @pytest.mark.parametrize("micro", [1, 2])

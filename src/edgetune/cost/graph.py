@@ -128,6 +128,9 @@ class Tape:
         self._scope: str | None = None  # see `share_params`
         self._ordinal = 0
         self.largest_param = 0.0  # elements of the largest trained tensor
+        # elements of the trained rows split off a partly trained weight (sparse channel
+        # fractions): the runtime trains them as a copy, beside the frozen original
+        self.split_copies = 0.0
 
     # -- bookkeeping ------------------------------------------------------------------------
     def begin(self, name: str) -> Segment:
@@ -289,6 +292,8 @@ class Tape:
             s.bwd_weight_macs += t.weight * macs
             s.update_macs += t.weight * macs
             self.count_params(t.weight * d_in * d_out, key)
+            if t.weight < 1:
+                self.split_copies += t.weight * d_in * d_out
             self.save(x)
         if t.bias and bias:
             self.count_params(d_out)

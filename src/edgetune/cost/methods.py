@@ -70,7 +70,8 @@ class Precision:
 @dataclass(frozen=True)
 class Memory:
     """Bytes by component. `total` adds them all (an upper bound); `peak` is the estimated
-    high-water mark of the step (see `Tape.peak_bytes`), what a device must hold."""
+    high-water mark of the step (see `Tape.peak_bytes`), what a device must hold. `copies`:
+    trained rows split off a partly trained weight, held beside the frozen original."""
 
     weights: float
     gradients: float
@@ -78,10 +79,12 @@ class Memory:
     activations: float
     workspace: float
     peak_estimate: float | None = None
+    copies: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.workspace
+        parts = (self.weights, self.gradients, self.optimizer, self.activations, self.workspace)
+        return sum(parts) + self.copies
 
     @property
     def peak(self) -> float:
@@ -219,10 +222,11 @@ def step_cost(
         # optimizer state and the largest phase (gradients and saved activations never all
         # coexist)
         work = max(fwd_peak - acts, bwd_transient, step)
-        peak = w + opt + max(fwd_peak, bwd_peak, grads + step)
+        copies = tape.split_copies * p.nbytes("weights")
+        peak = w + copies + opt + max(fwd_peak, bwd_peak, grads + step)
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, fwd, bwd, 0.0, elem_f, elem_b,
-            Memory(w, grads, opt, acts, work, peak), params, trained,
+            Memory(w, grads, opt, acts, work, peak, copies), params, trained,
         )  # fmt: skip
     if method == "mezo":  # two forwards, perturbation/update passes over the weights
         return StepCost(

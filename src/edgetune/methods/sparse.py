@@ -78,7 +78,10 @@ class SplitLinear(nn.Module):
     """A Linear (or GPT-2 Conv1D) whose first `rows` output channels train and the rest do not.
 
     weight_train (rows, in) is a Parameter, weight_frozen (out - rows, in) a buffer; the output
-    is cat([x W_t^T + b[:rows], x W_f^T + b[rows:]]), so autograd forms dW for W_t only.
+    is cat([x W_t^T + b[:rows], x W_f^T + b[rows:]]), so autograd forms dW for W_t only. The
+    trained rows are a copy; the frozen rows are a view of the original weight where its rows
+    are contiguous (a Linear), so the split adds the trained rows only, whether the original
+    is memory-mapped or not.
     """
 
     def __init__(self, module: nn.Module, rows: int, train_bias: bool) -> None:
@@ -86,7 +89,8 @@ class SplitLinear(nn.Module):
         w = linear_weight(module).detach()  # (out, in)
         self.rows, self.conv1d = rows, is_conv1d(module)
         self.weight_train = nn.Parameter(w[:rows].clone())
-        self.register_buffer("weight_frozen", w[rows:].clone())
+        frozen = w[rows:]
+        self.register_buffer("weight_frozen", frozen if frozen.is_contiguous() else frozen.clone())
         b = module.bias
         self.bias = None if b is None else nn.Parameter(b.detach().clone(), train_bias)
 
