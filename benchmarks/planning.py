@@ -260,7 +260,7 @@ def plans(key: str) -> None:
 
     def judge(schemes):  # the planner's verification, recorded for the report
         gains = measure_schemes(cfg, schemes, settings, cache)
-        judged[:] = [
+        judged.extend(
             {
                 "scheme": sc.name,
                 "lowest_layer": sc.lowest_layer(),
@@ -269,12 +269,13 @@ def plans(key: str) -> None:
                 "forecast_bytes": _sparse_spec(key, sc, None)["forecast"]["training_bytes"],
             }
             for sc, g in zip(schemes, gains, strict=True)
-        ]
+        )
         return gains
 
     done: dict[str, dict] = {}  # the same scheme at two budgets is trained once
     for frac in FRACTIONS:
         budget = frac * bp["training_bytes"]
+        judged.clear()  # what this budget's search judges, its halves' included
         try:
             plan = plan_from_table(table, shape, budget, s["batch"], s["seq"], judge=judge,
                                    top=s["verify"])  # fmt: skip
@@ -282,7 +283,11 @@ def plans(key: str) -> None:
             print(f"{key} at {frac:g} of backprop's memory: {e}", flush=True)
             continue
         name = f"{key}-planned-{frac:g}"
-        spec = _sparse_spec(key, plan.scheme, RUNS / f"{name}.yaml")
+        path = RUNS / f"{name}.yaml"
+        before = path.read_text() if path.is_file() else None
+        spec = _sparse_spec(key, plan.scheme, path)
+        if path.read_text() != before:  # another plan than the cached run's: measure it anew
+            (RUNS / f"{name}.json").unlink(missing_ok=True)
         spec.update(budget_bytes=budget, fraction=frac, plan=plan.scheme.name,
                     predicted_gain=plan.gain,
                     measured_gain=plan.measured_gain, shortlist=list(judged))  # fmt: skip
@@ -434,8 +439,9 @@ def report() -> None:
         lines += [
             "",
             "Schemes the planner judged per budget (the shortlist's best scheme by summed gain "
-            "for lowest blocks spread over the depths, each fine-tuned jointly under the "
-            "analysis' protocol on validation data; the best measured one was planned):",
+            "for lowest blocks spread over the depths, at this budget and, recursively, at its "
+            "half, quarter, ...; each fine-tuned jointly under the analysis' protocol on "
+            "validation data, each once; the best measured one was planned):",
             "",
             "| budget | scheme | lowest block | forecast MiB | summed gain | measured gain |",
             "|---|---|---:|---:|---:|---:|",
@@ -479,14 +485,13 @@ def _plot(key: str, r: dict) -> None:
             s=80,
             label=group,
         )
+        labels: dict[tuple[float, float], list[str]] = {}  # one label per point, names joined
         for p in pts:
-            ax.annotate(
-                p["name"].removeprefix(group + "-"),
-                (p["training_mib"], p["metric"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
+            labels.setdefault((p["training_mib"], p["metric"]), []).append(
+                p["name"].removeprefix(group + "-")
             )
+        for xy, names in labels.items():
+            ax.annotate(", ".join(names), xy, fontsize=7, xytext=(3, 3), textcoords="offset points")
     for b in r["budgets"]:
         ax.axvline(b["budget_mib"], color="grey", lw=0.8, ls=":")
         ax.annotate(f"1/{round(1 / b['fraction'])}", (b["budget_mib"], 0.02), fontsize=7,

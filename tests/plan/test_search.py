@@ -214,7 +214,7 @@ def test_a_judge_picks_the_best_measured_of_the_best_scheme_per_depth():
 
     options = shortlist(_table(GAINS), _exact, budget=100.0)
     # Execute
-    best = search(_table(GAINS), _exact, budget=100.0, judge=judge, top=3)
+    best = search(_table(GAINS), _exact, budget=100.0, judge=judge, top=3, halving=False)
     # Assert: one contender per lowest block (the best summed one there), judged once; the
     # judge's favourite wins and carries its measured gain
     assert len(judged) == 1 and [s.lowest_layer() for s in judged[0]] == [0, 1]
@@ -224,8 +224,34 @@ def test_a_judge_picks_the_best_measured_of_the_best_scheme_per_depth():
     assert best.scheme.lowest_layer() == 1 and best.measured == 1.0
     # top=1 judges the deepest only
     judged.clear()
-    search(_table(GAINS), _exact, budget=100.0, judge=judge, top=1)
+    search(_table(GAINS), _exact, budget=100.0, judge=judge, top=1, halving=False)
     assert [s.lowest_layer() for s in judged[0]] == [0]
+
+
+def test_a_budget_also_weighs_the_plan_of_its_half():
+    # Prepare: a judge that measures the cheapest scheme best (summed gains say the opposite)
+    judged: list[UpdateScheme] = []
+
+    def judge(schemes):
+        judged.extend(schemes)
+        return [-_exact(s) for s in schemes]
+
+    budgets = [30.0, 60.0, 120.0, 240.0]
+    # Execute
+    alone = [search(_table(GAINS), _exact, b, judge=judge, halving=False) for b in budgets]
+    judged.clear()
+    halved = [search(_table(GAINS), _exact, b, judge=judge) for b in budgets]
+    # Assert: judged alone, a larger budget can plan worse than a smaller one; weighing its
+    # half's plan (recursively), it never does; every plan fits its own budget
+    assert alone[-1].measured < alone[0].measured
+    assert [o.measured for o in halved] == sorted(o.measured for o in halved)
+    for b, o in zip(budgets, halved, strict=True):
+        assert _exact(o.scheme) <= b
+    # no scheme is judged twice within one search
+    judged.clear()
+    search(_table(GAINS), _exact, 240.0, judge=judge)
+    keys = [tuple(s.updates) for s in judged]
+    assert len(keys) == len(set(keys))
 
 
 def test_max_depth_keeps_backward_in_the_top_blocks():

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -310,25 +310,60 @@ def search(
     max_depth: int | None = None,
     judge: Judge | None = None,
     top: int = 4,
+    halving: bool = True,
 ) -> Option:
     """The planned scheme within `budget` (exact training memory): the shortlisted scheme of
-    most summed gain or, with a `judge`, the best *measured* of up to `top` contenders: the
-    shortlist's best scheme for each lowest block, those blocks spread evenly from the
-    deepest to the shallowest (depth is what summed gains favour: deeper schemes have more
-    units to sum). Its scheme is named `planned`, or after the built-in it is."""
+    most summed gain or, with a `judge`, the best *measured* of the contenders: the
+    shortlist's best scheme for up to `top` lowest blocks, those blocks spread evenly from
+    the deepest to the shallowest (depth is what summed gains favour: deeper schemes have
+    more units to sum), and, with `halving`, the plan of half this budget (planned the same
+    way, down to the smallest budget anything fits). A smaller budget's plan fits this one
+    too, so a budget never plans worse, as judged, than its half, its quarter, and so on.
+    Its scheme is named `planned`, or after the built-in it is."""
     options = shortlist(table, exact, budget, max_depth)
     if judge is None:
         return options[0]
+    return _judged(table, exact, budget, max_depth, judge, top, halving, options, {})
+
+
+def _judged(
+    table: ContributionTable,
+    exact: Callable[[UpdateScheme], float],
+    budget: float,
+    max_depth: int | None,
+    judge: Judge,
+    top: int,
+    halving: bool,
+    options: list[Option],
+    measured: dict[str, Option],
+) -> Option:
+    """`search` with a judge; `measured` holds the options judged so far, by scheme key."""
+    contenders = {scheme_key(o.scheme): o for o in _spread(options, table.n_layers, top)}
+    if halving:
+        try:
+            lower = shortlist(table, exact, budget / 2, max_depth)
+        except EdgetuneError:  # nothing fits half this budget
+            pass
+        else:
+            half = _judged(table, exact, budget / 2, max_depth, judge, top, True, lower, measured)
+            contenders.setdefault(scheme_key(half.scheme), half)
+    fresh = [k for k in contenders if k not in measured]
+    gains = judge([contenders[k].scheme for k in fresh]) if fresh else []
+    for k, g in zip(fresh, gains, strict=True):
+        measured[k] = replace(contenders[k], measured=g)
+    return max((measured[k] for k in contenders), key=lambda o: o.measured)
+
+
+def _spread(options: list[Option], n_layers: int, top: int) -> list[Option]:
+    """The best option (by summed gain) for each of up to `top` lowest blocks, spread evenly
+    from the deepest to the shallowest."""
     by_depth: dict[int, Option] = {}
     for o in options:  # best summed gain first
         low = o.scheme.lowest_layer()
-        by_depth.setdefault(table.n_layers if low is None else low, o)
+        by_depth.setdefault(n_layers if low is None else low, o)
     depths = sorted(by_depth)
     picks = sorted({depths[round(i)] for i in np.linspace(0, len(depths) - 1, max(1, top))})
-    contenders = [by_depth[d] for d in picks]
-    gains = judge([o.scheme for o in contenders])
-    best = max(zip(contenders, gains, strict=True), key=lambda og: og[1])
-    return Option(best[0].scheme, best[0].gain, best[0].cost, best[1])
+    return [by_depth[d] for d in picks]
 
 
 # -- planning a run -------------------------------------------------------------------------
