@@ -46,7 +46,8 @@ class Forecast:
             f"forecast ({self.cost.method}, batch {self.cost.batch} x {self.cost.seq}): "
             f"{human(self.cost.flops, 'FLOP')} per step",
             f"peak {b(m.peak)} (weights {b(m.weights)}, grads {b(m.gradients)}, optimizer "
-            f"{b(m.optimizer)}, activations {b(m.activations)}, working {b(m.workspace)})",
+            f"{b(m.optimizer)}, activations {b(m.activations)}, working {b(m.workspace)}"
+            + (f", split copies {b(m.copies)})" if m.copies else ")"),
         ]
         if self.device is not None:
             parts.append(f"on {self.device.name}: {seconds(self.latency_s)} per step")

@@ -48,6 +48,7 @@ class Row:
                 "optimizer": m.optimizer,
                 "activations": m.activations,
                 "workspace": m.workspace,
+                "copies": m.copies,
                 "total": m.total,
                 "peak": m.peak,
             },

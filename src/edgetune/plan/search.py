@@ -401,6 +401,7 @@ def forecast(
         "gradient_bytes": float(m.gradients),
         "optimizer_bytes": float(m.optimizer),
         "activation_bytes": float(m.activations),
+        "copy_bytes": float(m.copies),
         "flops": float(c.flops),
         "trained_params": float(c.trained_params),
     }
