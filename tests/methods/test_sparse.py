@@ -94,6 +94,23 @@ def test_frozen_modules_below_the_trained_ones_run_without_dropout(frozen_dropou
     assert blocks[-1].training and model.classifier.training
 
 
+def test_without_dropout_the_whole_model_steps_in_eval_mode():
+    model = make_model("bert")
+    batch = make_batch("bert")
+    m = sparse(model, "last-1", options={"dropout": False})
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    m.step([batch])
+    assert not any(x.training for x in model.modules())
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+    # without dropout a step is deterministic: the same start and batch give the same weights
+    twin = make_model("bert")
+    sparse(twin, "last-1", options={"dropout": False}).step([batch])
+    for (n, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q), n
+    with pytest.raises(EdgetuneError, match="frozen_dropout needs dropout"):
+        sparse(make_model("bert"), "last-1", options={"dropout": False, "frozen_dropout": True})
+
+
 def test_a_trained_tied_head_does_not_open_the_embedding_path():
     m = sparse(make_model("gpt2"), "last-1")
     assert m.model.lm_head.weight is m.model.transformer.wte.weight

@@ -65,13 +65,17 @@ class Variant:
 
 
 def minilm_variants(schemes: list[str]) -> list[Variant]:
-    """The issue-3 line-up: backprop, sparse (each scheme, plain and in place), the
-    forward-only rules with plain SGD, MeZO and LoRA."""
+    """The issue-3 line-up: backprop, sparse (each scheme plain, in place and without
+    dropout), the forward-only rules with plain SGD, MeZO and LoRA."""
     sparse = [
-        Variant(f"sparse {s}{' in-place' if ip else ''}", "sparse", 3e-4,
-                {"scheme": s, "in_place": ip})
-        for s in schemes for ip in (False, True)
-    ]  # fmt: skip
+        v
+        for s in schemes
+        for v in (
+            Variant(f"sparse {s}", "sparse", 3e-4, {"scheme": s}),
+            Variant(f"sparse {s} in-place", "sparse", 3e-4, {"scheme": s, "in_place": True}),
+            Variant(f"sparse {s} no-dropout", "sparse", 3e-4, {"scheme": s, "dropout": False}),
+        )
+    ]
     return [
         Variant("backprop", "backprop", 1e-4),
         *sparse,

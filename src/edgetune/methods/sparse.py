@@ -62,6 +62,10 @@ class SparseOptions:
     """Keep dropout on in the frozen modules below the lowest trained one (embeddings and
     blocks). Off by default: there they only add noise to the features the trained modules see,
     and on a CPU a train-mode forward costs about 1.5x an eval-mode one."""
+    dropout: bool = True
+    """Dropout in the trained modules. False runs the whole model in eval mode: no dropout
+    masks or their random numbers, and attention through the fused kernel, so a step costs
+    less; the model loses dropout's regularization (measure it: docs/methods/sparse.md)."""
     in_place: bool = False
     """Apply each parameter's AdamW update in its gradient hook and free the gradient at once
     (needs max_grad_norm null: clipping needs every gradient at the same time)."""
@@ -69,9 +73,11 @@ class SparseOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.scheme, str | Path | UpdateScheme):
             raise EdgetuneError("sparse option 'scheme' must be a scheme name or a file path")
-        for name in ("in_place", "frozen_dropout"):
+        for name in ("in_place", "frozen_dropout", "dropout"):
             if not isinstance(getattr(self, name), bool):
                 raise EdgetuneError(f"sparse option {name!r} must be true or false")
+        if self.frozen_dropout and not self.dropout:
+            raise EdgetuneError("sparse option frozen_dropout needs dropout: true")
 
 
 class SplitLinear(nn.Module):
@@ -151,7 +157,10 @@ class Sparse:
                 self.split[plan.name] = SplitLinear(plan.module, plan.rows, plan.bias)
                 _set_module(model, plan.name, self.split[plan.name])
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.eval_modules = [] if self.options.frozen_dropout else frozen_prefix(model, anatomy)
+        if not self.options.dropout:
+            self.eval_modules = [model]
+        else:
+            self.eval_modules = [] if self.options.frozen_dropout else frozen_prefix(model, anatomy)
         # A trained tied head (lm_head = embeddings) must not open a path into the embedding
         # lookup: detach the embedding output so backward stops at the lowest scheme module.
         self._handles: list[Any] = []
