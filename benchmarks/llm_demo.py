@@ -28,6 +28,7 @@ from edgetune.cost import step_cost
 from edgetune.data.load import load_data
 from edgetune.data.tasks import batches, epoch_order, tokenize
 from edgetune.evaluate import generate
+from edgetune.measure.bench import inference_seconds
 from edgetune.methods import MethodSettings, build_method
 from edgetune.models.loader import load_model
 from edgetune.plan.contribution import AnalysisSettings, analyze
@@ -45,12 +46,7 @@ def timed_steps(method, train: list[dict], n: int) -> tuple[list[float], list[fl
         t = time.perf_counter()
         method.step([batch])
         steps.append(time.perf_counter() - t)
-        method.model.eval()
-        with torch.no_grad():
-            t = time.perf_counter()
-            method.model(**batch)
-            forwards.append(time.perf_counter() - t)
-        method.model.train()
+        forwards.append(inference_seconds(method.model, batch))
     return steps, forwards
 
 

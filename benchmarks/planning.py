@@ -70,6 +70,7 @@ def worker(spec: dict) -> dict:
     from edgetune.data.load import load_data
     from edgetune.data.tasks import batches, epoch_order, tokenize
     from edgetune.evaluate import evaluate
+    from edgetune.measure.bench import inference_seconds
     from edgetune.measure.memory import resident_growth
     from edgetune.methods import MethodSettings, build_method
     from edgetune.models.loader import load_model
@@ -116,12 +117,7 @@ def worker(spec: dict) -> dict:
             losses.append(method.step([batch]).loss)
             steps.append(time.perf_counter() - t)
             if len(forwards) < 8:  # an inference forward on the same batch, side by side
-                method.model.eval()
-                with torch.no_grad():
-                    t = time.perf_counter()
-                    method.model(**batch)
-                    forwards.append(time.perf_counter() - t)
-                method.model.train()
+                forwards.append(inference_seconds(method.model, batch))
 
     training = resident_growth(page_in, train_steps)
     method, compile_report = state["method"], state["compile"]

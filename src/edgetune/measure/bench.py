@@ -151,6 +151,14 @@ def _forward(model, batch, train_mode: bool = False) -> None:
         model(**batch)
 
 
+def inference_seconds(model, batch) -> float:
+    """Seconds of one eval-mode forward without autograd on `batch`, the training step's
+    physical floor; the model is left in train mode."""
+    seconds = _timed(lambda: _forward(model, batch))
+    model.train()
+    return seconds
+
+
 def worker_inference(setup: Setup) -> dict[str, Any]:
     from edgetune.measure.memory import peak_rss_mb
 
