@@ -323,35 +323,22 @@ def search(
     options = shortlist(table, exact, budget, max_depth)
     if judge is None:
         return options[0]
-    return _judged(table, exact, budget, max_depth, judge, top, halving, options, {})
-
-
-def _judged(
-    table: ContributionTable,
-    exact: Callable[[UpdateScheme], float],
-    budget: float,
-    max_depth: int | None,
-    judge: Judge,
-    top: int,
-    halving: bool,
-    options: list[Option],
-    measured: dict[str, Option],
-) -> Option:
-    """`search` with a judge; `measured` holds the options judged so far, by scheme key."""
-    contenders = {scheme_key(o.scheme): o for o in _spread(options, table.n_layers, top)}
-    if halving:
+    levels = [_spread(options, table.n_layers, top)]  # this budget's contenders, then its half's
+    while halving:
+        budget /= 2
         try:
-            lower = shortlist(table, exact, budget / 2, max_depth)
-        except EdgetuneError:  # nothing fits half this budget
-            pass
-        else:
-            half = _judged(table, exact, budget / 2, max_depth, judge, top, True, lower, measured)
-            contenders.setdefault(scheme_key(half.scheme), half)
-    fresh = [k for k in contenders if k not in measured]
-    gains = judge([contenders[k].scheme for k in fresh]) if fresh else []
-    for k, g in zip(fresh, gains, strict=True):
-        measured[k] = replace(contenders[k], measured=g)
-    return max((measured[k] for k in contenders), key=lambda o: o.measured)
+            lower = shortlist(table, exact, budget, max_depth)
+        except EdgetuneError:  # nothing fits this small a budget
+            break
+        levels.append(_spread(lower, table.n_layers, top))
+    pool = {scheme_key(o.scheme): o for level in levels for o in level}
+    gains = judge([o.scheme for o in pool.values()])  # every contender once, in one call
+    measured = {k: replace(o, measured=g) for (k, o), g in zip(pool.items(), gains, strict=True)}
+    best: Option | None = None
+    for level in reversed(levels):  # each budget: its own contenders or its half's plan
+        here = [measured[scheme_key(o.scheme)] for o in level]
+        best = max([*here, best] if best else here, key=lambda o: o.measured)
+    return best
 
 
 def _spread(options: list[Option], n_layers: int, top: int) -> list[Option]:
@@ -478,9 +465,13 @@ def plan_from_table(
     """The best scheme of an analysed table within `budget` bytes of training memory (see
     `search`), with the cost model's forecast at this batch size and sequence length."""
     head = "classifier" if table.task == "classify" else "lm"
+    known: dict[str, float] = {}  # the search asks again for the same schemes at every budget
 
     def exact(scheme: UpdateScheme) -> float:
-        return forecast(shape, scheme, batch, seq, head, table.n_labels)["training_bytes"]
+        key = scheme_key(scheme)
+        if key not in known:
+            known[key] = forecast(shape, scheme, batch, seq, head, table.n_labels)["training_bytes"]
+        return known[key]
 
     best = search(table, exact, budget, max_depth, judge, top)
     fc = forecast(shape, best.scheme, batch, seq, head, table.n_labels)
