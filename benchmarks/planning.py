@@ -8,7 +8,8 @@
     .venv/bin/python benchmarks/planning.py report           # JSON + Markdown + plots
 
 `refs` and `plans` can run side by side (two cores): `plans` waits for the backprop run, whose
-measured memory sets the budgets, `compiled` for the planned 1/4 run.
+measured memory sets the budgets, `compiled` for the planned 1/4 run. Run them one after the
+other (`planning.py minilm` does) for step times free of the other process's load.
 
 Per model: (1) contribution analysis (cached); (2) full backprop in a fresh subprocess: its
 *training memory* = peak resident set during the steps minus the resident set with the model
@@ -17,11 +18,14 @@ high-water mark reset there through /proc/self/clear_refs, glibc's mmap threshol
 tests/cost/_rss_step.py); (3) budgets of 1/2, 1/4 and 1/8 of that; for each the planner gets
 the budget in bytes (it plans with the cost model's forecasts, as `edgetune plan --budget`
 does) and judges its best shortlisted schemes by a short joint fine-tune on validation data;
-(4) every configuration (planned, fixed built-ins, backprop, LoRA) trained the same steps on the
-same batches in its own fresh subprocess, timed (median step; median inference forward on the
-same batches, side by side in the same process), its memory measured, then evaluated on the
-test split. Results per configuration are cached in benchmarks/results/planning-runs/, so a
-rerun resumes. One torch thread per process.
+a second plan (`fast`) also holds the forecast step within `max_step` forwards (the cost
+model's FLOPs, `edgetune plan --max-step`); (4) every configuration (planned, fixed
+built-ins, backprop, LoRA) trained the same steps on the same batches in its own fresh
+subprocess, timed (median step; median inference forward on the same batches, after every
+step in the same process, with the step's loss: a causal LM's logits at the labelled
+positions only, as in the step), its memory measured, then evaluated on the test split.
+Results per configuration are cached in benchmarks/results/planning-runs/, so a rerun
+resumes. One torch thread per process.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ SETUPS = {
         "steps": 100,
         "eval_samples": None, "metric": "accuracy", "lr": 1e-3, "lr_backprop": 2e-4,
         "fixed": ["bias-only", "last-1", "last-2", "last-3", "last-4"],
+        "sparse_options": {"dropout": False}, "max_step": 1.25,
         "analysis": {"steps": 16, "batch_size": 8, "eval_examples": 128, "lr": 1e-3,
                      "fraction_layers": [2, 5]},
         "verify": 4,
@@ -53,6 +58,7 @@ SETUPS = {
         "model": "smollm2-135m", "data": "instructions", "seq": 64, "batch": 2, "steps": 30,
         "eval_samples": 60, "metric": "perplexity", "lr": 1e-3, "lr_backprop": 5e-5,
         "fixed": ["last-1", "last-4", "last-8"],
+        "sparse_options": {}, "max_step": 1.25,
         "analysis": {"steps": 6, "batch_size": 2, "eval_examples": 16, "lr": 1e-3,
                      "layers": [14, 22, 29], "fraction_layers": []},
         "verify": 3,
@@ -116,8 +122,8 @@ def worker(spec: dict) -> dict:
             t = time.perf_counter()
             losses.append(method.step([batch]).loss)
             steps.append(time.perf_counter() - t)
-            if len(forwards) < 8:  # an inference forward on the same batch, side by side
-                forwards.append(inference_seconds(method.model, batch))
+            # an inference forward on the same batch, side by side (the step's loss with it)
+            forwards.append(inference_seconds(method.model, batch))
 
     training = resident_growth(page_in, train_steps)
     method, compile_report = state["method"], state["compile"]
@@ -131,7 +137,7 @@ def worker(spec: dict) -> dict:
         **spec,
         "training_bytes": training,
         "step_s": statistics.median(warm),
-        "forward_s": statistics.median(forwards[1:]),
+        "forward_s": statistics.median(forwards[2:] or forwards),
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "metrics": metrics,
@@ -173,8 +179,9 @@ def _common(key: str) -> dict:
     return {k: s[k] for k in ("model", "data", "seq", "batch", "steps", "eval_samples")}
 
 
-def _sparse_spec(key: str, scheme, path: Path | None) -> dict:
-    """A sparse configuration of `scheme` (saved to `path`, if given) with its forecast."""
+def _sparse_spec(key: str, scheme, path: Path | None, scored: float) -> dict:
+    """A sparse configuration of `scheme` (saved to `path`, if given) with its forecast
+    (`scored`: the share of positions the loss scores, `ContributionTable.scored`)."""
     from edgetune.plan.search import forecast, model_shape_of
 
     s = SETUPS[key]
@@ -182,9 +189,19 @@ def _sparse_spec(key: str, scheme, path: Path | None) -> dict:
         scheme.save(path)
     head = "lm" if s["metric"] == "perplexity" else "classifier"
     n_labels = s.get("labels", 0)
-    fc = forecast(model_shape_of(s["model"]), scheme, s["batch"], s["seq"], head, n_labels)
-    spec = {**_common(key), "method": "sparse", "options": {"scheme": str(path)}, "lr": s["lr"]}
+    shape = model_shape_of(s["model"])
+    fc = forecast(shape, scheme, s["batch"], s["seq"], head, n_labels, scored)
+    options = {"scheme": str(path), **s["sparse_options"]}
+    spec = {**_common(key), "method": "sparse", "options": options, "lr": s["lr"]}
     return {**spec, "forecast": fc, "lowest_layer": scheme.lowest_layer()}
+
+
+def _table(key: str):
+    """The contribution analysis of `key` (cached in RUNS/cache; measured on first use)."""
+    from edgetune.plan.contribution import AnalysisSettings, analyze
+
+    settings = AnalysisSettings(**SETUPS[key]["analysis"])
+    return analyze(_config(key), settings, cache=RUNS / "cache"), settings
 
 
 def refs(key: str) -> None:
@@ -197,8 +214,9 @@ def refs(key: str) -> None:
     common = _common(key)
     head = "lm" if s["metric"] == "perplexity" else "classifier"
     shape = model_shape_of(s["model"])
+    scored = _table(key)[0].scored
     m = step_cost(shape, "backprop", s["batch"], s["seq"], head=head,
-                  n_labels=max(2, s.get("labels", 0))).memory  # fmt: skip
+                  n_labels=max(2, s.get("labels", 0)), scored=scored).memory  # fmt: skip
     spec = {**common, "method": "backprop", "options": {}, "lr": s["lr_backprop"]}
     run({**spec, "forecast": {"training_bytes": float(m.peak - m.weights)}}, f"{key}-backprop")
     run({**common, "method": "lora", "options": {}, "lr": s["lr"]}, f"{key}-lora")
@@ -207,7 +225,8 @@ def refs(key: str) -> None:
         scheme = UpdateScheme.builtin(name, n)
         if s["metric"] == "perplexity":
             scheme = UpdateScheme(tuple(u for u in scheme.updates if u.unit != "head"), name)
-        run(_sparse_spec(key, scheme, RUNS / f"{key}-fixed-{name}.yaml"), f"{key}-fixed-{name}")
+        path = RUNS / f"{key}-fixed-{name}.yaml"
+        run(_sparse_spec(key, scheme, path, scored), f"{key}-fixed-{name}")
 
 
 def _config(key: str):
@@ -226,25 +245,19 @@ def _config(key: str):
 
 
 def plans(key: str) -> None:
-    """Contribution analysis, a plan per budget (judged on validation data), planned runs."""
+    """Contribution analysis, then per budget two plans (each judged on validation data) and
+    their runs: `planned` within the memory budget, `fast` within it and `max_step` forwards
+    per step (the cost model's FLOPs)."""
     import torch
 
     from edgetune.errors import EdgetuneError
-    from edgetune.plan.contribution import (
-        AnalysisSettings,
-        analyze,
-        measure_schemes,
-        plot_gains,
-        scheme_key,
-    )
+    from edgetune.plan.contribution import measure_schemes, plot_gains, scheme_key
     from edgetune.plan.search import model_shape_of, plan_from_table, summed_gain
 
     torch.set_num_threads(1)
     s = SETUPS[key]
     cfg = _config(key)
-    settings = AnalysisSettings(**s["analysis"])
-    cache = RUNS / "cache"
-    table = analyze(cfg, settings, cache=cache)
+    table, settings = _table(key)
     plot_gains(table, RESULTS / f"planning-gains-{key}.png")
     bp_path = RUNS / f"{key}-backprop.json"
     while not bp_path.is_file():  # `refs` measures it, maybe in another process
@@ -255,42 +268,45 @@ def plans(key: str) -> None:
     judged: list[dict] = []
 
     def judge(schemes):  # the planner's verification, recorded for the report
-        gains = measure_schemes(cfg, schemes, settings, cache)
+        gains = measure_schemes(cfg, schemes, settings, RUNS / "cache")
         judged.extend(
             {
                 "scheme": sc.name,
                 "lowest_layer": sc.lowest_layer(),
                 "summed_gain": summed_gain(table, sc),
                 "measured_gain": g,
-                "forecast_bytes": _sparse_spec(key, sc, None)["forecast"]["training_bytes"],
+                "forecast_bytes": _sparse_spec(key, sc, None, table.scored)["forecast"][
+                    "training_bytes"
+                ],
             }
             for sc, g in zip(schemes, gains, strict=True)
         )
         return gains
 
     done: dict[str, dict] = {}  # the same scheme at two budgets is trained once
-    for frac in FRACTIONS:
-        budget = frac * bp["training_bytes"]
-        judged.clear()  # what this budget's search judges, its halves' included
-        try:
-            plan = plan_from_table(table, shape, budget, s["batch"], s["seq"], judge=judge,
-                                   top=s["verify"])  # fmt: skip
-        except EdgetuneError as e:  # nothing fits this budget: say so, plan the others
-            print(f"{key} at {frac:g} of backprop's memory: {e}", flush=True)
-            continue
-        name = f"{key}-planned-{frac:g}"
-        path = RUNS / f"{name}.yaml"
-        before = path.read_text() if path.is_file() else None
-        spec = _sparse_spec(key, plan.scheme, path)
-        if path.read_text() != before:  # another plan than the cached run's: measure it anew
-            (RUNS / f"{name}.json").unlink(missing_ok=True)
-        spec.update(budget_bytes=budget, fraction=frac, plan=plan.scheme.name,
-                    predicted_gain=plan.gain,
-                    measured_gain=plan.measured_gain, shortlist=list(judged))  # fmt: skip
-        same = done.get(scheme_key(plan.scheme))
-        if same is not None and not (RUNS / f"{name}.json").is_file():
-            (RUNS / f"{name}.json").write_text(json.dumps({**same, **spec, "name": name}))
-        done[scheme_key(plan.scheme)] = run(spec, name)
+    for kind, max_step in (("planned", None), ("fast", s["max_step"])):
+        for frac in FRACTIONS:
+            budget = frac * bp["training_bytes"]
+            judged.clear()  # what this budget's search judges, its halves' included
+            try:
+                plan = plan_from_table(table, shape, budget, s["batch"], s["seq"], max_step,
+                                       judge=judge, top=s["verify"])  # fmt: skip
+            except EdgetuneError as e:  # nothing fits this budget: say so, plan the others
+                print(f"{key} {kind} at {frac:g} of backprop's memory: {e}", flush=True)
+                continue
+            name = f"{key}-{kind}-{frac:g}"
+            path = RUNS / f"{name}.yaml"
+            before = path.read_text() if path.is_file() else None
+            spec = _sparse_spec(key, plan.scheme, path, table.scored)
+            if path.read_text() != before:  # another plan than the cached run's: measure anew
+                (RUNS / f"{name}.json").unlink(missing_ok=True)
+            spec.update(budget_bytes=budget, fraction=frac, plan=plan.scheme.name,
+                        max_step=max_step, predicted_gain=plan.gain,
+                        measured_gain=plan.measured_gain, shortlist=list(judged))  # fmt: skip
+            same = done.get(scheme_key(plan.scheme))
+            if same is not None and not (RUNS / f"{name}.json").is_file():
+                (RUNS / f"{name}.json").write_text(json.dumps({**same, **spec, "name": name}))
+            done[scheme_key(plan.scheme)] = run(spec, name)
 
 
 def compiled(key: str) -> None:
@@ -300,7 +316,7 @@ def compiled(key: str) -> None:
     path = RUNS / f"{key}-planned-0.25.yaml"
     while not (RUNS / f"{key}-planned-0.25.json").is_file():  # `plans` plans and runs it
         time.sleep(10)
-    spec = _sparse_spec(key, UpdateScheme.load(path), path)
+    spec = _sparse_spec(key, UpdateScheme.load(path), path, _table(key)[0].scored)
     run({**spec, "steps": 12, "compile": True}, f"{key}-compiled-0.25")
 
 
@@ -336,8 +352,8 @@ def summarize(key: str) -> dict | None:
             }
         )
     fixed = [r for n, r in runs.items() if n.startswith("fixed-")]
-    planned_runs = [r for n, r in runs.items() if n.startswith("planned-")]
-    for planned in sorted(planned_runs, key=lambda r: -r["fraction"]):
+    planned_runs = [r for n, r in runs.items() if n.startswith(("planned-", "fast-"))]
+    for planned in sorted(planned_runs, key=lambda r: (-r["fraction"], r["name"])):
         budget, frac = planned["budget_bytes"], planned["fraction"]
         # the best fixed scheme whose measured memory is at most max(budget, the planned one's)
         fits = [r for r in fixed if r["training_bytes"] <= max(budget, planned["training_bytes"])]
@@ -348,6 +364,8 @@ def summarize(key: str) -> dict | None:
             {
                 "fraction": frac,
                 "budget_mib": budget / 2**20,
+                "kind": planned["name"][len(key) + 1 :].split("-")[0],
+                "max_step": planned.get("max_step"),
                 "plan": planned["plan"],
                 "lowest_layer": planned["lowest_layer"],
                 "planned_mib": planned["training_bytes"] / 2**20,
@@ -355,6 +373,7 @@ def summarize(key: str) -> dict | None:
                 "within_budget": planned["training_bytes"] <= budget,
                 "planned_metric": pm,
                 "planned_step_over_forward": planned["step_s"] / planned["forward_s"],
+                "planned_step_forecast": planned["forecast"].get("step_forwards"),
                 "best_fixed": best["name"][len(key) + 7 :] if best else None,
                 "best_fixed_mib": best["training_bytes"] / 2**20 if best else None,
                 "best_fixed_metric": bm,
@@ -383,13 +402,16 @@ def report() -> None:
         "# Planned sparse schemes vs fixed schemes, backprop and LoRA",
         "",
         "Generated by `benchmarks/planning.py` (one torch thread per process, 2-core machine, "
-        "two configurations at a time). Training memory = peak RSS during the steps minus RSS "
+        "one configuration at a time). Training memory = peak RSS during the steps minus RSS "
         "with model and data loaded and the weights paged in by one inference forward, in a "
         "fresh process per row; forecast = the cost model's training memory (peak - weights) "
-        "that the planner plans with. Step and forward: medians in the same process; the last "
-        "column divides backprop's step/forward by this row's (robust to load changing "
-        "between rows). Best fixed: the fixed built-in of best metric whose measured memory is "
-        "at most max(budget, the planned scheme's measured memory).",
+        "that the planner plans with. Step and forward: medians in the same process (the "
+        "forward after every step, on its batch, with the step's loss); the last column "
+        "divides backprop's step/forward by this row's (robust to load changing between "
+        "rows). Best fixed: the fixed built-in of best metric whose measured memory is "
+        "at most max(budget, the planned scheme's measured memory). Search `memory`: the "
+        "plan within the memory budget (`planned-F`); `memory, step <= S`: within it and a "
+        "forecast step of at most S forwards (`fast-F`, `edgetune plan --max-step S`).",
         "",
     ]
     for key, r in out.items():
@@ -414,10 +436,10 @@ def report() -> None:
             )
         lines += [
             "",
-            "| budget (of backprop) | budget MiB | plan (lowest block) | planned: forecast / "
-            f"measured MiB | planned {r['metric']} | planned step / fwd | best fixed within it "
-            f"| its MiB | its {r['metric']} | planned better |",
-            "|---|---:|---|---:|---:|---:|---|---:|---:|---|",
+            "| budget (of backprop) | budget MiB | search | plan (lowest block) | planned: "
+            f"forecast / measured MiB | planned {r['metric']} | planned step / fwd: forecast / "
+            f"measured | best fixed within it | its MiB | its {r['metric']} | planned better |",
+            "|---|---:|---|---|---:|---:|---:|---|---:|---:|---|",
         ]
         for b in r["budgets"]:
             fixed = (
@@ -426,11 +448,13 @@ def report() -> None:
                 else "none fits | | "
             )
             over = "" if b["within_budget"] else " (over)"
+            search = "memory" if b["max_step"] is None else f"memory, step <= {b['max_step']:g}"
             lines.append(
-                f"| 1/{round(1 / b['fraction'])} | {b['budget_mib']:.0f} | {b['plan']} "
-                f"({b['lowest_layer']}) | {b['forecast_mib']:.0f} / {b['planned_mib']:.0f}{over} "
-                f"| {b['planned_metric']:.4g} | {b['planned_step_over_forward']:.2f} | {fixed} | "
-                f"{'yes' if b['planned_wins'] else 'no'} |"
+                f"| 1/{round(1 / b['fraction'])} | {b['budget_mib']:.0f} | {search} | "
+                f"{b['plan']} ({b['lowest_layer']}) | {b['forecast_mib']:.0f} / "
+                f"{b['planned_mib']:.0f}{over} | {b['planned_metric']:.4g} | "
+                f"{_f(b['planned_step_forecast'], '.2f')} / {b['planned_step_over_forward']:.2f} | "
+                f"{fixed} | {'yes' if b['planned_wins'] else 'no'} |"
             )
         lines += [
             "",
@@ -439,13 +463,14 @@ def report() -> None:
             "half, quarter, ...; each fine-tuned jointly under the analysis' protocol on "
             "validation data, each once; the best measured one was planned):",
             "",
-            "| budget | scheme | lowest block | forecast MiB | summed gain | measured gain |",
-            "|---|---|---:|---:|---:|---:|",
+            "| budget | search | scheme | lowest block | forecast MiB | summed gain | "
+            "measured gain |",
+            "|---|---|---|---:|---:|---:|---:|",
         ]
         for b in r["budgets"]:
             for j in b["shortlist"]:
                 lines.append(
-                    f"| 1/{round(1 / b['fraction'])} | {j['scheme']} | "
+                    f"| 1/{round(1 / b['fraction'])} | {b['kind']} | {j['scheme']} | "
                     f"{j['lowest_layer']} | {j['forecast_bytes'] / 2**20:.0f} | "
                     f"{j['summed_gain']:.3f} | "
                     f"{j['measured_gain']:.3f} |"
@@ -471,7 +496,7 @@ def _plot(key: str, r: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    groups = {"planned": "o", "fixed": "s", "backprop": "*", "lora": "^"}
+    groups = {"planned": "o", "fast": "D", "fixed": "s", "backprop": "*", "lora": "^"}
     for group, marker in groups.items():
         pts = [row for row in r["rows"] if row["name"].startswith(group)]
         ax.scatter(

@@ -170,3 +170,23 @@ def test_bad_numbers():
         step_cost(S, "adam")
     with pytest.raises(EdgetuneError, match="needs a task head"):
         step_cost(S, "mempepita", head="none")
+
+
+def test_a_decoder_scoring_few_positions_forms_few_logits():
+    from edgetune.cost import shape_from_config
+    from edgetune.models.registry import SPECS
+
+    shape = shape_from_config(SPECS["smollm2-135m"].config().to_dict(), "smollm2-135m")
+    full = step_cost(shape, "backprop", 2, 64)
+    few = step_cost(shape, "backprop", 2, 64, scored=0.125)
+    # the head over 49,152 tokens is about a fifth of the forward; 1/8 of its rows remain
+    head = 2 * 2 * 64 * shape.d_model * shape.vocab
+    assert full.fwd_flops - few.fwd_flops == pytest.approx(head * 7 / 8, rel=0.05)
+    assert few.memory.activations < full.memory.activations
+    bert = shape_from_config(SPECS["minilm-l6"].config().to_dict(), "minilm-l6")
+    assert (
+        step_cost(bert, "backprop", 2, 64, scored=0.125).flops
+        == step_cost(bert, "backprop", 2, 64).flops
+    )
+    with pytest.raises(EdgetuneError, match="scored share"):
+        step_cost(shape, "backprop", 2, 64, scored=0.0)

@@ -76,3 +76,23 @@ def test_plan_needs_a_budget_or_a_device(tiny_bert, topics_jsonl, tmp_path):
     result = CliRunner().invoke(_app(), _args(tiny_bert, topics_jsonl, tmp_path))
     assert isinstance(result.exception, EdgetuneError)
     assert "budget" in str(result.exception)
+
+
+def test_plan_within_a_step_limit_verified(tiny_bert, topics_jsonl, tmp_path):
+    # Prepare / Execute: memory for any scheme, a step limit, the two best schemes judged
+    out = tmp_path / "fast.yaml"
+    extra = ("--budget", "64MB", "--max-step", "1.3", "--verify", "2", "--out", str(out))
+    result = CliRunner().invoke(_app(), _args(tiny_bert, topics_jsonl, tmp_path, *extra))
+    # Assert: the forecast step within the limit, the judge's gain recorded and printed
+    assert result.exit_code == 0, result.output
+    raw = yaml.safe_load(out.read_text())
+    assert 1.0 <= raw["forecast"]["step_forwards"] <= 1.3
+    assert raw["measured_gain"] is not None and "measured" in result.output
+    assert "a forward" in result.output
+
+
+def test_plan_step_limit_below_a_forward_is_an_error(tiny_bert, topics_jsonl, tmp_path):
+    extra = ("--budget", "64MB", "--max-step", "0.5")
+    result = CliRunner().invoke(_app(), _args(tiny_bert, topics_jsonl, tmp_path, *extra))
+    assert isinstance(result.exception, EdgetuneError)
+    assert "at least 1" in str(result.exception)

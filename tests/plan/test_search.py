@@ -9,6 +9,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.plan.contribution import Candidate, ContributionTable, Entry, scheme_of
 from edgetune.plan.scheme import UpdateScheme
 from edgetune.plan.search import (
+    Cost,
     Costs,
     Item,
     Plan,
@@ -36,16 +37,23 @@ ITEMS = [
 ]
 
 
-def brute_force(budget: float) -> float:
+# step times (forwards), in whole tenths so that a limit's cells are exact
+DEPTH_TIME = {0: 0.3, 1: 0.2, 2: 0.1}
+TIMES = [0.1, 0.1, 0.2, 0.0, 0.1, 0.1, 0.0, 0.2, 0.0]
+TIMED = [Item(it.candidate, it.gain, it.cost, t) for it, t in zip(ITEMS, TIMES, strict=True)]
+
+
+def brute_force(budget: float, items=ITEMS, max_step: float = float("inf")) -> float:
     best = 0.0
-    for n in range(1, len(ITEMS) + 1):
-        for subset in itertools.combinations(ITEMS, n):
+    for n in range(1, len(items) + 1):
+        for subset in itertools.combinations(items, n):
             groups = [it.group for it in subset]
             if len(set(groups)) < len(groups):  # one fraction per unit and block
                 continue
-            cost = BASE + DEPTH[min(it.candidate.layer for it in subset)]
-            cost += sum(it.cost for it in subset)
-            if cost <= budget:
+            l0 = min(it.candidate.layer for it in subset)
+            cost = BASE + DEPTH[l0] + sum(it.cost for it in subset)
+            step = 1.0 + DEPTH_TIME[l0] + sum(it.time for it in subset)
+            if cost <= budget and step <= max_step + 1e-9:
                 best = max(best, sum(it.gain for it in subset))
     return best
 
@@ -65,6 +73,25 @@ def test_knapsack_matches_brute_force(budget):
         assert len({it.group for it in chosen}) == len(chosen)
 
 
+@pytest.mark.parametrize("budget", [6, 10, 15, 25, 40])
+@pytest.mark.parametrize("max_step", [1.1, 1.2, 1.3, 1.5])
+def test_knapsack_with_a_step_limit_matches_brute_force(budget, max_step):
+    # Execute: memory and step time, each within its limit (time cells of 0.01 forwards)
+    costs = Costs(BASE, DEPTH, 1.0, DEPTH_TIME)
+    cells = round((max_step - 1.0) * 100)
+    per_depth = knapsack(TIMED, costs, budget, resolution=1000, max_step=max_step,
+                         time_resolution=cells)  # fmt: skip
+    # Assert: the best summed gain under both limits, and every choice within both
+    best = max((g for _, g in per_depth.values()), default=0.0)
+    assert best == pytest.approx(brute_force(budget, TIMED, max_step))
+    for l0, (chosen, _) in per_depth.items():
+        assert BASE + DEPTH[l0] + sum(it.cost for it in chosen) <= budget
+        assert 1.0 + DEPTH_TIME[l0] + sum(it.time for it in chosen) <= max_step + 1e-9
+    # the limit binds: without it, more gain fits where the budget allows
+    if budget >= 25:
+        assert brute_force(budget) > brute_force(budget, TIMED, 1.3)
+
+
 def _table(gains: dict[str, float], head: bool = True) -> ContributionTable:
     t = ContributionTable("m", "d", "classify", 2, head, True, 2.0, 1.5, 4)
     t.entries = {k: Entry(k, g, True) for k, g in gains.items()}
@@ -73,21 +100,27 @@ def _table(gains: dict[str, float], head: bool = True) -> ContributionTable:
 
 GAINS = {"qkv@1x1": 0.3, "ffn1@1x1": 0.2, "bias@1x0": 0.05, "qkv@0x1": 0.4, "bias@0x0": 0.01}
 WEIGHT = {"qkv": 30.0, "ffn1": 40.0}
+STEP = {"qkv": 0.1, "ffn1": 0.2}
 
 
-def _exact(scheme: UpdateScheme) -> float:
-    """A toy exact cost: head 10, depth 20 per block opened, weights by unit."""
+def _exact(scheme: UpdateScheme) -> Cost:
+    """A toy exact forecast: memory head 10, depth 20 per block opened, weights by unit; step
+    1 forward, 0.1 per block opened, weights' gradients by unit."""
     low = scheme.lowest_layer()
-    cost = 10.0 + (0 if low is None else 20.0 * (2 - low))
-    return cost + sum(WEIGHT.get(u.unit, 0.0) * u.weight_fraction for u in scheme.updates)
+    opened = 0 if low is None else 2 - low
+    memory = 10.0 + 20.0 * opened
+    memory += sum(WEIGHT.get(u.unit, 0.0) * u.weight_fraction for u in scheme.updates)
+    step = 1.0 + 0.1 * opened + sum(STEP.get(u.unit, 0.0) * u.weight_fraction
+                                    for u in scheme.updates)  # fmt: skip
+    return Cost(memory, step)
 
 
 def test_search_picks_the_best_scheme_under_the_exact_cost():
     best = search(_table(GAINS), _exact, budget=100.0)
     scheme = best.scheme
     # qkv@1 + ffn1@1 (+ bias@1): 10 + 20 + 70 = 100 beats qkv@0: 10 + 40 + 30 = 80, gain 0.41
-    assert best.gain == pytest.approx(0.55) and best.cost == 100.0
-    assert _exact(scheme) <= 100.0
+    assert best.gain == pytest.approx(0.55) and best.cost.memory == 100.0
+    assert _exact(scheme).memory <= 100.0
     assert {(u.unit, u.layer, u.weight_fraction) for u in scheme.updates if u.weight_fraction} >= {
         ("qkv", 1, 1.0),
         ("ffn1", 1, 1.0),
@@ -183,13 +216,13 @@ def test_summed_gain_takes_each_weight_at_the_largest_analysed_fraction_below_it
     assert summed_gain(table, scheme_of(picked, True, True)) == pytest.approx(0.55)
 
 
-def _exact_peak(scheme: UpdateScheme) -> float:
+def _exact_peak(scheme: UpdateScheme) -> Cost:
     """A toy sub-additive cost: the weights' share is the largest one, not their sum."""
     low = scheme.lowest_layer()
     cost = 10.0 + (0 if low is None else 20.0 * (2 - low))
-    return cost + max(
+    return Cost(cost + max(
         [WEIGHT.get(u.unit, 0.0) * u.weight_fraction for u in scheme.updates], default=0.0
-    )
+    ))  # fmt: skip
 
 
 def test_a_builtin_that_fits_exactly_beats_the_additive_knapsack():
@@ -200,7 +233,7 @@ def test_a_builtin_that_fits_exactly_beats_the_additive_knapsack():
     assert "last-1" in names and "last-2" not in names  # last-2 (both blocks) costs 90
     best = search(_table(GAINS), _exact_peak, budget=80.0)
     assert best.scheme.name == "last-1" and best.gain == pytest.approx(0.55)
-    assert all(o.cost <= 80.0 for o in options)
+    assert all(o.cost.memory <= 80.0 for o in options)
     assert [o.gain for o in options] == sorted((o.gain for o in options), reverse=True)
 
 
@@ -234,7 +267,7 @@ def test_a_budget_also_weighs_the_plan_of_its_half():
 
     def judge(schemes):
         judged.extend(schemes)
-        return [-_exact(s) for s in schemes]
+        return [-_exact(s).memory for s in schemes]
 
     budgets = [30.0, 60.0, 120.0, 240.0]
     # Execute
@@ -246,7 +279,7 @@ def test_a_budget_also_weighs_the_plan_of_its_half():
     assert alone[-1].measured < alone[0].measured
     assert [o.measured for o in halved] == sorted(o.measured for o in halved)
     for b, o in zip(budgets, halved, strict=True):
-        assert _exact(o.scheme) <= b
+        assert _exact(o.scheme).memory <= b
     # no scheme is judged twice within one search
     judged.clear()
     search(_table(GAINS), _exact, 240.0, judge=judge)
@@ -254,12 +287,22 @@ def test_a_budget_also_weighs_the_plan_of_its_half():
     assert len(keys) == len(set(keys))
 
 
-def test_max_depth_keeps_backward_in_the_top_blocks():
-    unbounded = search(_table(GAINS), _exact, budget=100.0, max_depth=2)
-    assert unbounded.scheme.lowest_layer() == 1  # the best scheme happens to be shallow
-    options = shortlist(_table(GAINS), _exact, budget=200.0, max_depth=1)
-    assert options and all(o.scheme.lowest_layer() == 1 for o in options)
-    assert search(_table(GAINS), _exact, budget=200.0).scheme.lowest_layer() == 0
+def test_a_step_limit_keeps_every_option_within_it():
+    # Prepare: memory for everything; the best by summed gain (both blocks) steps at 1.7
+    free = search(_table(GAINS), _exact, budget=200.0)
+    assert free.scheme.lowest_layer() == 0 and free.cost.step > 1.3
+    # Execute
+    options = shortlist(_table(GAINS), _exact, budget=200.0, max_step=1.3)
+    best = search(_table(GAINS), _exact, budget=200.0, max_step=1.3)
+    # Assert: every option and the plan step within 1.3 forwards (exact forecast); the plan
+    # is the best summed gain among them: qkv@1 + biases (1 + 0.1 + 0.1), not ffn1@1 (1.3,
+    # gain 0.2 + 0.05 < 0.35)
+    assert options and all(_exact(o.scheme).step <= 1.3 + 1e-9 for o in options)
+    assert best.scheme.lowest_layer() == 1 and best.gain == pytest.approx(0.35)
+    assert best.cost.step == pytest.approx(1.2)
+    # a limit below the head alone's step (1.0) names the quickest scheme
+    with pytest.raises(EdgetuneError, match="too tight.*1.00x"):
+        search(_table(GAINS), _exact, budget=200.0, max_step=0.9)
 
 
 def test_builtins_leave_the_head_and_bias_only_where_the_model_has_none():

@@ -45,6 +45,12 @@ def plan(
     device: str | None = typer.Option(
         None, help="Device profile (`edgetune devices`): its memory minus the weights."
     ),
+    max_step: float | None = typer.Option(
+        None, help="Step time limit in forward passes (the cost model's FLOPs), e.g. 1.25."
+    ),
+    verify: int = typer.Option(
+        0, help="Fine-tune the best N shortlisted schemes jointly; keep the best measured."
+    ),
     out: Path = typer.Option(Path("plan.yaml"), help="Scheme YAML to write (with its forecast)."),
     seq_len: int = typer.Option(128, help="Tokens per example (analysis and forecast)."),
     batch_size: int = typer.Option(16, help="Examples per step the forecast is for."),
@@ -74,6 +80,8 @@ def plan(
 
         edgetune plan --model smollm2-135m --data brown --device rpi4 --layers 20,25,29
 
+        edgetune plan --budget 48MB --max-step 1.25 --verify 4 --out fast.yaml
+
         edgetune finetune --method sparse method.scheme=plan.yaml ...
     """
     from edgetune.config import load_config
@@ -98,8 +106,16 @@ def plan(
         fraction_layers=_layers(fraction_layers, "fraction-layers"),
         fractions=_fractions(fractions),
     )
+    if max_step is not None and max_step < 1:
+        raise EdgetuneError(
+            f"--max-step counts forward passes and must be at least 1, got {max_step:g}"
+        )
+    if verify < 0:
+        raise EdgetuneError(f"--verify must be 0 or more, got {verify}")
     console = Console(stderr=True)
-    result, table = make_plan(cfg, budget, device, settings, cache, console)
+    result, table = make_plan(
+        cfg, budget, device, settings, cache, console, max_step=max_step, verify=verify
+    )
     result.save(out)
     if plot:
         plot_gains(table, plot)
@@ -109,6 +125,7 @@ def plan(
                 {
                     "scheme": result.scheme.to_dict(),
                     "gain": result.gain,
+                    "measured_gain": result.measured_gain,
                     "budget_bytes": result.budget,
                     "forecast": result.forecast,
                 }
@@ -127,7 +144,9 @@ def plan(
     out_console.print(
         f"forecast (batch {f['batch']}, {f['seq']} tokens): training memory "
         f"{human_bytes(f['training_bytes'])}, peak {human_bytes(f['peak_bytes'])}, "
+        f"step {f['step_forwards']:.2f}x a forward (FLOPs), "
         f"{f['trained_params'] / 1e6:.2f}M trained parameters; predicted held-out loss gain "
         f"{result.gain:.4f}"
+        + ("" if result.measured_gain is None else f", measured {result.measured_gain:.4f}")
     )
     out_console.print(f"wrote {out}")

@@ -41,6 +41,7 @@ class Inputs:
     tgt_seq: int = 0  # decoder target length of an encoder-decoder
     head: str = "lm"  # lm | classifier | none
     n_labels: int = 2
+    scored: float = 1.0  # share of positions the loss scores: a causal LM forms logits there only
 
 
 def record(s: ModelShape, tape: Tape, tr: Trainability, inp: Inputs) -> None:
@@ -236,6 +237,10 @@ def _head(
             x = tape.norm(x, rows, s.norm, th)
         elif s.kind == ENCODER_DECODER and s.tied:  # T5 rescales by d^-1/2: a new tensor
             x = tape.pointwise(x)
+        if s.kind == DECODER and inp.scored < 1.0:  # hidden_states[labelled positions]
+            width = x.numel // rows
+            rows = max(1, round(rows * inp.scored))
+            x = tape.copy(x, rows * width)
         key = TOKENS if s.tied else None  # a tied decoder is the token table, counted once
         return tape.linear(x, rows, s.emb_width, s.vocab, th, s.kind == ENCODER, key), rows
     if inp.head != "classifier":

@@ -178,11 +178,16 @@ def step_cost(
     lora_rank: int = 8,
     lora_units: tuple[str, ...] = ("q", "v"),
     softmax_jacobian: bool = False,
+    scored: float = 1.0,
 ) -> StepCost:
     """Predict one training step of `method` on `s`. `softmax_jacobian` switches to the seed
-    paper's convention of a full softmax Jacobian product in the backward."""
+    paper's convention of a full softmax Jacobian product in the backward. `scored`: the share
+    of positions the loss scores; a decoder's LM head forms logits there only (a prompt's
+    positions and padding are skipped, `edgetune.methods.base.forward_loss`)."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
+    if not 0 < scored <= 1:
+        raise EdgetuneError(f"the scored share of positions must lie in (0, 1], got {scored}")
     if optimizer not in OPTIMIZER_STATES:
         raise EdgetuneError(
             f"unknown optimizer {optimizer!r}; choose {', '.join(OPTIMIZER_STATES)}"
@@ -192,7 +197,7 @@ def step_cost(
                             "from the output error")  # fmt: skip
     p = precision or Precision()
     act = p.nbytes("activations")
-    inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels)
+    inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels, scored)
     tr = _trainability(method, head, scheme, lora_rank, lora_units)
     tape = Tape(act, softmax_jacobian)
     record(s, tape, tr, inp)

@@ -144,16 +144,20 @@ def _timed(fn) -> float:
 
 
 def _forward(model, batch, train_mode: bool = False) -> None:
+    """The training step's forward and loss (`forward_loss`: logits at the scored positions
+    only, where the step forms only those) without autograd."""
     import torch
+
+    from edgetune.methods.base import forward_loss
 
     model.train(train_mode)
     with torch.no_grad():
-        model(**batch)
+        forward_loss(model, batch)
 
 
 def inference_seconds(model, batch) -> float:
-    """Seconds of one eval-mode forward without autograd on `batch`, the training step's
-    physical floor; the model is left in train mode."""
+    """Seconds of one eval-mode forward (with the step's loss) without autograd on `batch`,
+    the training step's physical floor; the model is left in train mode."""
     seconds = _timed(lambda: _forward(model, batch))
     model.train()
     return seconds

@@ -7,6 +7,7 @@ a model and `MethodSettings`; they are protocols, not subclasses of a base class
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,8 +98,41 @@ def lr_lambda(settings: MethodSettings):
 
 
 def forward_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """The model's own loss on a batch (HF models compute it from `labels`)."""
-    return model(**batch).loss
+    """The model's loss on a batch: its own (HF models compute it from `labels`) or, for a
+    causal LM whose loss skips positions (a prompt's, padding), the same mean cross-entropy
+    with logits formed only where a label is: the head over the vocabulary runs on the
+    scored rows, forward and backward, and the (rows, vocab) logits of the rest never exist."""
+    mask = scored_positions(model, batch)
+    if mask is None:
+        return model(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=mask).logits  # (scored rows, vocab)
+    targets = batch["labels"][:, 1:][mask[:, :-1]]  # position t predicts token t + 1
+    return nn.functional.cross_entropy(logits.float(), targets)
+
+
+def scored_positions(model: nn.Module, batch: Batch) -> torch.Tensor | None:
+    """(batch, seq) bool: the positions whose next token is labelled, where `model` is a
+    causal LM that can form logits at chosen positions only (`logits_to_keep`) and the
+    labels skip at least one position; None where the model's own loss is as cheap."""
+    labels = batch.get("labels")
+    if labels is None or labels.ndim != 2 or not _keeps_logits(model):
+        return None
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    if not mask.any() or bool(mask[:, :-1].all()):
+        return None
+    return mask
+
+
+def _keeps_logits(model: nn.Module) -> bool:
+    """Whether `model` (or the model a PEFT wrapper holds) is a causal LM that takes
+    `logits_to_keep`."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(inner, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def check_finite(loss: float) -> None:

@@ -161,6 +161,9 @@ class ContributionTable:
     loss_start: float  # held-out loss of the untouched model
     loss_base: float  # ... after training the base alone
     n_labels: int = 0  # classes of a classifier (0: a language model)
+    scored: float = 1.0
+    """Share of the training positions the loss scores (a causal LM forms logits only there:
+    `edgetune.methods.base.forward_loss`); what the forecasts take for the LM head."""
     entries: dict[str, Entry] = field(default_factory=dict)
     schemes: dict[str, Entry] = field(default_factory=dict)
     """Whole schemes fine-tuned jointly by `measure_schemes`, by `scheme_key` (which is also
@@ -307,15 +310,28 @@ def _prepare(cfg: RunConfig, s: AnalysisSettings, cache: Path | None) -> _Runs:
     path = (cache or cache_dir() / "plan") / f"contribution-{_fingerprint(cfg, s)}.json"
     if path.is_file():
         table = ContributionTable.from_json(path.read_text())
+        table.scored = _scored_share(model, train)
         return _Runs(model, train, held_out, s, table, path)
     loss0, _ = _eval_loss(model, held_out)
     base = UpdateScheme((UnitUpdate("head"),), "base") if head else None
     loss_b = train_and_eval(model, base, train, held_out, s.lr, s.seed)[0] if base else loss0
     about = (cfg.model.name, cfg.data.name, data.task, n_layers, head, has_bias)
-    table = ContributionTable(*about, loss0, loss_b, len(data.labels))
+    table = ContributionTable(*about, loss0, loss_b, len(data.labels), _scored_share(model, train))
     runs = _Runs(model, train, held_out, s, table, path)
     runs.save()
     return runs
+
+
+def _scored_share(model: nn.Module, train: list[dict]) -> float:
+    """Share of the training batches' positions whose logits the loss forms."""
+    from edgetune.methods.base import scored_positions
+
+    kept = total = 0
+    for batch in train:
+        mask = scored_positions(model, batch)
+        kept += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        total += batch["input_ids"].numel()
+    return kept / total if total else 1.0
 
 
 def analyze(

@@ -26,8 +26,13 @@ an upper bound of the exact one (a step's peak is a max over phases), so a built
 where the knapsack thinks it does not; and summed gains ignore that units trained together
 overlap (summing favours deep schemes: more units to sum), so with a `judge` (a short joint
 fine-tune of each scheme, `measure_schemes`) the best *measured* of the shortlist's best
-schemes for several lowest blocks wins. `max_depth` bounds how many blocks backward may run
-through, i.e. the step time.
+schemes for several lowest blocks wins.
+
+`max_step` bounds the step time too, in the cost model's terms: a step's FLOPs at most
+`max_step` times a forward's. Step time is additive in the same way (the backward of the
+frozen path down to l0, plus each trained weight's gradient), so the knapsack becomes a
+two-constraint one, memory and time, solved by the same dynamic programming over a grid of
+both; the exact forecast is checked against both limits.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from rich.console import Console
@@ -88,13 +94,23 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+class Cost(NamedTuple):
+    """A scheme's forecast: training memory (bytes) and step time (step FLOPs over a
+    forward's, so 1.0 is a forward alone)."""
+
+    memory: float
+    step: float = 1.0
+
+
 @dataclass(frozen=True)
 class Item:
-    """A candidate with its gain and its memory cost on top of its block's depth cost."""
+    """A candidate with its gain and its memory cost (and step time, in forwards) on top of
+    its block's depth cost."""
 
     candidate: Candidate
     gain: float
     cost: float
+    time: float = 0.0
 
     @property
     def group(self) -> tuple[str, int]:
@@ -107,55 +123,82 @@ class Costs:
 
     base: float  # the base alone (head, or nothing)
     depth: dict[int, float]  # opening backward down to block l
+    base_time: float = 1.0  # the base's step, in forwards
+    depth_time: dict[int, float] = field(default_factory=dict)  # backward down to block l
+
+
+Exact = Callable[[UpdateScheme], Cost]
+"""The cost model's forecast of a whole scheme (`plan_from_table` builds one)."""
 
 
 def knapsack(
-    items: Sequence[Item], costs: Costs, budget: float, resolution: int = 4000
+    items: Sequence[Item],
+    costs: Costs,
+    budget: float,
+    resolution: int = 4000,
+    max_step: float | None = None,
+    time_resolution: int = 100,
 ) -> dict[int, tuple[list[Item], float]]:
     """For each lowest block l0 that fits, the items of most summed gain with
-    base + depth(l0) + sum(cost) <= budget, at most one item per (unit, block), all in blocks
-    >= l0. Costs (bytes) are rounded *up* to cells of max(1, room / resolution) bytes, so the
-    result always fits; it is exact when the costs are whole numbers and the room is at most
-    `resolution` bytes. Lowest blocks where no item of positive gain fits are left out."""
+    base + depth(l0) + sum(cost) <= budget and, with `max_step`, base_time + depth_time(l0) +
+    sum(time) <= max_step; at most one item per (unit, block), all in blocks >= l0. Costs
+    (bytes) are rounded *up* to cells of max(1, room / resolution) bytes and times to cells of
+    (max_step - base_time) / time_resolution, so the result always fits; it is exact when the
+    costs are whole numbers, the room is at most `resolution` bytes and the times are whole
+    cells. Lowest blocks where no item of positive gain fits are left out."""
     out: dict[int, tuple[list[Item], float]] = {}
+    # time cells of one size for every l0 (none without a limit: every item 0 cells); a limit
+    # at the base's own step admits only items that add no time
+    t_unit = math.inf
+    if max_step is not None:
+        t_unit = (
+            (max_step - costs.base_time) / time_resolution if max_step > costs.base_time else 1.0
+        )
     for l0 in sorted(costs.depth):
         room = budget - costs.base - costs.depth[l0]
-        if room < 0:
+        t_room = 0.0
+        if max_step is not None:
+            t_room = max_step - costs.base_time - costs.depth_time.get(l0, 0.0)
+        if room < 0 or t_room < -1e-12:
             continue
         unit = max(room / resolution, 1.0)  # bytes per cell; whole bytes stay exact
         cells = int(room // unit)
-        groups: dict[tuple[str, int], list[tuple[int, Item]]] = {}
+        t_cells = max(0, math.floor(round(t_room / t_unit, 9)))
+        groups: dict[tuple[str, int], list[tuple[int, int, Item]]] = {}
         for it in items:
             c = math.ceil(round(it.cost / unit, 9))
-            if it.candidate.layer >= l0 and it.gain > 0 and c <= cells:
-                groups.setdefault(it.group, []).append((c, it))
-        chosen, gain = _multiple_choice(list(groups.values()), cells)
+            t = 0 if it.time <= 0 else math.ceil(round(it.time / t_unit, 9))
+            if it.candidate.layer >= l0 and it.gain > 0 and c <= cells and t <= t_cells:
+                groups.setdefault(it.group, []).append((c, t, it))
+        chosen, gain = _multiple_choice(list(groups.values()), cells, t_cells)
         if chosen:
             out[l0] = (chosen, gain)
     return out
 
 
-def _multiple_choice(groups: list[list[tuple[int, Item]]], cap: int):
-    """Multiple-choice knapsack DP over exact used capacity: at most one option per group."""
-    dp = np.full(cap + 1, -np.inf)
-    dp[0] = 0.0
+def _multiple_choice(groups: list[list[tuple[int, int, Item]]], cap: int, t_cap: int):
+    """Multiple-choice knapsack DP over exact used capacity in memory and time cells: at
+    most one option per group."""
+    dp = np.full((t_cap + 1, cap + 1), -np.inf)
+    dp[0, 0] = 0.0
     choices = []
     for options in groups:
-        new, choice = dp.copy(), np.full(cap + 1, -1, dtype=np.int32)
-        for j, (c, it) in enumerate(options):
-            cand = np.full(cap + 1, -np.inf)
-            cand[c:] = dp[: cap + 1 - c] + it.gain
+        new, choice = dp.copy(), np.full(dp.shape, -1, dtype=np.int32)
+        for j, (c, t, it) in enumerate(options):
+            cand = np.full(dp.shape, -np.inf)
+            cand[t:, c:] = dp[: t_cap + 1 - t, : cap + 1 - c] + it.gain
             better = cand > new
             new[better], choice[better] = cand[better], j
         dp = new
         choices.append(choice)
-    at = int(np.argmax(dp))
-    gain, chosen = float(dp[at]), []
+    t_at, at = np.unravel_index(int(np.argmax(dp)), dp.shape)
+    gain, chosen = float(dp[t_at, at]), []
     for options, choice in zip(reversed(groups), reversed(choices), strict=True):
-        j = int(choice[at])
+        j = int(choice[t_at, at])
         if j >= 0:
-            chosen.append(options[j][1])
+            chosen.append(options[j][2])
             at -= options[j][0]
+            t_at -= options[j][1]
     return chosen, gain
 
 
@@ -184,12 +227,12 @@ class Plan:
 
 @dataclass(frozen=True)
 class Option:
-    """A scheme the search weighs: its summed gain, its exact training memory and, once a
-    judge has run it, its measured joint gain."""
+    """A scheme the search weighs: its summed gain, its exact forecast and, once a judge has
+    run it, its measured joint gain."""
 
     scheme: UpdateScheme
     gain: float
-    cost: float
+    cost: Cost
     measured: float | None = None
 
 
@@ -233,101 +276,134 @@ def builtin_schemes(n_layers: int, head: bool, has_bias: bool) -> list[UpdateSch
 
 def shortlist(
     table: ContributionTable,
-    exact: Callable[[UpdateScheme], float],
+    exact: Exact,
     budget: float,
-    max_depth: int | None = None,
+    max_step: float | None = None,
     tries: int = 8,
 ) -> list[Option]:
-    """Schemes of `table` whose exact training memory `exact(scheme)` fits `budget`, best
-    summed gain first: the knapsack's best for each lowest block (searched again under a
-    budget lowered by the excess while the exact forecast is over) and every built-in that
-    fits and opens backward no lower than the lowest measured block. `max_depth`: backward
-    runs through at most that many blocks. Raises EdgetuneError naming the smallest scheme
-    when nothing fits."""
+    """Schemes of `table` whose exact forecast `exact(scheme)` fits `budget` (training memory)
+    and, with `max_step`, whose step is at most that many forwards; best summed gain first:
+    the knapsack's best for each lowest block (searched again under limits lowered by the
+    excess while the exact forecast is over) and every built-in that fits and opens backward
+    no lower than the lowest measured block. Raises EdgetuneError naming the smallest (or
+    quickest) scheme when nothing fits."""
     head, hb, n = table.head, table.has_bias, table.n_layers
-    lowest = 0 if max_depth is None else max(0, n - max_depth)
     base_scheme = scheme_of([], head, hb, "base")
-    base = exact(base_scheme) if head else 0.0
-    depth, extra = {}, {}
-    for layer in range(lowest, n):
+    base = exact(base_scheme) if head else Cost(0.0)
+    depth, depth_time, extra, extra_time = {}, {}, {}, {}
+    for layer in range(n):
         bias = Candidate("bias", layer, 0.0)
-        depth[layer] = exact(scheme_of([bias], head, hb)) - base
+        opened = exact(scheme_of([bias], head, hb))
+        depth[layer] = opened.memory - base.memory
+        depth_time[layer] = opened.step - base.step
         for key in table.entries:
             c = Candidate.from_key(key)
             if c.layer == layer and c.unit != "bias":
-                extra[key] = max(0.0, exact(scheme_of([bias, c], head, hb)) - base - depth[layer])
-    smallest = base if head else min(depth.values())
-    if budget < smallest:
-        what = "training the head alone" if head else "the biases of the cheapest block"
-        raise EdgetuneError(
-            f"memory budget {human_bytes(budget)} is too small: the smallest scheme "
-            f"({what}) needs {human_bytes(smallest)} of training memory"
-        )
+                with_c = exact(scheme_of([bias, c], head, hb))
+                extra[key] = max(0.0, with_c.memory - opened.memory)
+                extra_time[key] = max(0.0, with_c.step - opened.step)
+    _check_limits(table, base, depth, depth_time, budget, max_step)
     items = [
-        Item(Candidate.from_key(k), e.gain, extra.get(k, 0.0))
+        Item(Candidate.from_key(k), e.gain, extra.get(k, 0.0), extra_time.get(k, 0.0))
         for k, e in table.entries.items()
-        if Candidate.from_key(k).layer >= lowest
     ]
     found: dict[str, Option] = {}
 
-    def keep(scheme: UpdateScheme, gain: float) -> bool:
-        cost = exact(scheme)
-        if cost <= budget:
-            found.setdefault(scheme_key(scheme), Option(scheme, gain, cost))
-        return cost <= budget
+    def fits(cost: Cost) -> bool:
+        return cost.memory <= budget and (max_step is None or cost.step <= max_step)
 
-    for l0, d in depth.items():
-        target = budget
+    def keep(scheme: UpdateScheme, gain: float) -> Cost:
+        cost = exact(scheme)
+        if fits(cost):
+            found.setdefault(scheme_key(scheme), Option(scheme, gain, cost))
+        return cost
+
+    for l0 in depth:
+        costs = Costs(base.memory, {l0: depth[l0]}, base.step, {l0: depth_time[l0]})
+        target, t_target = budget, max_step
         for _ in range(tries):
-            picked = knapsack(items, Costs(base, {l0: d}), target).get(l0)
+            picked = knapsack(items, costs, target, max_step=t_target).get(l0)
             if picked is None:
                 break
             chosen, gain = picked
             scheme = scheme_of([it.candidate for it in chosen], head, hb, "planned")
-            if keep(scheme, gain):
+            cost = keep(scheme, gain)
+            if fits(cost):
                 break
-            target -= exact(scheme) - budget + 0.01 * budget
+            if cost.memory > budget:
+                target -= cost.memory - budget + 0.01 * budget
+            if t_target is not None and cost.step > t_target:
+                t_target -= cost.step - t_target + 0.01 * (t_target - base.step)
     # built-ins too, but never opening backward below the lowest measured block (the
     # knapsack does not either: its gains are 0 there)
     measured = [Candidate.from_key(k).layer for k, e in table.entries.items() if e.measured]
-    floor = max(lowest, min(measured, default=0))
+    floor = min(measured, default=0)
     for scheme in builtin_schemes(n, head, hb):
         if (n if (low := scheme.lowest_layer()) is None else low) >= floor:
             keep(scheme, summed_gain(table, scheme))
     if not found:  # nothing with a positive gain fits: the cheapest fitting scheme
         if head:
             return [Option(base_scheme, 0.0, base)]
-        layer = min(depth, key=lambda m: depth[m])
+        ok = [m for m in depth if fits(Cost(base.memory + depth[m], base.step + depth_time[m]))]
+        layer = min(ok, key=lambda m: depth[m])
         scheme = scheme_of([Candidate("bias", layer, 0.0)], head, hb, "planned")
         return [Option(scheme, table.gain(Candidate("bias", layer, 0.0)), exact(scheme))]
-    return sorted(found.values(), key=lambda o: (-o.gain, o.cost))
+    return sorted(found.values(), key=lambda o: (-o.gain, o.cost.memory))
+
+
+def _check_limits(
+    table: ContributionTable,
+    base: Cost,
+    depth: dict[int, float],
+    depth_time: dict[int, float],
+    budget: float,
+    max_step: float | None,
+) -> None:
+    """Raise EdgetuneError when not even the smallest (or quickest) scheme fits."""
+    what = "training the head alone" if table.head else "the biases of the cheapest block"
+    smallest = base.memory if table.head else base.memory + min(depth.values())
+    if budget < smallest:
+        raise EdgetuneError(
+            f"memory budget {human_bytes(budget)} is too small: the smallest scheme "
+            f"({what}) needs {human_bytes(smallest)} of training memory"
+        )
+    if max_step is None:
+        return
+    ok = [m for m in depth if base.memory + depth[m] <= budget]
+    quickest = base.step if table.head else base.step + min(depth_time[m] for m in ok)
+    if max_step < quickest:
+        what = "training the head alone" if table.head else "the biases of the last block"
+        raise EdgetuneError(
+            f"step limit {max_step:g}x a forward is too tight: the quickest scheme ({what}) "
+            f"is forecast at {quickest:.2f}x"
+        )
 
 
 def search(
     table: ContributionTable,
-    exact: Callable[[UpdateScheme], float],
+    exact: Exact,
     budget: float,
-    max_depth: int | None = None,
+    max_step: float | None = None,
     judge: Judge | None = None,
     top: int = 4,
     halving: bool = True,
 ) -> Option:
-    """The planned scheme within `budget` (exact training memory): the shortlisted scheme of
-    most summed gain or, with a `judge`, the best *measured* of the contenders: the
-    shortlist's best scheme for up to `top` lowest blocks, those blocks spread evenly from
-    the deepest to the shallowest (depth is what summed gains favour: deeper schemes have
-    more units to sum), and, with `halving`, the plan of half this budget (planned the same
-    way, down to the smallest budget anything fits). A smaller budget's plan fits this one
-    too, so a budget never plans worse, as judged, than its half, its quarter, and so on.
-    Its scheme is named `planned`, or after the built-in it is."""
-    options = shortlist(table, exact, budget, max_depth)
+    """The planned scheme within `budget` (exact training memory) and `max_step` (forwards
+    per step): the shortlisted scheme of most summed gain or, with a `judge`, the best
+    *measured* of the contenders: the shortlist's best scheme for up to `top` lowest blocks,
+    those blocks spread evenly from the deepest to the shallowest (depth is what summed gains
+    favour: deeper schemes have more units to sum), and, with `halving`, the plan of half
+    this budget (planned the same way, down to the smallest budget anything fits). A smaller
+    budget's plan fits this one too, so a budget never plans worse, as judged, than its half,
+    its quarter, and so on. Its scheme is named `planned`, or after the built-in it is."""
+    options = shortlist(table, exact, budget, max_step)
     if judge is None:
         return options[0]
     levels = [_spread(options, table.n_layers, top)]  # this budget's contenders, then its half's
     while halving:
         budget /= 2
         try:
-            lower = shortlist(table, exact, budget, max_depth)
+            lower = shortlist(table, exact, budget, max_step)
         except EdgetuneError:  # nothing fits this small a budget
             break
         levels.append(_spread(lower, table.n_layers, top))
@@ -372,12 +448,22 @@ def model_shape_of(name: str) -> ModelShape:
 
 
 def forecast(
-    shape: ModelShape, scheme: UpdateScheme, batch: int, seq: int, head: str, n_labels: int
+    shape: ModelShape,
+    scheme: UpdateScheme,
+    batch: int,
+    seq: int,
+    head: str,
+    n_labels: int,
+    scored: float = 1.0,
 ) -> dict:
-    """The cost model's numbers for one sparse step under `scheme` (bytes, FLOPs)."""
+    """The cost model's numbers for one sparse step under `scheme` (bytes, FLOPs); `scored`:
+    the share of positions the loss scores (`ContributionTable.scored`)."""
     from edgetune.cost import step_cost
 
-    c = step_cost(shape, "sparse", batch, seq, head=head, n_labels=max(2, n_labels), scheme=scheme)
+    c = step_cost(
+        shape, "sparse", batch, seq, head=head, n_labels=max(2, n_labels), scheme=scheme,
+        scored=scored,
+    )  # fmt: skip
     m = c.memory
     return {
         "batch": batch,
@@ -390,6 +476,8 @@ def forecast(
         "activation_bytes": float(m.activations),
         "copy_bytes": float(m.copies),
         "flops": float(c.flops),
+        "forward_flops": float(c.fwd_flops),
+        "step_forwards": float(c.flops / c.fwd_flops),  # the step in forwards (FLOPs)
         "trained_params": float(c.trained_params),
     }
 
@@ -425,14 +513,14 @@ def make_plan(
     cache: Path | None = None,
     console: Console | None = None,
     whole_peak: bool = False,
-    max_depth: int | None = None,
+    max_step: float | None = None,
     verify: int = 0,
 ) -> tuple[Plan, ContributionTable]:
     """Contribution analysis (cached) of `cfg`'s model and data, then the best scheme within
     the budget at `cfg`'s batch size and sequence length. The budget is training memory
     beyond the weights; with `whole_peak` it is the step's whole peak, weights included (as
-    `edgetune finetune --budget` reads it). `max_depth` bounds the blocks backward runs
-    through; `verify` > 0 fine-tunes that many of the best shortlisted schemes jointly (the
+    `edgetune finetune --budget` reads it). `max_step` bounds the forecast step at that many
+    forwards (FLOPs); `verify` > 0 fine-tunes that many of the best shortlisted schemes jointly (the
     analysis' protocol, cached) and keeps the best measured."""
     from edgetune.cost import n_params
     from edgetune.plan.contribution import analyze, measure_schemes
@@ -447,7 +535,7 @@ def make_plan(
         return measure_schemes(cfg, schemes, settings, cache, console)
 
     plan = plan_from_table(
-        table, shape, limit, batch, seq, max_depth, judge if verify else None, verify
+        table, shape, limit, batch, seq, max_step, judge if verify else None, verify
     )
     return plan, table
 
@@ -458,23 +546,25 @@ def plan_from_table(
     budget: float,
     batch: int,
     seq: int,
-    max_depth: int | None = None,
+    max_step: float | None = None,
     judge: Judge | None = None,
     top: int = 4,
 ) -> Plan:
-    """The best scheme of an analysed table within `budget` bytes of training memory (see
-    `search`), with the cost model's forecast at this batch size and sequence length."""
+    """The best scheme of an analysed table within `budget` bytes of training memory and
+    `max_step` forwards per step (see `search`), with the cost model's forecast at this batch
+    size and sequence length."""
     head = "classifier" if table.task == "classify" else "lm"
-    known: dict[str, float] = {}  # the search asks again for the same schemes at every budget
+    known: dict[str, Cost] = {}  # the search asks again for the same schemes at every budget
 
-    def exact(scheme: UpdateScheme) -> float:
+    def exact(scheme: UpdateScheme) -> Cost:
         key = scheme_key(scheme)
         if key not in known:
-            known[key] = forecast(shape, scheme, batch, seq, head, table.n_labels)["training_bytes"]
+            f = forecast(shape, scheme, batch, seq, head, table.n_labels, table.scored)
+            known[key] = Cost(f["training_bytes"], f["step_forwards"])
         return known[key]
 
-    best = search(table, exact, budget, max_depth, judge, top)
-    fc = forecast(shape, best.scheme, batch, seq, head, table.n_labels)
+    best = search(table, exact, budget, max_step, judge, top)
+    fc = forecast(shape, best.scheme, batch, seq, head, table.n_labels, table.scored)
     return Plan(best.scheme, best.gain, budget, fc, best.measured)
 
 
