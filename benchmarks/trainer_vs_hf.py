@@ -105,7 +105,7 @@ def worker_hf(args) -> dict:
             warmup_steps=int(t.warmup_ratio * t.max_steps),
             max_steps=t.max_steps,
             max_grad_norm=t.max_grad_norm,
-            optim="adamw_torch",
+            optim="adamw_torch_fused",  # its default on torch >= 2.8, as edgetune's
             save_strategy="no",
             eval_strategy="no",
             report_to=[],

@@ -38,10 +38,11 @@ from edgetune.plan.scheme import UpdateScheme
 METHODS = ("backprop", "sparse", "pepita", "mempepita", "mezo", "lora")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 OPTIMIZER_STATES = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}
-# temporaries of one parameter's size the optimizer step makes per parameter (torch's
-# single-tensor path, the CPU default): AdamW's denominator sqrt(v) / c and its quotient; SGD
-# and its momentum update in place (no weight decay)
-OPTIMIZER_TEMPORARIES = {"adamw": 2, "sgd": 0, "sgd-momentum": 0}
+# temporaries of one parameter's size the optimizer step makes per parameter: none for AdamW,
+# which edgetune runs fused (one in-place kernel per parameter; torch's single-tensor path
+# would make two, sqrt(v) / c and the quotient); SGD and its momentum update in place (no
+# weight decay)
+OPTIMIZER_TEMPORARIES = {"adamw": 0, "sgd": 0, "sgd-momentum": 0}
 LORA_UNITS = ("q", "k", "v", "attn_out", "ffn1", "ffn2")
 
 

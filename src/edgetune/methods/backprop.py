@@ -19,6 +19,7 @@ from edgetune.methods.base import (
     lr_lambda,
     named_trainable,
 )
+from edgetune.methods.common import fused_adamw
 
 
 class Backprop:
@@ -53,13 +54,14 @@ class Backprop:
 
 
 def make_adamw(model: nn.Module, settings: MethodSettings) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on biases and norms (1-D tensors)."""
+    """AdamW over the trainable parameters; no weight decay on biases and norms (1-D tensors).
+    Fused (`fused_adamw`) where the parameters allow it."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": settings.weight_decay}]
     if rest:
         groups.append({"params": rest, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=settings.lr)
+    return torch.optim.AdamW(groups, lr=settings.lr, fused=fused_adamw([*decay, *rest]))
 
 
 def train_mode(method) -> None:
