@@ -79,7 +79,7 @@ def main(steps: int, bp_steps: int) -> None:
     )
     table = analyze(cfg, analysis, cache=RESULTS / "planning-runs" / "cache")
     shape = model_shape_of(MODEL)
-    bp = step_cost(shape, "backprop", BATCH, SEQ, head="lm").memory
+    bp = step_cost(shape, "backprop", BATCH, SEQ, head="lm", scored=table.scored).memory
     bp_bytes = bp.peak - bp.weights
     plan = plan_from_table(table, shape, bp_bytes / 4, BATCH, SEQ)
     plan.save(RESULTS / "llm_demo-scheme.yaml")

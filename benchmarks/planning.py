@@ -360,6 +360,12 @@ def summarize(key: str) -> dict | None:
         best = (max if higher else min)(fits, key=lambda r: r["metrics"][s["metric"]], default=None)
         pm = planned["metrics"][s["metric"]]
         bm = best["metrics"][s["metric"]] if best else None
+        # the issue's comparison: at the plan's own measured memory (within 5 %, the spread of
+        # repeated measurements)
+        alike = [r for r in fixed if r["training_bytes"] <= 1.05 * planned["training_bytes"]]
+        same = (max if higher else min)(alike, key=lambda r: r["metrics"][s["metric"]],
+                                        default=None)  # fmt: skip
+        sm = same["metrics"][s["metric"]] if same else None
         budgets.append(
             {
                 "fraction": frac,
@@ -378,6 +384,10 @@ def summarize(key: str) -> dict | None:
                 "best_fixed_mib": best["training_bytes"] / 2**20 if best else None,
                 "best_fixed_metric": bm,
                 "planned_wins": bm is None or (pm > bm if higher else pm < bm),
+                "same_fixed": same["name"][len(key) + 7 :] if same else None,
+                "same_fixed_mib": same["training_bytes"] / 2**20 if same else None,
+                "same_fixed_metric": sm,
+                "planned_wins_same": sm is None or (pm > sm if higher else pm < sm),
                 "shortlist": planned.get("shortlist", []),
             }
         )
@@ -409,7 +419,9 @@ def report() -> None:
         "forward after every step, on its batch, with the step's loss); the last column "
         "divides backprop's step/forward by this row's (robust to load changing between "
         "rows). Best fixed: the fixed built-in of best metric whose measured memory is "
-        "at most max(budget, the planned scheme's measured memory). Search `memory`: the "
+        "at most max(budget, the planned scheme's measured memory); at the plan's memory: "
+        "the fixed built-in of best metric whose measured memory is at most 1.05x the plan's "
+        "(the spread of repeated measurements). Search `memory`: the "
         "plan within the memory budget (`planned-F`); `memory, step <= S`: within it and a "
         "forecast step of at most S forwards (`fast-F`, `edgetune plan --max-step S`).",
         "",
@@ -438,14 +450,20 @@ def report() -> None:
             "",
             "| budget (of backprop) | budget MiB | search | plan (lowest block) | planned: "
             f"forecast / measured MiB | planned {r['metric']} | planned step / fwd: forecast / "
-            f"measured | best fixed within it | its MiB | its {r['metric']} | planned better |",
-            "|---|---:|---|---|---:|---:|---:|---|---:|---:|---|",
+            f"measured | best fixed within the budget: MiB, {r['metric']} | planned better | "
+            f"best fixed at the plan's memory: MiB, {r['metric']} | planned better |",
+            "|---|---:|---|---|---:|---:|---:|---|---|---|---|",
         ]
         for b in r["budgets"]:
             fixed = (
-                (f"{b['best_fixed']} | {b['best_fixed_mib']:.0f} | {b['best_fixed_metric']:.4g}")
+                f"{b['best_fixed']}: {b['best_fixed_mib']:.0f}, {b['best_fixed_metric']:.4g}"
                 if b["best_fixed"]
-                else "none fits | | "
+                else "none fits"
+            )
+            same = (
+                f"{b['same_fixed']}: {b['same_fixed_mib']:.0f}, {b['same_fixed_metric']:.4g}"
+                if b["same_fixed"]
+                else "none"
             )
             over = "" if b["within_budget"] else " (over)"
             search = "memory" if b["max_step"] is None else f"memory, step <= {b['max_step']:g}"
@@ -454,7 +472,8 @@ def report() -> None:
                 f"{b['plan']} ({b['lowest_layer']}) | {b['forecast_mib']:.0f} / "
                 f"{b['planned_mib']:.0f}{over} | {b['planned_metric']:.4g} | "
                 f"{_f(b['planned_step_forecast'], '.2f')} / {b['planned_step_over_forward']:.2f} | "
-                f"{fixed} | {'yes' if b['planned_wins'] else 'no'} |"
+                f"{fixed} | {'yes' if b['planned_wins'] else 'no'} | {same} | "
+                f"{'yes' if b['planned_wins_same'] else 'no'} |"
             )
         lines += [
             "",
