@@ -80,3 +80,23 @@ def test_prompted_examples_train_on_the_target_only(tiny_llama):
     assert tok.decode(prompt).endswith(SUMMARY_PROMPT)
     chat = prompt_ids(PAIRS[0], "chat", tok, 64)
     assert PAIRS[0]["text"] in tok.decode(chat)
+
+
+def test_tokenized_splits_hold_int32_arrays(tiny_llama, pairs_jsonl):
+    from edgetune.data.load import load_data
+    from edgetune.data.tasks import batches, tokenize
+
+    # Prepare
+    cfg = load_config(None, [f"data.name={pairs_jsonl}", "data.task=summarize"])
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    # Execute
+    data = tokenize(load_data(cfg.data), tok, 32, "decoder")
+    ex = data.splits["train"][0]
+    # Assert: 4 bytes a token, the same tokens as the prompted lists, and batches as before
+    expected = _prompted(dict(data.raw["train"][0]), "summarize", tok, 32)
+    assert ex["input_ids"].dtype == "int32" and ex["labels"].dtype == "int32"
+    assert ex["input_ids"].tolist() == expected["input_ids"]
+    assert ex["labels"].tolist() == expected["labels"]
+    batch = next(batches(data.splits["train"], 4, tok.pad_token_id or 0))
+    assert batch["input_ids"].dtype == torch.long
+    assert batch["input_ids"][0, : len(ex["input_ids"])].tolist() == expected["input_ids"]

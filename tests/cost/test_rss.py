@@ -39,3 +39,26 @@ def test_peak_rss_within_15_percent(measured, method):
     m = measured[method]
     assert m["measured"] > 10 * 2**20  # the step itself, not noise
     assert m["predicted"] == pytest.approx(m["measured"], rel=0.15)
+
+
+def test_heap_peak_sees_a_forward_s_live_tensors_and_not_freed_ones():
+    import torch
+
+    from edgetune.measure.memory import HeapPeak, heap_in_use_mb
+
+    if heap_in_use_mb() is None:
+        pytest.skip("glibc's mallinfo2 is not available")
+
+    class Big(torch.nn.Module):
+        def forward(self, x):
+            return x + torch.ones(16 * 2**20)  # a 64 MiB result, alive until the caller drops it
+
+    big, base = Big(), heap_in_use_mb()
+    with HeapPeak() as peak:
+        y = big(torch.zeros(1))
+        assert peak.peak_mb >= base + 60
+        del y
+    after = peak.peak_mb
+    assert heap_in_use_mb() < base + 60  # freed: out of the live heap again
+    big(torch.zeros(1))  # outside the context: not sampled
+    assert peak.peak_mb == after

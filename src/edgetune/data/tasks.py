@@ -6,6 +6,10 @@
   target only; encoder-decoder models map "summarize: text" to target.
 - chat: `text` as the user turn and `target` as the assistant turn through the tokenizer's chat
   template, loss on the assistant turn only.
+
+Token sequences are held as int32 arrays: 4 bytes a token where a list of Python ints costs
+about 36 (an 8-byte pointer and a 28-byte int object each), so a tokenized data set takes a
+ninth of the memory it would.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from datasets import DatasetDict
 from transformers import PreTrainedTokenizerBase
@@ -25,7 +30,7 @@ if TYPE_CHECKING:
 
 IGNORE = -100
 SUMMARY_PROMPT = "\nSubject:"  # decoder-only summarization cue, followed by the target
-Example = dict[str, list[int]]
+Example = dict[str, np.ndarray | int]  # token sequences (int32), or a class id
 
 
 @dataclass
@@ -74,8 +79,15 @@ def tokenize(
             examples = [_prompted(r, task, tokenizer, seq_len) for r in rows]
         if not examples:
             raise EdgetuneError(f"the {split} split is empty after tokenization")
-        splits[split] = examples
+        splits[split] = [_compact(e) for e in examples]
     return TaskData(task, splits, labels, data)
+
+
+def _compact(example: dict) -> Example:
+    """Token lists as int32 arrays; class ids stay ints."""
+    return {
+        k: np.asarray(v, dtype=np.int32) if isinstance(v, list) else v for k, v in example.items()
+    }
 
 
 def _lm_blocks(texts: list[str], tokenizer, seq_len: int) -> list[Example]:
@@ -117,7 +129,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for i, e in enumerate(examples):
-        ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        ids[i, : len(e["input_ids"])] = torch.as_tensor(e["input_ids"])
         mask[i, : len(e["input_ids"])] = 1
     batch = {"input_ids": ids, "attention_mask": mask}
     first = examples[0].get("labels")
@@ -129,7 +141,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
         lab_width = max(len(e["labels"]) for e in examples)
         labels = torch.full((len(examples), lab_width), IGNORE, dtype=torch.long)
         for i, e in enumerate(examples):
-            labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
+            labels[i, : len(e["labels"])] = torch.as_tensor(e["labels"])
         batch["labels"] = labels
     return batch
 
