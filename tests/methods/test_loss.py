@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from tiny_models import make_batch, make_model
 
 from edgetune.methods.base import forward_loss, scored_positions
-from tests.methods.tiny_models import make_batch, make_model
 
 
 def _prompted(kind: str) -> dict[str, torch.Tensor]:
