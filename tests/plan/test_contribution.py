@@ -122,6 +122,9 @@ def test_whole_schemes_are_measured_under_the_same_protocol_and_cached(cfg, tmp_
     assert gains[0] == pytest.approx(table.entries["qkv@1x1"].gain, abs=1e-6)
     assert gains[1] != pytest.approx(gains[0])
     calls.clear()
+    loads = []
+    monkeypatch.setattr(contribution, "_prepare", lambda *a: loads.append(a))
     assert measure_schemes(cfg, [last, single], s, cache=tmp_path) == gains[::-1]
-    assert calls == []
+    assert calls == [] and loads == []  # all cached: no model or data loaded
+    monkeypatch.undo()
     assert len(analyze(cfg, s, cache=tmp_path).schemes) == 2

@@ -36,7 +36,6 @@ import torch
 from edgetune.errors import EdgetuneError
 
 CODECS = ("fp32", "fp16", "int8", "topk")
-SEEDS = "seeds"
 SEP = "::"  # separates the parts of a seeds payload (mezo::seed, mezo::grad, mezo::lr)
 State = dict[str, torch.Tensor]
 Arrays = dict[str, np.ndarray]
@@ -44,12 +43,6 @@ Arrays = dict[str, np.ndarray]
 
 class MalformedUpdate(Exception):
     """An update the server refuses; the message says why."""
-
-
-def check_codec(name: str) -> str:
-    if name not in (*CODECS, SEEDS):
-        raise EdgetuneError(f"unknown compression {name!r}; choose from {', '.join(CODECS)}")
-    return name
 
 
 def delta(new: Mapping[str, torch.Tensor], old: Mapping[str, torch.Tensor]) -> State:

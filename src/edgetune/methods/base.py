@@ -7,6 +7,7 @@ a model and `MethodSettings`; they are protocols, not subclasses of a base class
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Mapping, Sequence
@@ -132,7 +133,13 @@ def _keeps_logits(model: nn.Module) -> bool:
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return _forward_takes_logits_to_keep(type(inner))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    """Read once per model class: the check runs on every training step."""
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def check_finite(loss: float) -> None:

@@ -307,7 +307,7 @@ def _prepare(cfg: RunConfig, s: AnalysisSettings, cache: Path | None) -> _Runs:
         getattr(model.get_submodule(n), "bias", None) is not None
         for n in anatomy.modules("qkv", n_layers - 1)
     )
-    path = (cache or cache_dir() / "plan") / f"contribution-{_fingerprint(cfg, s)}.json"
+    path = _table_path(cfg, s, cache)
     if path.is_file():
         table = ContributionTable.from_json(path.read_text())
         table.scored = _scored_share(model, train)
@@ -320,6 +320,11 @@ def _prepare(cfg: RunConfig, s: AnalysisSettings, cache: Path | None) -> _Runs:
     runs = _Runs(model, train, held_out, s, table, path)
     runs.save()
     return runs
+
+
+def _table_path(cfg: RunConfig, s: AnalysisSettings, cache: Path | None) -> Path:
+    """The file of the cached table of `cfg`'s analysis under `s`."""
+    return (cache or cache_dir() / "plan") / f"contribution-{_fingerprint(cfg, s)}.json"
 
 
 def _scored_share(model: nn.Module, train: list[dict]) -> float:
@@ -368,6 +373,11 @@ def measure_schemes(
     analysis' protocol: the same steps, batches, learning rate and held-out examples, so it
     compares with the table's base and with the summed gains. Cached in the table's file."""
     s = settings or AnalysisSettings()
+    path = _table_path(cfg, s, cache)
+    if path.is_file():  # every scheme measured already: no model or data to load
+        known = ContributionTable.from_json(path.read_text()).schemes
+        if all(scheme_key(sc) in known for sc in schemes):
+            return [known[scheme_key(sc)].gain for sc in schemes]
     runs = _prepare(cfg, s, cache)
     todo = [sc for sc in schemes if scheme_key(sc) not in runs.table.schemes]
     with _progress(console) as progress:

@@ -372,7 +372,7 @@ def _check_limits(
     ok = [m for m in depth if base.memory + depth[m] <= budget]
     quickest = base.step if table.head else base.step + min(depth_time[m] for m in ok)
     if max_step < quickest:
-        what = "training the head alone" if table.head else "the biases of the last block"
+        what = "training the head alone" if table.head else "the biases of the quickest block"
         raise EdgetuneError(
             f"step limit {max_step:g}x a forward is too tight: the quickest scheme ({what}) "
             f"is forecast at {quickest:.2f}x"
