@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models saved as local HF folders, small data files."""
+"""Shared fixtures: tiny random models saved as local HF folders (`tiny.folder`), small data
+files."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
-
-from edgetune.models.bundled import bundled_path
 
 TOPICS = {
     "sports": ["match", "goal", "team", "score", "coach"],
@@ -27,45 +26,17 @@ def _threads():
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer BERT classifier (random weights) with the bundled MiniLM tokenizer."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=4,
-    )
-    BertForSequenceClassification(cfg).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(bundled_path("minilm-l6")).save_pretrained(folder)
-    return folder
+    """A 2-layer BERT classifier of 4 classes (random weights, dropout on as in a real
+    checkpoint), the MiniLM tokenizer."""
+    return tiny.folder("bert", tmp_path_factory.mktemp("tiny-bert"), num_labels=4,
+                       hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
-    """A 2-layer Llama causal LM (random weights) with the bundled SmolLM2 tokenizer."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(bundled_path("smollm2-135m")).save_pretrained(folder)
-    return folder
+    """A 2-layer Llama causal LM (random weights, tied head as SmolLM2), SmolLM2's tokenizer."""
+    return tiny.folder("llama", tmp_path_factory.mktemp("tiny-llama"), pad_token_id=None,
+                       max_position_embeddings=128, tie_word_embeddings=True)  # fmt: skip
 
 
 def topic_rows(n: int, seed: int = 0) -> list[dict]:

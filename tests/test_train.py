@@ -184,13 +184,123 @@ def test_every_method_runs_in_the_loop_and_saves_a_loadable_model(
     from edgetune.models.loader import load_model
 
     out = tmp_path / method
-    cfg = _cfg(tiny_bert, topics_jsonl, out, f"train.method={method}", "train.max_steps=4")
-    if method == "sparse":
-        cfg.method = {"scheme": "last-1"}
+    extra = ["method.scheme=last-1"] if method == "sparse" else []
+    cfg = _cfg(tiny_bert, topics_jsonl, out, f"train.method={method}", "train.max_steps=4",
+               *extra)  # fmt: skip
     finetune(cfg)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["train"]["steps"] == 4 and saved["run"]["method"] == method
     loaded = load_model(str(out / "model"), "classify", num_labels=4)
-    data = tokenize(load_data(cfg.data), loaded.tokenizer, 16, loaded.kind)
+    data = tokenize(load_data(cfg.data), loaded.tokenizer, cfg.data, loaded.kind)
     again = evaluate(loaded.model, data, "test", loaded.tokenizer.pad_token_id)
     assert again["accuracy"] == pytest.approx(saved["eval"]["accuracy"])
+
+
+def test_resume_continues_from_the_run_s_own_config(tiny_bert, topics_jsonl, tmp_path):
+    """`finetune --out RUN --resume` needs no flags repeated: a run made at batch 2 x 16 on 24
+    rows continues as such; a larger --max-steps is applied and recorded; validation history
+    and the test before training survive the resume."""
+    from typer.testing import CliRunner
+
+    from edgetune.cli import app
+
+    out = tmp_path / "r"
+    args = ["finetune", "--model", str(tiny_bert), "--data", str(topics_jsonl), "--task",
+            "classify", "--batch-size", "2", "--seq-len", "16", "--max-steps", "4",
+            "data.train_samples=24", "train.eval_every=2", "train.save_every=2",
+            "train.eval_before=true", "--out", str(out)]  # fmt: skip
+    runner = CliRunner()
+    assert runner.invoke(app, args).exit_code == 0
+    first = json.loads((out / "metrics.json").read_text())
+    config_before = (out / "config.yaml").read_text()
+    result = runner.invoke(app, ["finetune", "--out", str(out), "--resume", "--max-steps", "6"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train"]["steps"] == 6 and m["run"]["total_steps"] == 6
+    assert [h["step"] for h in m["validation_history"]] == [2, 4, 6]
+    assert m["test_before"] == first["test_before"]
+    assert m["resumed"] == [{"step": 4, "changes": {"train.max_steps": 6}}]
+    cfg = load_config(out / "config.yaml")
+    assert (cfg.train.batch_size, cfg.data.seq_len, cfg.data.train_samples) == (2, 16, 24)
+    assert cfg.train.max_steps == 6
+    after = (out / "config.yaml").read_text()
+    assert config_before.replace("max_steps: 4", "max_steps: 6") == after
+
+
+def test_a_resume_with_other_settings_is_refused_and_changes_nothing(
+    tiny_bert, topics_jsonl, tmp_path
+):
+    out = tmp_path / "r"
+    finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=4"))
+    before = (out / "config.yaml").read_text()
+    other = _cfg(tiny_bert, topics_jsonl, out, "train.max_steps=6", "train.batch_size=16",
+                 "train.lr=1e-4")  # fmt: skip
+    with pytest.raises(EdgetuneError, match=r"train.batch_size: 8 in the run, 16 now.*train.lr"):
+        finetune(other, resume=True)
+    assert (out / "config.yaml").read_text() == before
+    with pytest.raises(EdgetuneError, match="nothing to resume"):
+        finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "empty"), resume=True)
+
+
+def test_the_summary_s_reproduce_line_works_as_written(
+    tiny_bert, topics_jsonl, tmp_path, monkeypatch
+):
+    import re
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from edgetune.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    finetune(_cfg(tiny_bert, topics_jsonl, "runs/a", "train.max_steps=3"))
+    summary = (tmp_path / "runs/a/summary.md").read_text()
+    command = re.search(r"reproduce it: `edgetune ([^`]+)`", summary)[1]
+    result = CliRunner().invoke(app, shlex.split(command))
+    assert result.exit_code == 0, result.output
+    first = json.loads((tmp_path / "runs/a/metrics.json").read_text())
+    again = json.loads((tmp_path / "runs/a-again/metrics.json").read_text())
+    assert again["train"]["loss_history"] == first["train"]["loss_history"]
+
+
+def test_run_files_follow_the_user_s_umask(tiny_bert, topics_jsonl, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "r"
+        finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=2"))
+    finally:
+        os.umask(old)
+    for path in (out / "model", out / "checkpoints" / "step-000002"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
+    for path in (out / "metrics.json", out / "config.yaml", out / "model" / "config.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_the_recorded_peak_includes_the_end_of_the_run(
+    tiny_bert, topics_jsonl, tmp_path, monkeypatch
+):
+    """Export and saving happen before the peak is read (and LoRA merges in place)."""
+    import edgetune.train as train_module
+
+    order = []
+    monkeypatch.setattr(train_module, "peak_rss_mb", lambda: order.append("peak") or 1.0)
+    real_dir = train_module.atomic_dir
+
+    def saving(path):
+        order.append(f"save {path.name}")
+        return real_dir(path)
+
+    monkeypatch.setattr(train_module, "atomic_dir", saving)
+    finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", "train.max_steps=2",
+                  "train.method=lora"))  # fmt: skip
+    assert order == ["peak", "save model", "peak"]  # training peak, then the whole run's
+
+
+def test_out_pointing_at_a_file_is_refused(tiny_bert, topics_jsonl, tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(EdgetuneError, match="is a file"):
+        finetune(_cfg(tiny_bert, topics_jsonl, path))

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetune.errors import EdgetuneError
+from edgetune.version import VERSION
 
 if TYPE_CHECKING:
     from edgetune.config import RunConfig
     from edgetune.train import RunResult
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 # keyword -> dotted config key, for the most used settings
 _SHORTCUTS = {
@@ -40,8 +41,6 @@ def load_config(
     config: str | Path | None = None, overrides: dict[str, Any] | None = None, **shortcuts: Any
 ) -> RunConfig:
     """A run config from an optional YAML file, dotted overrides and keyword shortcuts."""
-    import yaml
-
     from edgetune.config import load_config as _load
 
     items = dict(overrides or {})
@@ -52,11 +51,7 @@ def load_config(
             items[_SHORTCUTS[key]] = value
         else:
             raise EdgetuneError(f"unknown setting {key!r}; use overrides={{'section.key': value}}")
-    dumped = [
-        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-        for k, v in items.items()
-    ]
-    return _load(config, dumped)
+    return _load(config, items)
 
 
 def finetune(
@@ -66,11 +61,18 @@ def finetune(
     overrides: dict[str, Any] | None = None,
     **shortcuts: Any,
 ) -> RunResult:
-    """Fine-tune: `config` is a RunConfig or a YAML path; keywords as in `load_config`."""
+    """Fine-tune: `config` is a RunConfig or a YAML path; keywords as in `load_config`. With
+    `resume` and no config, the run folder's own config.yaml is the config (as the CLI)."""
     from edgetune.config import RunConfig
     from edgetune.train import finetune as _finetune
 
-    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **shortcuts)
+    if isinstance(config, RunConfig):
+        cfg = config
+    else:
+        out = shortcuts.get("out") or (overrides or {}).get("out")
+        if resume and config is None and out and (Path(out) / "config.yaml").is_file():
+            config = Path(out) / "config.yaml"
+        cfg = load_config(config, overrides, **shortcuts)
     return _finetune(cfg, resume=resume)
 
 

@@ -18,9 +18,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from edgetune import __version__
 from edgetune.errors import EdgetuneError
 from edgetune.io import atomic_dir
+from edgetune.version import VERSION
 
 FORMAT = 1
 
@@ -42,7 +42,7 @@ def save_checkpoint(
     }  # no copy: RAM is the budget
     meta = {
         "format": FORMAT,
-        "edgetune": __version__,
+        "edgetune": VERSION,
         "step": step,
         **identity,
         "tensors": {k: list(v.shape) for k, v in tensors.items()},

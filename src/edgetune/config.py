@@ -1,49 +1,76 @@
-"""Run configuration: dataclasses filled from a YAML file plus dotted `key=value` overrides.
+"""Run configuration: frozen dataclasses filled from a YAML file plus `section.key=value`
+overrides, every value read as its field's type (`edgetune.fields`).
 
-model:  {name: minilm-l6, random_init: false}
-data:   {name: reuters-r8, seq_len: 128, ...}
-train:  {method: backprop, batch_size: 16, lr: 1e-4, epochs: 1, ...}
-method: {}        # the method's own options (see docs/methods/<name>.md)
+model:     {name: minilm-l6, random_init: false}
+data:      {name: reuters-r8, seq_len: 128, ...}
+train:     {method: backprop, batch_size: 16, lr: 5e-5, epochs: 1, ...}
+method:    {}   # the method's own options, read into its options class (docs/methods/<name>.md)
+federated: {}   # `edgetune federate` only (docs/federated.md)
 out: runs/demo
+
+A config is never changed in place: `RunConfig.with_changes` returns a new one. The method's
+options are read when the config loads, so a typo in them fails before any model or data is
+loaded.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from edgetune.errors import EdgetuneError
+from edgetune.fields import Raw, build, plain
+from edgetune.methods.registry import MethodSpec, get_method
+from edgetune.units import parse_bytes
+
+TASKS = ("classify", "lm", "summarize", "chat")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+PARTITIONS = ("iid", "dirichlet")
+CODECS = ("fp32", "fp16", "int8", "topk")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "minilm-l6"  # registry name, local folder, .gguf file or hub id
     random_init: bool = False  # build from the registry spec with random weights
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
-    name: str = "reuters-r8"  # bundled data set, a file/folder (jsonl, csv, parquet) or hub id
+    name: str = "reuters-r8"  # bundled data set, a file/folder (jsonl, json, csv, parquet), hub id
     task: str | None = None  # classify | lm | summarize | chat (bundled sets know theirs)
     text_column: str = "text"
     label_column: str = "label"
     target_column: str = "target"
     seq_len: int = 128
+    target_len: int | None = None  # target tokens of an encoder-decoder (None: seq_len / 4, >= 8)
     train_samples: int | None = None  # use only the first N training rows (after a fixed shuffle)
-    eval_samples: int | None = None  # evaluate on the first N rows of validation and test
+    eval_samples: int | None = None  # evaluate on the first N examples of validation and test
+    # (rows; for lm, blocks of seq_len tokens)
 
     def __post_init__(self) -> None:
         if self.seq_len < 8:
             raise EdgetuneError(f"data.seq_len must be at least 8, got {self.seq_len}")
+        if self.task is not None and self.task not in TASKS:
+            raise EdgetuneError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        for key in ("target_len", "train_samples", "eval_samples"):
+            if (value := getattr(self, key)) is not None and value < 1:
+                raise EdgetuneError(f"data.{key} must be at least 1, got {value}")
+
+    @property
+    def target_tokens(self) -> int:
+        """Target length of an encoder-decoder: what tokenization cuts to and the forecast
+        costs."""
+        return self.target_len or max(8, self.seq_len // 4)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    method: str = "backprop"
+    method: str = "backprop"  # learning rule (`edgetune methods`)
     batch_size: int = 16
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 5e-5
@@ -60,61 +87,154 @@ class TrainConfig:
     threads: int | None = None  # torch threads; None leaves torch's default
     eval_before: bool = False  # also evaluate the test split before training
     final_eval: bool = True  # evaluate the test split at the end (benchmarks turn it off)
-    budget: str | None = None  # refuse to start if the forecast step exceeds it (e.g. 256MB)
+    budget: str | None = None  # memory a step may use, weights included (e.g. 256MB): refuse
+    # to start beyond it
     device: str | None = None  # device profile: its memory is the budget, latency is forecast
 
     def __post_init__(self) -> None:
+        get_method(self.method)
         for key in ("batch_size", "grad_accum", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise EdgetuneError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("eval_every", "save_every"):
+            if getattr(self, key) < 0:
+                raise EdgetuneError(f"train.{key} must be 0 or more, got {getattr(self, key)}")
         if self.lr <= 0:
             raise EdgetuneError(f"train.lr must be positive, got {self.lr}")
         if self.max_steps is not None and self.max_steps < 1:
             raise EdgetuneError(f"train.max_steps must be >= 1, got {self.max_steps}")
         if self.epochs <= 0:
             raise EdgetuneError(f"train.epochs must be positive, got {self.epochs}")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise EdgetuneError(f"unknown schedule {self.schedule!r}; use linear, cosine or "
+                                "constant")  # fmt: skip
+        if self.threads is not None and self.threads < 1:
+            raise EdgetuneError(f"train.threads must be >= 1, got {self.threads}")
+        if self.budget is not None:
+            parse_bytes(self.budget)
+        if self.device is not None:
+            from edgetune.cost import load_device
+
+            load_device(self.device)
 
 
-@dataclass
+@dataclass(frozen=True)
+class FederatedConfig:
+    """The `federated:` section (`edgetune federate`, docs/federated.md)."""
+
+    rounds: int = 3  # server rounds
+    clients: int = 2  # partitions of the training set (= SuperNodes)
+    local_steps: int = 10  # Method.step calls per client per round
+    strategy: str = "fedavg"  # one of STRATEGIES
+    partition: str = "iid"  # iid | dirichlet
+    alpha: float = 0.5  # Dirichlet concentration (non-IID when small)
+    compress: str = "fp32"  # fp32 | fp16 | int8 | topk (a method that sends seeds sends seeds)
+    topk_fraction: float = 0.01  # entries per tensor that topk sends
+    error_feedback: bool = True  # topk keeps what it did not send for the next round
+    network: str = "4g"  # profile for transfer times (3g, 4g, 5g, wifi, ethernet)
+    fraction_train: float = 1.0  # share of clients sampled per round
+    min_clients: int = 2  # fewest replies a round waits to sample
+    timeout: float = 600.0  # seconds a round waits for replies; late clients are left out
+    holdout: float = 0.1  # share of each client's rows kept for its own evaluation
+    max_update_ratio: float = 10.0  # reject updates with norm > ratio x global state norm
+    proximal_mu: float = 0.01  # FedProx
+    server_lr: float = 1.0  # FedAvgM server learning rate; FedAdam eta is server_lr / 100
+    server_momentum: float = 0.9  # FedAvgM
+    trim_beta: float = 0.2  # FedTrimmedAvg: share cut from each end
+    krum_byzantine: int = 0  # Krum: assumed malicious clients
+    generate_samples: int = 16  # rows scored with ROUGE (summarize)
+    device: str = "this-machine"  # device profile whose peak FLOP/s gives the MFU
+    resume: bool = False  # continue from the newest round checkpoint in `out`
+    crash_client: int = -1  # fault injection: this partition dies mid-round ...
+    crash_round: int = 1  # ... in this round
+
+    def __post_init__(self) -> None:
+        for key in ("rounds", "clients", "local_steps", "min_clients"):
+            if getattr(self, key) < 1:
+                raise EdgetuneError(f"federated.{key} must be >= 1, got {getattr(self, key)}")
+        for key, known in (("strategy", STRATEGIES), ("partition", PARTITIONS),
+                           ("compress", CODECS)):  # fmt: skip
+            if getattr(self, key) not in known:
+                raise EdgetuneError(f"unknown federated.{key} {getattr(self, key)!r}; choose "
+                                    f"from {', '.join(known)}")  # fmt: skip
+        if not 0 < self.topk_fraction <= 1 or not 0 < self.fraction_train <= 1:
+            raise EdgetuneError("federated.topk_fraction and fraction_train must be in (0, 1]")
+        if not 0 < self.holdout < 1:
+            raise EdgetuneError("federated.holdout must be in (0, 1): clients evaluate on it")
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+                             "federated": FederatedConfig}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    method: dict[str, Any] = field(default_factory=dict)
+    method: Any = None  # the options object of train.method (None: its defaults)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
     out: str = "runs/latest"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", self.spec.parse(self.method))
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The registry entry of `train.method`."""
+        return get_method(self.train.method)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {name: plain(getattr(self, name)) for name in (*SECTIONS, "method", "out")}
+        if self.federated == FederatedConfig():  # a plain run says nothing of federation
+            del out["federated"]
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        if not isinstance(data, dict):
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """A config from a mapping of sections (values typed by YAML, Python or `Raw` text)."""
+        if not isinstance(data, Mapping):
             raise EdgetuneError("a run config must be a mapping of sections")
-        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-        unknown = set(data) - {*sections, "method", "out"}
+        unknown = set(data) - {*SECTIONS, "method", "out"}
         if unknown:
-            raise EdgetuneError(f"unknown config section(s): {', '.join(sorted(unknown))}")
-        kwargs: dict[str, Any] = {}
-        for name, kind in sections.items():
-            values = data.get(name) or {}
-            known = {f.name for f in dataclasses.fields(kind)}
-            bad = set(values) - known
-            if bad:
-                raise EdgetuneError(
-                    f"unknown key(s) in {name}: {', '.join(sorted(bad))}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
-            try:
-                kwargs[name] = kind(**_coerce(kind, values))
-            except TypeError as e:
-                raise EdgetuneError(f"bad {name} config: {e}") from None
-        kwargs["method"] = dict(data.get("method") or {})
+            raise EdgetuneError(
+                f"unknown config section(s): {', '.join(sorted(map(str, unknown)))}; known: "
+                f"{', '.join([*SECTIONS, 'method', 'out'])}"
+            )
+        kwargs: dict[str, Any] = {
+            name: build(kind, data.get(name) or {}, name) for name, kind in SECTIONS.items()
+        }
+        spec = get_method(kwargs["train"].method)
+        kwargs["method"] = spec.parse(data.get("method") or {})
         if "out" in data:
-            kwargs["out"] = str(data["out"])
+            kwargs["out"] = build(_Out, {"out": data["out"]}, "run").out
         return cls(**kwargs)
+
+    def with_changes(self, overrides: Mapping[str, Any] | Sequence[str]) -> RunConfig:
+        """A new config with `section.key` values changed (the same rules as `load_config`);
+        another `train.method` without `method.*` keys starts from that method's defaults."""
+        data = self.to_dict()
+        before = data["train"]["method"]
+        _apply(data, overrides)
+        if data["train"]["method"] != before and not any(
+            str(k).startswith("method.") for k in _keys(overrides)
+        ):
+            data["method"] = {}
+        return RunConfig.from_dict(data)
+
+    def differences(self, other: RunConfig) -> dict[str, tuple[Any, Any]]:
+        """`section.key` -> (this value, the other's) for every setting that differs."""
+        mine, theirs = _flat(self.to_dict()), _flat(other.to_dict())
+        return {k: (mine.get(k), theirs.get(k)) for k in sorted({*mine, *theirs})
+                if mine.get(k) != theirs.get(k)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Out:
+    out: str
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -122,71 +242,64 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise EdgetuneError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise EdgetuneError(f"config file {path} is not valid YAML: {e}") from None
+    data = data or {}
     if not isinstance(data, dict):
         raise EdgetuneError(f"config file {path} must hold a mapping")
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then the YAML file, then `section.key=value` overrides (values parsed as YAML)."""
-    data: dict[str, Any] = RunConfig().to_dict()
-    if path is not None:
-        _merge(data, read_yaml_mapping(Path(path)))
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise EdgetuneError(f"override {item!r} is not of the form section.key=value")
-        _set_dotted(data, key.strip(), _parse_value(raw))
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | Sequence[str] = ()
+) -> RunConfig:
+    """Defaults, then the YAML file, then the overrides: `section.key=value` texts (each value
+    read as its field's type) or a mapping of `section.key` to typed values."""
+    data: dict[str, Any] = read_yaml_mapping(Path(path)) if path is not None else {}
+    _apply(data, overrides)
     return RunConfig.from_dict(data)
 
 
-def _coerce(kind: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Numbers written as YAML 1.1 strings ("1e-4") become numbers; other types are checked."""
-    types = {f.name: str(f.type) for f in dataclasses.fields(kind)}
-    out = {}
-    for key, value in values.items():
-        want = types[key]
-        if isinstance(value, str) and ("float" in want or "int" in want):
-            try:
-                value = int(value) if "int" in want and "float" not in want else float(value)
-            except ValueError:
-                raise EdgetuneError(f"{key} must be a number, got {value!r}") from None
-        if want == "bool" and not isinstance(value, bool):
-            raise EdgetuneError(f"{key} must be true or false, got {value!r}")
-        out[key] = value
-    return out
+def _keys(overrides: Mapping[str, Any] | Sequence[str]) -> list[str]:
+    if isinstance(overrides, Mapping):
+        return [str(k) for k in overrides]
+    return [item.partition("=")[0].strip() for item in overrides]
 
 
-def _parse_value(raw: str) -> Any:
-    """A YAML scalar, with numbers like 1e-3 (a string to YAML 1.1) read as floats."""
-    try:
-        value = yaml.safe_load(raw) if raw else None
-    except yaml.YAMLError:
-        return raw
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _merge(base: dict, new: dict) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
-
-
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
+def _apply(data: dict[str, Any], overrides: Mapping[str, Any] | Sequence[str]) -> None:
+    """Set each `section.key` of `overrides` in the nested mapping `data`."""
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise EdgetuneError(f"override {item!r} is not of the form section.key=value")
+            items.append((key, Raw(raw)))
+    for key, value in items:
+        key = key.strip()
+        if key == "out":
+            data["out"] = value
+            continue
+        section, _, name = key.partition(".")
+        known = ", ".join([*SECTIONS, "method", "out"])
+        if section not in (*SECTIONS, "method"):
+            raise EdgetuneError(f"unknown config section {section!r} in {key!r}; known: {known}")
+        if not name or "." in name:
+            raise EdgetuneError(f"cannot set {key!r}: write section.key=value ({known})")
+        node = data.setdefault(section, {})
         if not isinstance(node, dict):
-            raise EdgetuneError(f"cannot set {key}: {part} is not a section")
-    node[last] = value
+            raise EdgetuneError(f"cannot set {key}: {section} is not a section")
+        node[name] = value
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and not prefix:
+            out.update(_flat(value, f"{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

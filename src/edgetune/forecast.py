@@ -1,42 +1,136 @@
-"""The forecast `edgetune finetune` prints before training, and the budget check behind
-`--budget 256MB` / `--device rpi4`: the cost model's prediction of one step of this run."""
+"""The one adapter from a run to the cost model: what a step of this method, on this model and
+batch, will cost; the budget check behind `--budget` and `--device`; the model-shape resolver.
+
+    inputs = StepInputs(model_shape("minilm-l6"), batch=16, seq=128, head="classifier")
+    cost = predict(inputs, "sparse", {"scheme": "last-2"})
+    fc = session.forecast()                 # a loaded run (`edgetune.pipeline`), its budget
+    print(fc.line())                        # the line `finetune` prints before step 1
+
+`finetune`, `plan`, `cost`, `bench` and the federated MFU all ask here, so they agree. The
+method's cost traits come from its registry entry (`edgetune.methods.registry`): its `rule`,
+its optimizer and what its options mean to the cost model (`cost_inputs`).
+
+A budget is the memory the step's tensors may take, weights included: the forecast's `peak`
+(weights, gradients, optimizer state, activations and working buffers, split copies). It does
+not include the runtime's own footprint (the Python interpreter, PyTorch and the tokenizer,
+about 300-500 MiB of resident memory on a CPU), and the printed line says so. Torch-free.
+"""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
-from edgetune.cost import Device, StepCost, load_device, roofline, shape_from_config, step_cost
-from edgetune.cost.table import human, seconds
+from edgetune.cost import (
+    NAMED_SHAPES,
+    Device,
+    ModelShape,
+    Precision,
+    StepCost,
+    load_device,
+    roofline,
+    shape_from_config,
+    step_cost,
+)
 from edgetune.errors import EdgetuneError
+from edgetune.families import ENCODER_DECODER
+from edgetune.methods.registry import METHODS, get_method
+from edgetune.units import human, parse_bytes, seconds
 
-_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20,
-          "gib": 2**30}  # fmt: skip
-
-
-def parse_bytes(text: str) -> float:
-    """'256MB' -> 256e6, '1.5GiB' -> 1.5 * 2**30 (decimal and binary units, case-insensitive)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise EdgetuneError(f"cannot read {text!r} as a memory size; write e.g. 256MB or 1.5GiB")
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if value <= 0:
-        raise EdgetuneError(f"a memory budget must be positive, got {text!r}")
-    return value
+EXCLUDES = "the step's tensors, not the runtime's own memory"
 
 
+# -- shapes -----------------------------------------------------------------------------------
+def model_shape(name: str) -> ModelShape:
+    """The cost model's shape of a model, without its weights: a named paper shape
+    (`alexatm-20b`), a registry name, a local model folder (its config.json), a .gguf file
+    (its metadata) or a hub id (its config, downloaded)."""
+    if name in NAMED_SHAPES:
+        return NAMED_SHAPES[name]
+    from edgetune.models.registry import SPECS  # imports transformers' config classes
+
+    if name in SPECS:
+        return shape_from_config(SPECS[name].config().to_dict(), name)
+    path = Path(name)
+    if (path / "config.json").is_file():
+        try:
+            return shape_from_config(json.loads((path / "config.json").read_text()), name)
+        except json.JSONDecodeError as e:
+            raise EdgetuneError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+    if path.exists() and path.suffix != ".gguf":
+        raise EdgetuneError(f"{path} is not a model folder (no config.json in it)")
+    from transformers import AutoConfig
+
+    try:
+        if path.suffix == ".gguf":
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        else:
+            config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        known = ", ".join(sorted([*SPECS, *NAMED_SHAPES]))
+        raise EdgetuneError(
+            f"unknown model {name!r}: not a registry name ({known}), a local folder or a "
+            f"reachable hub id ({str(e).strip().splitlines()[0] if str(e).strip() else e})"
+        ) from None
+    return shape_from_config(config.to_dict(), name)
+
+
+# -- one step ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepInputs:
+    """What the cost model needs of a run besides its method: the model's shape, the
+    micro-batch, the head and the share of positions the loss scores."""
+
+    shape: ModelShape
+    batch: int
+    seq: int
+    head: str = "lm"  # lm | classifier | none
+    n_labels: int = 2
+    tgt_seq: int = 0  # target tokens of an encoder-decoder
+    scored: float = 1.0
+    precision: Precision = field(default_factory=Precision)
+    optimizer: str | None = None  # the method's own unless set (a cost-model experiment)
+
+
+def predict(inputs: StepInputs, method: str, options: Any = None) -> StepCost:
+    """The cost model's prediction of one step of `method` with `options` (its options object
+    or a mapping)."""
+    spec = get_method(method)
+    opts = spec.parse(options)
+    return step_cost(
+        inputs.shape,
+        spec.rule,
+        batch=inputs.batch,
+        seq=inputs.seq,
+        tgt_seq=inputs.tgt_seq if inputs.shape.kind == ENCODER_DECODER else 0,
+        head=inputs.head,
+        n_labels=max(2, inputs.n_labels),
+        precision=inputs.precision,
+        optimizer=inputs.optimizer or spec.optimizer(opts),
+        scored=inputs.scored,
+        label=spec.label(opts),
+        **spec.cost_inputs(opts, inputs.shape),
+    )
+
+
+# -- the forecast of a run and its budget -----------------------------------------------------
 @dataclass(frozen=True)
 class Forecast:
     cost: StepCost
     device: Device | None
-    budget: float | None  # bytes the step may use
+    budget: float | None  # bytes the step may use (weights included)
     latency_s: float | None
+    steps: int | None = None  # the run's optimizer steps, for its total time
 
     @property
     def fits(self) -> bool | None:
         return None if self.budget is None else self.cost.memory.peak <= self.budget
 
     def line(self) -> str:
+        """One line: FLOPs, the peak and its parts (what it includes), latency and total time
+        on the device, and the budget."""
         m = self.cost.memory
 
         def b(x: float) -> str:
@@ -45,110 +139,138 @@ class Forecast:
         parts = [
             f"forecast ({self.cost.method}, batch {self.cost.batch} x {self.cost.seq}): "
             f"{human(self.cost.flops, 'FLOP')} per step",
-            f"peak {b(m.peak)} (weights {b(m.weights)}, grads {b(m.gradients)}, optimizer "
-            f"{b(m.optimizer)}, activations {b(m.activations)}, working {b(m.workspace)}"
-            + (f", split copies {b(m.copies)})" if m.copies else ")"),
+            f"peak {b(m.peak)}, {EXCLUDES} (weights {b(m.weights)}, grads {b(m.gradients)}, "
+            f"optimizer {b(m.optimizer)}, activations {b(m.activations)}, working "
+            f"{b(m.workspace)}" + (f", split copies {b(m.copies)})" if m.copies else ")"),
         ]
         if self.device is not None:
-            parts.append(f"on {self.device.name}: {seconds(self.latency_s)} per step")
-        if self.budget is not None:
-            parts.append(
-                f"budget {human(self.budget, 'B', 1024)}: {'fits' if self.fits else 'DOES NOT FIT'}"
+            total = (
+                ""
+                if self.steps is None or self.latency_s is None
+                else (f", {seconds(self.latency_s * self.steps)} for {self.steps} steps")
             )
+            parts.append(f"on {self.device.name}: {seconds(self.latency_s)} per step{total}")
+        if self.budget is not None:
+            parts.append(f"budget {b(self.budget)}: {'fits' if self.fits else 'DOES NOT FIT'}")
         return "; ".join(parts)
 
 
-def _optimizer(method: str, options: dict) -> str:
-    if method in ("backprop", "sparse", "lora"):
-        return "adamw"
-    if method in ("pepita", "mempepita") and float(options.get("momentum", 0) or 0) > 0:
-        return "sgd-momentum"
-    return "sgd"
+def budget_bytes(budget: str | float | None, device: str | None) -> float | None:
+    """The bytes a step may use: `budget` as given, else the device's memory, else None."""
+    if budget is not None:
+        return parse_bytes(budget)
+    if device is not None:
+        dev = load_device(device)
+        if dev.memory is None:
+            raise EdgetuneError(f"device {device} has no known memory size; pass a budget")
+        return dev.memory.value
+    return None
 
 
-def forecast_step(
-    model_config: dict,
-    method: str,
-    *,
-    task: str,
-    batch: int,
-    seq: int,
-    n_labels: int = 2,
-    scheme=None,
-    options: dict | None = None,
-) -> StepCost:
-    """The cost model's prediction of one step of `method` on this model and batch."""
-    options = options or {}
-    shape = shape_from_config(model_config)
-    head = "classifier" if task == "classify" else "lm"
-    lora_units = ("q", "k", "v")
-    return step_cost(
-        shape,
-        method,
-        batch=batch,
-        seq=seq,
-        tgt_seq=max(8, seq // 4) if shape.kind == "encoder-decoder" else 0,
-        head=head,
-        n_labels=n_labels,
-        optimizer=_optimizer(method, options),
-        scheme=scheme,
-        lora_rank=int(options.get("r", 8)),
-        lora_units=lora_units,
-    )
-
-
-def forecast_run(p, budget: str | None, device: str | None) -> Forecast:
-    """The forecast of a prepared run (`edgetune.train.Prepared`), checked against the budget;
-    the alternatives named on refusal are the other methods at the same batch."""
-    from edgetune.plan.scheme import UpdateScheme
-
-    cfg = p.cfg
-    common = dict(task=p.data.task, batch=cfg.train.batch_size, seq=cfg.data.seq_len,
-                  n_labels=max(2, len(p.data.labels)))  # fmt: skip
-    config = p.loaded.model.config.to_dict()
-    cost = forecast_step(config, cfg.train.method, scheme=getattr(p.method, "scheme", None),
-                         options=cfg.method, **common)  # fmt: skip
-    n_layers = shape_from_config(config).n_layers
-    others = {
-        "sparse bias-only": ("sparse", UpdateScheme.bias_only(n_layers)),
-        "sparse qkv-ffn1-2": ("sparse", UpdateScheme.qkv_ffn1(n_layers, min(2, n_layers))),
-        "lora": ("lora", None), "mempepita": ("mempepita", None), "mezo": ("mezo", None),
-    }  # fmt: skip
-    alternatives = {
-        name: forecast_step(config, method, scheme=scheme, **common)
-        for name, (method, scheme) in others.items()
-        if method != cfg.train.method or scheme is not None
-    }
-    return check_budget(cost, budget, device, alternatives)
+def alternatives(inputs: StepInputs, exclude: str) -> dict[str, StepCost]:
+    """Every method's suggested option sets (its registry `suggestions`) at these inputs,
+    except `exclude` (the run's own label)."""
+    out = {}
+    for spec in METHODS.values():
+        for options in spec.suggestions:
+            cost = predict(inputs, spec.name, options)
+            if cost.method != exclude:
+                out[cost.method] = cost
+    return out
 
 
 def check_budget(
-    cost: StepCost, budget: str | None, device: str | None, alternatives: dict[str, StepCost]
+    cost: StepCost,
+    inputs: StepInputs,
+    budget: str | float | None,
+    device: str | None,
+    steps: int | None = None,
 ) -> Forecast:
     """A forecast against the budget (explicit bytes, else the device's memory). A step that
-    does not fit is refused, naming the alternatives that would."""
+    does not fit is refused, naming the methods' suggested alternatives that would."""
     dev = load_device(device) if device else None
-    limit = parse_bytes(budget) if budget else (dev.memory.value if dev and dev.memory else None)
-    latency = roofline(cost, dev).latency_s if dev else None
-    fc = Forecast(cost, dev, limit, latency)
+    limit = budget_bytes(budget, device)
+    latency = roofline(cost, dev, inputs.precision.activations).latency_s if dev else None
+    fc = Forecast(cost, dev, limit, latency, steps)
     if fc.fits is False:
+        assert limit is not None
         fitting = [
             f"{name} ({human(c.memory.peak, 'B', 1024)})"
-            for name, c in alternatives.items()
+            for name, c in alternatives(inputs, cost.method).items()
             if c.memory.peak <= limit
         ]
         where = (
             f"{dev.name}'s {human(limit, 'B', 1024)}"
-            if dev and not budget
+            if dev and budget is None
             else human(limit, "B", 1024)
         )
         hint = (
             ("what would fit: " + ", ".join(fitting))
             if fitting
-            else ("nothing among the built-in alternatives fits: try a smaller batch or sequence")
+            else "nothing among the built-in alternatives fits: try a smaller batch or sequence"
         )
         raise EdgetuneError(
             f"this run needs about {human(cost.memory.peak, 'B', 1024)} per step "
-            f"({cost.method}, batch {cost.batch} x {cost.seq}), more than {where}; {hint}"
+            f"({cost.method}, batch {cost.batch} x {cost.seq}; {EXCLUDES}), more than "
+            f"{where}; {hint}"
         )
     return fc
+
+
+# -- sweeps (`edgetune cost`) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    """One (method, context length) of a sweep, with fit and latency on a device and the
+    change against backprop at the same length."""
+
+    cost: StepCost
+    device: str | None
+    fits: bool | None
+    latency_s: float | None
+    bound: str
+    macs_vs_backprop: float | None  # relative change, e.g. -0.3 = 30 % fewer
+    memory_vs_backprop: float | None  # of the peak
+
+    def to_dict(self) -> dict:
+        c, m = self.cost, self.cost.memory
+        return {
+            "method": c.method, "model": c.model, "batch": c.batch, "seq": c.seq,
+            "tgt_seq": c.tgt_seq, "macs": c.macs, "fwd_macs": c.fwd_macs,
+            "bwd_macs": c.bwd_macs, "update_macs": c.update_macs, "flops": c.flops,
+            "fwd_flops": c.fwd_flops, "bwd_flops": c.bwd_flops, "params": c.params,
+            "trained_params": c.trained_params,
+            "memory_bytes": {
+                "weights": m.weights, "gradients": m.gradients, "optimizer": m.optimizer,
+                "activations": m.activations, "workspace": m.workspace, "copies": m.copies,
+                "total": m.total, "peak": m.peak,
+            },
+            "device": self.device, "fits": self.fits, "latency_s": self.latency_s,
+            "bound": self.bound, "macs_vs_backprop": self.macs_vs_backprop,
+            "memory_vs_backprop": self.memory_vs_backprop,
+        }  # fmt: skip
+
+
+def sweep(
+    inputs: StepInputs,
+    methods: dict[str, Any],
+    seqs: list[int],
+    device: Device | None = None,
+) -> list[Row]:
+    """One row per method (name -> its options) and context length; backprop at the same
+    length is the reference of the 'vs' columns."""
+    rows = []
+    for seq in seqs:
+        at = replace(inputs, seq=seq)
+        ref = predict(at, "backprop")
+        for name, options in methods.items():
+            c = predict(at, name, options)
+            fits = latency = None
+            bound = "unknown"
+            if device is not None:
+                r = roofline(c, device, inputs.precision.activations)
+                fits, latency, bound = r.fits, r.latency_s, r.bound
+            rows.append(Row(
+                c, device.name if device else None, fits, latency, bound,
+                c.macs / ref.macs - 1, c.memory.peak / ref.memory.peak - 1,
+            ))  # fmt: skip
+    return rows

@@ -1,4 +1,9 @@
-"""Atomic file writes: a file is either absent or complete, never half-written."""
+"""Atomic file writes: a file is either absent or complete, never half-written.
+
+What is written gets the permissions of a plain `open()` under the user's umask (a temporary
+file or folder starts private, 0600 / 0700, and is opened up before it is renamed into place),
+so a model folder written by one user can be served by another.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,19 @@ def _disk_error(path: Path, e: OSError) -> EdgetuneError:
     return EdgetuneError(f"cannot write {path}: {e.strerror or e}")
 
 
+def umask() -> int:
+    """The process's file-mode creation mask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _open_up(path: Path) -> None:
+    """The permissions `open()` / `mkdir()` would have given `path` under the umask (what a
+    folder holds was written with them already)."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary name beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +45,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        _open_up(tmp)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -47,6 +66,7 @@ def atomic_dir(path: Path):
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        _open_up(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -1,7 +1,8 @@
 """The training loop: one explicit loop for every method.
 
-finetune(cfg):  resolve data, model and method (nothing on disk yet) -> run folder ->
-    [resume from the newest checkpoint] -> for each optimizer step:
+finetune(cfg):  load the run's inputs once (`edgetune.pipeline`; nothing on disk yet) ->
+    [plan a scheme for the budget, on the loaded model] -> the forecast, refused over budget ->
+    run folder -> [resume from the newest checkpoint] -> for each optimizer step:
         batches of this step (order is a function of seed and epoch) -> method.step ->
         log -> periodic validation -> periodic checkpoint
     -> test metrics -> model, metrics.json, summary.md
@@ -9,7 +10,7 @@ finetune(cfg):  resolve data, model and method (nothing on disk yet) -> run fold
 
 from __future__ import annotations
 
-import math
+import json
 import shutil
 import statistics
 import time
@@ -22,29 +23,20 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from edgetune.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from edgetune.config import RunConfig
-from edgetune.data.load import load_data
-from edgetune.data.tasks import TaskData, collate, epoch_order, tokenize
+from edgetune.config import RunConfig, load_config
+from edgetune.data.tasks import collate, epoch_order
 from edgetune.errors import EdgetuneError
 from edgetune.evaluate import evaluate
-from edgetune.forecast import forecast_run
 from edgetune.io import atomic_dir, atomic_write_text
 from edgetune.measure.memory import peak_rss_mb
-from edgetune.methods import Method, MethodSettings, build_method
-from edgetune.models.loader import LoadedModel, load_model
+from edgetune.methods.base import Method
+from edgetune.pipeline import Session, load
 from edgetune.report.summary import write_metrics, write_summary
 
-
-@dataclass
-class Prepared:
-    """Everything a run needs, resolved before anything is written to disk."""
-
-    cfg: RunConfig
-    loaded: LoadedModel
-    data: TaskData
-    method: Method
-    total_steps: int
-    micro_per_epoch: int
+# settings a resume may change (recorded in metrics.json); any other difference is refused
+RESUMABLE = ("train.max_steps", "train.epochs", "train.eval_every", "train.save_every",
+             "train.keep_checkpoints", "train.final_eval", "train.threads", "train.budget",
+             "train.device", "out")  # fmt: skip
 
 
 @dataclass
@@ -53,101 +45,84 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def load_inputs(cfg: RunConfig) -> tuple[LoadedModel, TaskData]:
-    """The model and the tokenized data of a run (the classifier head learns the labels' names)."""
-    text = load_data(cfg.data)
-    loaded = load_model(
-        cfg.model.name,
-        text.task,
-        num_labels=len(text.labels) or None,
-        random_init=cfg.model.random_init,
-        seed=cfg.train.seed,
-    )
-    data = tokenize(text, loaded.tokenizer, cfg.data.seq_len, loaded.kind)
-    if data.labels:
-        loaded.model.config.id2label = dict(enumerate(data.labels))
-        loaded.model.config.label2id = {n: i for i, n in enumerate(data.labels)}
-    return loaded, data
-
-
-def prepare(cfg: RunConfig) -> Prepared:
-    """Load data, model and method, validating every input."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    loaded, data = load_inputs(cfg)
-    t = cfg.train
-    micro_per_epoch = math.ceil(len(data.splits["train"]) / t.batch_size)
-    steps_per_epoch = max(1, micro_per_epoch // t.grad_accum)
-    total = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    settings = MethodSettings(
-        lr=t.lr,
-        total_steps=total,
-        weight_decay=t.weight_decay,
-        warmup_steps=int(t.warmup_ratio * total),
-        schedule=t.schedule,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
-        options=cfg.method,
-    )
-    method = build_method(t.method, loaded.model, settings)
-    return Prepared(cfg, loaded, data, method, total, micro_per_epoch)
-
-
 def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = None) -> RunResult:
-    """Fine-tune as `cfg` says, writing the run to `cfg.out`."""
+    """Fine-tune as `cfg` says, writing the run to `cfg.out`; with `resume`, continue the run
+    there (its config.yaml is the run's: `cfg` may change only the `RESUMABLE` settings)."""
     console = console or Console(stderr=True)
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise EdgetuneError(f"--out {out} is a file; give a folder for the run")
+    changes = _check_resume(cfg, out) if resume else {}
     if not resume and out.exists() and any(out.iterdir()):
         raise EdgetuneError(
             f"{out} already holds a run: pass --resume to continue it, or another --out"
         )
-    if resume and not list_checkpoints(out):
-        raise EdgetuneError(f"nothing to resume in {out}: it has no checkpoint")
-    if (
-        cfg.train.method == "sparse"
-        and "scheme" not in cfg.method
-        and (cfg.train.budget or cfg.train.device)
-    ):
-        cfg.method["scheme"] = str(_plan_on_the_fly(cfg, console))
-    p = prepare(cfg)
-    forecast = forecast_run(p, cfg.train.budget, cfg.train.device)
+    session = _planned(load(cfg), console)
+    forecast = session.forecast()
     console.print(forecast.line(), highlight=False)
+    method = session.build_method()
     created = not out.exists()
     try:
-        return _run(p, out, resume, console)
+        return _run(session, method, out, resume, changes, console)
     except BaseException:
         if created and not list_checkpoints(out):
             shutil.rmtree(out, ignore_errors=True)  # leave no half-written run folder
         raise
 
 
-def _plan_on_the_fly(cfg: RunConfig, console: Console) -> Path:
-    """`--method sparse --budget B` without a scheme: plan one (contribution analysis, cached)
-    and keep it as a YAML file the run's config points to."""
-    import hashlib
+def _check_resume(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    """The run's own settings that `cfg` changes, all of them `RESUMABLE`; anything else is
+    refused with each difference named (and config.yaml left as it is)."""
+    if not list_checkpoints(out):
+        raise EdgetuneError(f"nothing to resume in {out}: it has no checkpoint")
+    if not (out / "config.yaml").is_file():
+        raise EdgetuneError(f"{out} has no config.yaml: it is not an edgetune run folder")
+    before = load_config(out / "config.yaml")
+    diff = before.differences(cfg)
+    refused = {k: v for k, v in diff.items() if k not in RESUMABLE}
+    if refused:
+        listed = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in refused.items())
+        raise EdgetuneError(
+            f"cannot resume {out} with other settings ({listed}); resume with "
+            f"`edgetune finetune --out {out} --resume` (the run's own config), changing only "
+            f"{', '.join(k for k in RESUMABLE if k != 'out')}"
+        )
+    return {k: b for k, (_a, b) in diff.items() if k != "out"}
 
-    from edgetune.paths import cache_dir
-    from edgetune.plan.search import plan_scheme
 
-    scheme = plan_scheme(cfg, cfg.train.budget, cfg.train.device, console=console,
-                         whole_peak=True)  # fmt: skip
-    key = hashlib.md5(cfg.to_yaml().encode()).hexdigest()[:12]
-    path = cache_dir() / "plans" / f"{scheme.name}-{key}.yaml"
-    scheme.save(path)
-    console.print(f"planned scheme for the budget: {path}")
-    return path
+def _planned(session: Session, console: Console) -> Session:
+    """With a budget or device and a method whose update scheme is unset, the session under
+    the scheme planned for the budget on its own model and data (docs/planning.md)."""
+    cfg = session.cfg
+    option = cfg.spec.scheme_option
+    if option is None or getattr(cfg.method, option) is not None:
+        return session
+    if not (cfg.train.budget or cfg.train.device):
+        return session
+    from edgetune.plan.planner import make_plan
+
+    plan, _ = make_plan(session, cfg.train.budget, cfg.train.device, console=console)
+    console.print(f"planned scheme for the budget: {plan.scheme.name}, "
+                  f"{len(plan.scheme.updates)} units (kept in the run's config.yaml)")  # fmt: skip
+    return session.with_config(cfg.with_changes({f"method.{option}": plan.scheme}))
 
 
 def _identity(cfg: RunConfig) -> dict[str, str]:
     return {"model": cfg.model.name, "method": cfg.train.method, "data": cfg.data.name}
 
 
-def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
-    cfg, method, data, t = p.cfg, p.method, p.data, p.cfg.train
-    pad_id = p.loaded.tokenizer.pad_token_id
+def _run(
+    session: Session,
+    method: Method,
+    out: Path,
+    resume: bool,
+    changes: dict[str, Any],
+    console: Console,
+) -> RunResult:
+    cfg, data, t = session.cfg, session.data, session.cfg.train
+    tokenizer, pad_id, total = session.loaded.tokenizer, session.pad_id, session.total_steps
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", cfg.to_yaml())
-    metrics: dict[str, Any] = {"run": {"total_steps": p.total_steps, **_identity(cfg)}}
+    metrics: dict[str, Any] = {"run": {"total_steps": total, **_identity(cfg)}}
 
     step, history, step_times, step_ends = 0, [], [], []
     if resume:
@@ -156,7 +131,13 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
         method.load_state_dict(ckpt.state["method"])
         torch.set_rng_state(ckpt.state["torch_rng"])
         step, history = ckpt.step, ckpt.state["history"].tolist()
-        console.print(f"resuming {out} from step {step}")
+        metrics.update(json.loads(ckpt.state.get("metrics", "{}")))
+        if changes:
+            metrics.setdefault("resumed", []).append({"step": step, "changes": changes})
+        console.print(f"resuming {out} from step {step}"
+                      + (f" with {', '.join(f'{k}={v}' for k, v in changes.items())}"
+                         if changes else ""))  # fmt: skip
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -168,22 +149,26 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
         console=console,
         transient=True,
     )
+
+    def evaluated(split: str) -> dict[str, float]:
+        return evaluate(method.model, data, split, pad_id, progress=progress, tokenizer=tokenizer)
+
     with progress:
         if t.eval_before and not resume:
-            metrics["test_before"] = evaluate(
-                method.model, data, "test", pad_id, progress=progress, tokenizer=p.loaded.tokenizer
-            )
+            metrics["test_before"] = evaluated("test")
             console.print(f"before training, test: {_fmt(metrics['test_before'])}")
-        bar = progress.add_task(f"train {t.method}", total=p.total_steps, completed=step, info="")
+        bar = progress.add_task(f"train {t.method}", total=total, completed=step, info="")
         orders: dict[int, list[int]] = {}
-        while step < p.total_steps:
+        while step < total:
+            # -- the micro-batches of this step (the epoch's order: a function of seed, epoch)
             micro = []
             for j in range(t.grad_accum):
-                epoch, within = divmod(step * t.grad_accum + j, p.micro_per_epoch)
+                epoch, within = divmod(step * t.grad_accum + j, session.micro_per_epoch)
                 if epoch not in orders:
                     orders = {epoch: epoch_order(len(data.splits["train"]), t.seed, epoch)}
                 idx = orders[epoch][within * t.batch_size : (within + 1) * t.batch_size]
                 micro.append(collate([data.splits["train"][i] for i in idx], pad_id))
+            # -- the method's step
             start = time.perf_counter()
             result = method.step(micro)
             step_ends.append(time.perf_counter())
@@ -192,23 +177,19 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
             history.append(result.loss)
             rate = 1.0 / statistics.median(step_times[-20:])
             progress.update(bar, advance=1, info=f"loss {result.loss:.4f}  {rate:.2f} step/s")
-
-            if t.eval_every and (step % t.eval_every == 0 or step == p.total_steps):
-                val = evaluate(
-                    method.model,
-                    data,
-                    "validation",
-                    pad_id,
-                    progress=progress,
-                    tokenizer=p.loaded.tokenizer,
-                )
+            # -- validation, checkpoint
+            if t.eval_every and (step % t.eval_every == 0 or step == total):
+                val = evaluated("validation")
                 metrics.setdefault("validation_history", []).append({"step": step, **val})
                 console.print(f"step {step}: validation {_fmt(val)}")
-            if (t.save_every and step % t.save_every == 0) or step == p.total_steps:
+            if (t.save_every and step % t.save_every == 0) or step == total:
+                kept = {k: metrics[k] for k in ("test_before", "validation_history", "resumed")
+                        if k in metrics}  # fmt: skip
                 state = {
                     "method": method.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "history": torch.tensor(history, dtype=torch.float64),
+                    "metrics": json.dumps(kept),
                 }
                 save_checkpoint(
                     out, step, _identity(cfg), method.trainable_state(), state, t.keep_checkpoints
@@ -216,9 +197,7 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
         progress.remove_task(bar)
         train_peak = peak_rss_mb()  # before evaluation and saving
         if t.final_eval:
-            metrics["eval"] = evaluate(
-                method.model, data, "test", pad_id, progress=progress, tokenizer=p.loaded.tokenizer
-            )
+            metrics["eval"] = evaluated("test")
             console.print(f"after training, test: {_fmt(metrics['eval'])}")
 
     metrics["train"] = {
@@ -238,11 +217,12 @@ def _run(p: Prepared, out: Path, resume: bool, console: Console) -> RunResult:
         "steps_timed": len(step_times),
         "train_s": sum(step_times),
     }
-    metrics["memory"] = {"peak_rss_mb": peak_rss_mb(), "train_peak_rss_mb": train_peak}
-    model = method.export_model()
+    model = method.export_model()  # training is over: the method may merge in place
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(tmp)
-        p.loaded.tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    # the whole run's peak, the end (evaluation, export, saving) included
+    metrics["memory"] = {"peak_rss_mb": peak_rss_mb(), "train_peak_rss_mb": train_peak}
     write_metrics(out / "metrics.json", metrics)
     write_summary(out / "summary.md", cfg, metrics)
     return RunResult(out, metrics)

@@ -1,7 +1,7 @@
 """The measurement plumbing of `edgetune bench` on a tiny BERT classifier (seconds).
 
 Workers run in-process here (their fresh-interpreter wrapper is tested once, on the cheapest
-worker); the CLI test swaps `run_worker` for the in-process call so it stays fast.
+worker); the CLI test swaps `run` for the in-process call so it stays fast.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import edgetune.measure.bench as bench
-import edgetune.measure.tables as tables
+import edgetune.bench.methods as bench
+import edgetune.bench.tables as tables
+from edgetune.bench.methods import Setup, Variant
+from edgetune.bench.worker import run_worker
 from edgetune.commands.bench import bench_app
 from edgetune.errors import EdgetuneError
-from edgetune.measure.bench import Setup, Variant
 
 
 @pytest.fixture
@@ -25,9 +26,9 @@ def setup(tiny_bert, topics_jsonl) -> Setup:
                  eval_samples=8, rounds=2, threads=1)  # fmt: skip
 
 
-def _in_process(kind, setup, v=None, timeout=0):
+def _in_process(kind, setup, v=None):
     spec = {"kind": kind, "setup": setup.__dict__, "variant": v and v.__dict__}
-    return json.loads(json.dumps(bench._main(spec)))  # the JSON round trip of the real path
+    return json.loads(json.dumps(bench.worker(spec)))  # the JSON round trip of the real path
 
 
 @pytest.mark.parametrize(
@@ -63,7 +64,7 @@ def test_flops_per_step_orders_the_methods(setup):
 
 
 def test_inference_worker_in_a_fresh_interpreter(setup):
-    r = bench.run_worker("inference", setup, timeout=300)
+    r = bench.run("inference", setup)
     assert "error" not in r, r
     assert r["peak_rss_mb"] >= r["base_rss_mb"] > 0
     assert r["forward_eval_s"] > 0 and r["forward_train_s"] > 0
@@ -71,12 +72,23 @@ def test_inference_worker_in_a_fresh_interpreter(setup):
 
 def test_a_failing_worker_reports_an_error(setup):
     bad = Setup(**{**setup.__dict__, "model": "no-such-model-anywhere"})
-    r = bench.run_worker("step", bad, Variant("backprop", "backprop", 1e-3), timeout=300)
+    r = bench.run("step", bad, Variant("backprop", "backprop", 1e-3))
     assert "error" in r and r["error"]
 
 
+def test_a_script_function_runs_as_a_worker(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os\n\ndef work(spec):\n"
+        "    return {'twice': 2 * spec['x'], 'threads': os.environ['OMP_NUM_THREADS']}\n"
+        "\nif __name__ == '__main__':\n    raise SystemExit('the body must not run as main')\n"
+    )
+    assert run_worker(f"{script}:work", {"x": 21}, threads=3) == {"twice": 42, "threads": "3"}
+    assert "error" in run_worker(f"{script}:missing", {})
+
+
 def test_compare_summarizes_and_writes_outputs(setup, monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "run_worker", _in_process)
+    monkeypatch.setattr(bench, "run", _in_process)
     variants = [Variant("backprop", "backprop", 1e-3), Variant("mezo", "mezo", 1e-5)]
     summary = bench.compare(setup, variants, accuracy={"mezo"}, log=lambda m: None)
     bp, mz = summary["rows"]
@@ -97,11 +109,11 @@ def test_compare_summarizes_and_writes_outputs(setup, monkeypatch, tmp_path):
 
 
 def test_sweep_chooses_the_learning_rate_on_validation(setup, monkeypatch):
-    def fake(kind, _setup, v, timeout=0):  # validation peaks at lr 1e-3, test elsewhere
+    def fake(kind, _setup, v):  # validation peaks at lr 1e-3, test elsewhere
         assert kind == "accuracy"
         return {"validation": {"accuracy": 1.0 - abs(v.lr - 1e-3)}, "eval": {"accuracy": v.lr}}
 
-    monkeypatch.setattr(bench, "run_worker", fake)
+    monkeypatch.setattr(bench, "run", fake)
     result = bench.sweep(setup, [Variant("bp", "backprop", 1e-3)], [0.1, 1, 10], log=lambda m: 0)
     (row,) = result["rows"]
     assert [t["lr"] for t in row["tried"]] == [1e-4, 1e-3, 1e-2]
@@ -110,7 +122,7 @@ def test_sweep_chooses_the_learning_rate_on_validation(setup, monkeypatch):
 
 
 def test_accuracy_worker_reports_validation_and_test(setup, monkeypatch):
-    monkeypatch.setattr(bench, "run_worker", _in_process)
+    monkeypatch.setattr(bench, "run", _in_process)
     (row,) = bench.sweep(setup, [Variant("mezo", "mezo", 1e-5)], [1], log=lambda m: 0)["rows"]
     assert set(row["chosen"]["validation"]) >= {"accuracy", "macro_f1"}
     assert 0.0 <= row["chosen"]["eval"]["accuracy"] <= 1.0
@@ -123,7 +135,7 @@ def _app() -> typer.Typer:
 
 
 def test_cli_bench_methods_and_hardware(setup, monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "run_worker", _in_process)
+    monkeypatch.setattr(bench, "run", _in_process)
     monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
     common = ["--model", setup.model, "--data", setup.data, "--task", "classify", "--batch", "4",
               "--seq", "16", "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]  # fmt: skip

@@ -9,11 +9,13 @@ import sys
 
 import torch
 import transformers as T
+from rules import RULES
 
 from edgetune.cost import shape_from_config, step_cost
 from edgetune.measure.memory import resident_growth
-from edgetune.methods import MethodSettings, build_method
-from edgetune.plan.scheme import UpdateScheme
+from edgetune.methods import build_method
+from edgetune.methods.base import MethodSettings
+from edgetune.scheme import UpdateScheme
 
 T.logging.set_verbosity_error()
 torch.set_num_threads(1)
@@ -37,7 +39,7 @@ def measure(method: str, batch: int, seq: int) -> dict:
     full = {"input_ids": ids, "labels": labels}
     growth = resident_growth(lambda: (m.step([small]), m.step([small])),
                              lambda: (m.step([full]), m.step([full])))  # fmt: skip
-    c = step_cost(shape_from_config(cfg.to_dict()), method, batch, seq, head="lm",
+    c = step_cost(shape_from_config(cfg.to_dict()), RULES[method], batch, seq, head="lm",
                   scheme=scheme, optimizer=OPTIMIZER.get(method, "adamw"))  # fmt: skip
     # weights and optimizer state were resident before the measured steps
     return {"measured": growth,

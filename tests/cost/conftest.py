@@ -3,103 +3,34 @@
 from __future__ import annotations
 
 import pytest
+import tiny as factory
 
 
 def tiny_configs() -> dict:
-    """name -> (config, model class name, head). Dropout off, eager attention, widths chosen so
-    that matrix products dominate."""
-    import transformers as T
-
-    common = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    bert = dict(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=128, max_position_embeddings=64, **common)  # fmt: skip
-    llama = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    """name -> (config, model class name, head): the factory's families at the cost sizes
+    (`factory.COST`), eager attention, dropout off."""
+    t5 = dict(factory.COST["t5"], num_labels=2, tie_word_embeddings=True)
     return {
-        "bert": (T.BertConfig(**bert), "BertForSequenceClassification", "classifier"),
-        "bert-mlm": (T.BertConfig(**bert), "BertForMaskedLM", "lm"),
-        "distilbert": (
-            T.DistilBertConfig(
-                vocab_size=64,
-                dim=64,
-                n_layers=2,
-                n_heads=4,
-                hidden_dim=128,
-                max_position_embeddings=64,
-                dropout=0.0,
-                attention_dropout=0.0,
-                seq_classif_dropout=0.0,
-            ),
-            "DistilBertForSequenceClassification",
-            "classifier",
-        ),  # fmt: skip
-        "albert": (
-            T.AlbertConfig(
-                vocab_size=64,
-                embedding_size=32,
-                hidden_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=128,
-                max_position_embeddings=64,
-                classifier_dropout_prob=0.0,
-            ),
-            "AlbertForSequenceClassification",
-            "classifier",
-        ),  # fmt: skip
-        "gpt2": (
-            T.GPT2Config(
-                vocab_size=64,
-                n_embd=64,
-                n_layer=2,
-                n_head=4,
-                n_positions=64,
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-            ),
-            "GPT2LMHeadModel",
-            "lm",
-        ),  # fmt: skip
-        "llama-gqa": (
-            T.LlamaConfig(**llama),
-            "LlamaForCausalLM",
-            "lm",
-        ),  # fmt: skip
-        "llama-tied": (  # SmolLM2's layout: the LM head is the embedding matrix
-            T.LlamaConfig(**llama, tie_word_embeddings=True),
-            "LlamaForCausalLM",
-            "lm",
-        ),  # fmt: skip
-        "t5": (
-            T.T5Config(
-                vocab_size=64,
-                d_model=64,
-                d_kv=16,
-                d_ff=128,
-                num_layers=2,
-                num_heads=4,
-                dropout_rate=0.0,
-            ),
-            "T5ForConditionalGeneration",
-            "lm",
-        ),  # fmt: skip
-        "flan-t5-gated": (
-            T.T5Config(
-                vocab_size=64,
-                d_model=64,
-                d_kv=16,
-                d_ff=128,
-                num_layers=2,
-                num_decoder_layers=3,
-                num_heads=4,
-                dropout_rate=0.0,
-                feed_forward_proj="gated-gelu",
-            ),
-            "T5ForConditionalGeneration",
-            "lm",
-        ),  # fmt: skip
-    }
+        "bert": (factory.config("bert", **factory.COST["bert"], num_labels=2),
+                 "BertForSequenceClassification", "classifier"),
+        "bert-mlm": (factory.config("bert_lm", **factory.COST["bert"]), "BertForMaskedLM", "lm"),
+        "distilbert": (factory.config("distilbert", **factory.COST["distilbert"], num_labels=2),
+                       "DistilBertForSequenceClassification", "classifier"),
+        "albert": (factory.config("albert", **factory.COST["albert"], num_labels=2),
+                   "AlbertForSequenceClassification", "classifier"),
+        "gpt2": (factory.config("gpt2", **factory.COST["gpt2"], bos_token_id=50256,
+                             eos_token_id=50256, loss_type=None), "GPT2LMHeadModel", "lm"),
+        "llama-gqa": (factory.config("llama", **factory.COST["llama"], pad_token_id=None,
+                                  num_labels=2), "LlamaForCausalLM", "lm"),
+        # SmolLM2's layout: the LM head is the embedding matrix
+        "llama-tied": (factory.config("llama", **factory.COST["llama"], pad_token_id=None,
+                                   num_labels=2, tie_word_embeddings=True),
+                       "LlamaForCausalLM", "lm"),
+        "t5": (factory.config("t5", **t5), "T5ForConditionalGeneration", "lm"),
+        "flan-t5-gated": (factory.config("t5", **{**t5, "feed_forward_proj": "gated-gelu"},
+                                      num_decoder_layers=3),
+                          "T5ForConditionalGeneration", "lm"),
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="session")

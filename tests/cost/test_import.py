@@ -1,4 +1,5 @@
-"""`edgetune.cost` is pure Python: importing it must not import torch or transformers."""
+"""`edgetune.cost` is pure Python: importing it must not import torch or transformers; nor must
+the method registry, the config or the forecast, which the cost command reads."""
 
 import subprocess
 import sys
@@ -19,8 +20,15 @@ def test_cost_imports_without_torch():
         sys.meta_path.insert(0, Block())
         import edgetune.cost
         from edgetune.cost import step_cost, load_device, NAMED_SHAPES
-        c = step_cost(NAMED_SHAPES["alexatm-20b"], "mempepita", seq=32, tgt_seq=32)
+        from edgetune.methods.registry import METHODS
+        from edgetune.forecast import StepInputs, predict
+        from edgetune.config import load_config
+        rule = METHODS["mempepita"].rule
+        c = step_cost(NAMED_SHAPES["alexatm-20b"], rule, seq=32, tgt_seq=32)
         assert c.macs > 0 and load_device("rpi4").memory.value == 4294967296
+        inputs = StepInputs(NAMED_SHAPES["alexatm-20b"], batch=1, seq=32)
+        assert predict(inputs, "sparse", {"scheme": "last-2"}).trained_params > 0
+        assert load_config(None, ["train.method=lora", "method.r=4"]).method.r == 4
         bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")]
         assert not bad, bad
         print("ok")

@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import pytest
+from rules import RULES
 
 from edgetune.cost.methods import step_cost
 from edgetune.cost.shapes import shape_from_config
-from edgetune.plan.scheme import UnitUpdate, UpdateScheme
+from edgetune.scheme import UnitUpdate, UpdateScheme
 
 B, T, TGT = 2, 32, 16
 
@@ -92,7 +93,7 @@ def test_backprop_flops_and_saved_bytes(tiny, family):
     fn = _loss_fn(model, cfg, head)
     measured = count_flops(fn)
     saved = _saved_at_end(fn, model)
-    c = step_cost(shape_from_config(cfg.to_dict()), "backprop", B, T, TGT, head=head)
+    c = step_cost(shape_from_config(cfg.to_dict()), RULES["backprop"], B, T, TGT, head=head)
     assert 2 * c.fwd_macs == pytest.approx(measured.forward, rel=0.05)
     assert 2 * c.bwd_macs == pytest.approx(measured.backward, rel=0.05)
     assert c.memory.activations == pytest.approx(saved, rel=0.10)
@@ -103,7 +104,8 @@ def _sparse(model, scheme: UpdateScheme):
     """The runtime's `sparse` method on `model`: requires_grad on the scheme's parameters only,
     and, when a trained LM head is tied to the embedding matrix, the embedding output detached
     (the head's gradient never reaches the lookup)."""
-    from edgetune.methods import MethodSettings, build_method
+    from edgetune.methods import build_method
+    from edgetune.methods.base import MethodSettings
 
     settings = MethodSettings(lr=1e-4, total_steps=1, options={"scheme": scheme})
     return build_method("sparse", model, settings)
@@ -134,7 +136,7 @@ def test_sparse_flops_and_saved_bytes(tiny, family, scheme_name):
     fn = _loss_fn(model, cfg, head)
     measured = count_flops(fn)
     saved = _saved_at_end(fn, model)
-    c = step_cost(shape, "sparse", B, T, head=head, scheme=scheme)
+    c = step_cost(shape, RULES["sparse"], B, T, head=head, scheme=scheme)
     assert 2 * c.fwd_macs == pytest.approx(measured.forward, rel=0.05)
     assert 2 * c.bwd_macs == pytest.approx(measured.backward, rel=0.05)
     assert c.memory.activations == pytest.approx(saved, rel=0.10)
@@ -159,7 +161,7 @@ def test_sparse_encoder_decoder_layer_numbering(tiny, k):
     fn = _loss_fn(model, cfg, head)
     measured = count_flops(fn)
     saved = _saved_at_end(fn, model)
-    c = step_cost(shape, "sparse", B, T, TGT, head=head, scheme=scheme)
+    c = step_cost(shape, RULES["sparse"], B, T, TGT, head=head, scheme=scheme)
     assert 2 * c.fwd_macs == pytest.approx(measured.forward, rel=0.05)
     assert 2 * c.bwd_macs == pytest.approx(measured.backward, rel=0.05)
     assert c.memory.activations == pytest.approx(saved, rel=0.10)

@@ -3,11 +3,12 @@
 from dataclasses import replace
 
 import pytest
+from rules import RULES
 
-from edgetune.cost.methods import Precision, step_cost
+from edgetune.cost.methods import Precision, Rule, step_cost
 from edgetune.cost.shapes import ModelShape, block_params, n_params
 from edgetune.errors import EdgetuneError
-from edgetune.plan.scheme import UnitUpdate, UpdateScheme
+from edgetune.scheme import UnitUpdate, UpdateScheme
 
 # a BERT-base-like encoder written out, so these tests need no transformers
 S = ModelShape("enc", "bert", "encoder", 30522, 768, 12, 12, 12, 64, 3072, n_positions=512,
@@ -27,7 +28,7 @@ def _step_bytes(c) -> float:
 
 
 def test_mezo_is_two_forwards_at_inference_memory():
-    bp, mz = (step_cost(S, m, 4, 128) for m in ("backprop", "mezo"))
+    bp, mz = (step_cost(S, RULES[m], 4, 128) for m in ("backprop", "mezo"))
     assert mz.macs == 2 * bp.fwd_macs
     assert mz.memory.gradients == mz.memory.optimizer == mz.memory.activations == 0
     assert mz.memory.weights == n_params(S, "lm") * 4
@@ -35,8 +36,8 @@ def test_mezo_is_two_forwards_at_inference_memory():
 
 
 def test_pepita_and_mempepita_forwards():
-    pe, mp = (step_cost(S, m, 1, 256) for m in ("pepita", "mempepita"))
-    bp = step_cost(S, "backprop", 1, 256)
+    pe, mp = (step_cost(S, RULES[m], 1, 256) for m in ("pepita", "mempepita"))
+    bp = step_cost(S, RULES["backprop"], 1, 256)
     assert pe.fwd_macs == 2 * bp.fwd_macs and mp.fwd_macs == 3 * bp.fwd_macs
     assert pe.update_macs == mp.update_macs
     # the error projection F e costs M x V x d MACs with an LM head
@@ -49,10 +50,10 @@ def test_pepita_and_mempepita_forwards():
 
 
 def test_adamw_states_and_sgd():
-    adam = step_cost(S, "backprop", optimizer="adamw")
-    sgd = step_cost(S, "backprop", optimizer="sgd")
+    adam = step_cost(S, RULES["backprop"], optimizer="adamw")
+    sgd = step_cost(S, RULES["backprop"], optimizer="sgd")
     assert adam.memory.optimizer == 2 * adam.memory.gradients and sgd.memory.optimizer == 0
-    bf = step_cost(S, "backprop", precision=Precision("bf16", "bf16", "fp32", "bf16"))
+    bf = step_cost(S, RULES["backprop"], precision=Precision("bf16", "bf16", "fp32", "bf16"))
     assert bf.memory.weights == adam.memory.weights / 2
     assert bf.memory.optimizer == adam.memory.optimizer
     with pytest.raises(EdgetuneError, match="unknown dtype"):
@@ -64,10 +65,10 @@ def test_sparse_backward_stops_at_lowest_layer_and_fraction_scales():
     low = UpdateScheme((UnitUpdate("ffn1", 0), UnitUpdate("head")))
     # classifier head: a tied LM head would add the embedding table's dW to every scheme
     kw = dict(head="classifier")
-    c_top, c_low = (step_cost(S, "sparse", 1, 128, scheme=x, **kw) for x in (top, low))
+    c_top, c_low = (step_cost(S, RULES["sparse"], 1, 128, scheme=x, **kw) for x in (top, low))
     assert c_top.bwd_macs < c_low.bwd_macs / 5
     quarter = UpdateScheme((UnitUpdate("ffn1", 11, 0.25), UnitUpdate("head")))
-    c_q = step_cost(S, "sparse", 1, 128, scheme=quarter, **kw)
+    c_q = step_cost(S, RULES["sparse"], 1, 128, scheme=quarter, **kw)
     ffn1_w = 128 * 768 * 3072
     assert c_top.bwd_macs - c_q.bwd_macs == pytest.approx(0.75 * ffn1_w)
     assert c_top.trained_params - c_q.trained_params == pytest.approx(0.75 * 768 * 3072)
@@ -75,10 +76,10 @@ def test_sparse_backward_stops_at_lowest_layer_and_fraction_scales():
     assert c_top.memory.copies == 0.0
     assert c_q.memory.copies == pytest.approx(0.25 * 768 * 3072 * 4)
     bias = UpdateScheme((UnitUpdate("ffn1", 11, 0.0, True), UnitUpdate("head")))
-    c_b = step_cost(S, "sparse", 1, 128, scheme=bias, **kw)
+    c_b = step_cost(S, RULES["sparse"], 1, 128, scheme=bias, **kw)
     assert c_b.memory.activations < c_top.memory.activations  # no stored input for a bias
     with pytest.raises(EdgetuneError, match="needs an update scheme"):
-        step_cost(S, "sparse")
+        step_cost(S, RULES["sparse"])
 
 
 def test_tied_lm_head_trains_the_embedding_matrix_once():
@@ -88,15 +89,15 @@ def test_tied_lm_head_trains_the_embedding_matrix_once():
     smol = replace(SMOL, kv_cache=False)
     m, table = 4 * 128, V * D
     head = UpdateScheme((UnitUpdate("head"),), "head-only")
-    c = step_cost(smol, "sparse", 4, 128, scheme=head)
+    c = step_cost(smol, RULES["sparse"], 4, 128, scheme=head)
     assert c.trained_params == table
     assert c.bwd_macs == m * table  # dW only: the head's input needs no gradient
     assert c.memory.gradients == 4 * table and c.memory.optimizer == 2 * 4 * table
-    last = step_cost(smol, "sparse", 4, 128, scheme=UpdateScheme.last_k(30, 2))
+    last = step_cost(smol, RULES["sparse"], 4, 128, scheme=UpdateScheme.last_k(30, 2))
     assert last.trained_params == table + 2 * block_params(smol) + D  # + the final norm
-    untied = step_cost(replace(smol, tied=False), "sparse", 4, 128, scheme=head)
+    untied = step_cost(replace(smol, tied=False), RULES["sparse"], 4, 128, scheme=head)
     assert (untied.trained_params, untied.bwd_macs) == (c.trained_params, c.bwd_macs)
-    bp = step_cost(smol, "backprop", 4, 128)
+    bp = step_cost(smol, RULES["backprop"], 4, 128)
     assert bp.trained_params == n_params(smol, "lm")  # the embedding matrix once
 
 
@@ -106,18 +107,18 @@ def test_mezo_peak_is_the_head_with_its_perturbed_copy():
     embedding lookup adds z[ids] instead of copying the table."""
     b, t = 4, 128
     rows, cache = b * t, 30 * 2 * b * t * SMOL.kv_width * 4
-    c = step_cost(SMOL, "mezo", b, t)
+    c = step_cost(SMOL, RULES["mezo"], b, t)
     assert c.memory.workspace == 4 * (V * D + rows * V + rows * D) + cache
-    no_cache = step_cost(replace(SMOL, kv_cache=False), "mezo", b, t)
+    no_cache = step_cost(replace(SMOL, kv_cache=False), RULES["mezo"], b, t)
     assert c.memory.workspace - no_cache.memory.workspace == cache
 
 
 def test_pepita_holds_every_update_mempepita_the_output_layer_phase():
     b, t = 4, 128
     rows = b * t
-    pe = step_cost(SMOL, "pepita", b, t, optimizer="sgd")
+    pe = step_cost(SMOL, RULES["pepita"], b, t, optimizer="sgd")
     assert pe.memory.gradients == 4 * pe.trained_params  # p.grad of every linear to the end
-    mp = step_cost(SMOL, "mempepita", b, t, optimizer="sgd")
+    mp = step_cost(SMOL, RULES["mempepita"], b, t, optimizer="sgd")
     # the output layer's update: F e (rows, d), the head's input (2 rows, d), its output,
     # the concatenated logits and the leaf's gradient (2 rows, V each), dW and its scaled copy
     leaf = 4 * (rows * D + 2 * rows * D + 3 * 2 * rows * V + 2 * V * D)
@@ -130,15 +131,15 @@ def test_optimizer_step_makes_no_temporaries():
     the gradients, as plain SGD; with only the tied head (the embedding matrix) trained, the
     step's own bytes are then those of the backward, not the optimizer's."""
     head = UpdateScheme((UnitUpdate("head"),), "head-only")
-    c = step_cost(SMOL, "sparse", 1, 128, scheme=head)
-    sgd = step_cost(SMOL, "sparse", 1, 128, scheme=head, optimizer="sgd")
+    c = step_cost(SMOL, RULES["sparse"], 1, 128, scheme=head)
+    sgd = step_cost(SMOL, RULES["sparse"], 1, 128, scheme=head, optimizer="sgd")
     assert _step_bytes(c) == _step_bytes(sgd) < 2 * 4 * V * D
 
 
 def test_the_runtime_adamw_is_fused():
     torch = pytest.importorskip("torch")
-    from edgetune.methods.backprop import make_adamw
     from edgetune.methods.base import MethodSettings
+    from edgetune.methods.optim import make_adamw
 
     opt = make_adamw(torch.nn.Linear(4, 4), MethodSettings(lr=1e-3, total_steps=1))
     assert opt.defaults["fused"] is True
@@ -153,19 +154,19 @@ def test_mezo_chunk_is_the_runtimes():
 
 
 def test_lora_adapters():
-    c = step_cost(S, "lora", 1, 128, lora_rank=8, lora_units=("q", "v"))
+    c = step_cost(S, RULES["lora"], 1, 128, lora_rank=8, lora_units=("q", "v"))
     assert c.trained_params == 12 * 2 * 8 * (768 + 768)  # A and B on q and v of 12 layers
     assert c.memory.optimizer == 2 * c.trained_params * 4
     with pytest.raises(EdgetuneError, match="unknown LoRA targets"):
-        step_cost(S, "lora", lora_units=("qq",))
+        step_cost(S, RULES["lora"], lora_units=("qq",))
 
 
 def test_encoder_decoder_source_and_target_lengths():
     t5 = ModelShape("t5", "t5", "encoder-decoder", 32128, 512, 6, 8, 8, 64, 2048, n_dec_layers=6,
                     act="relu", norm="rmsnorm", bias=False, rel_buckets=32, emb_norm=False,
                     final_norm=True)  # fmt: skip
-    a = step_cost(t5, "backprop", 1, 512, tgt_seq=32)
-    b = step_cost(t5, "backprop", 1, 512, tgt_seq=128)
+    a = step_cost(t5, RULES["backprop"], 1, 512, tgt_seq=32)
+    b = step_cost(t5, RULES["backprop"], 1, 512, tgt_seq=128)
     assert b.fwd_macs > a.fwd_macs
     # the LM head runs on target tokens only: 96 more tokens x V x d
     assert b.fwd_macs - a.fwd_macs > 96 * 32128 * 512
@@ -173,11 +174,11 @@ def test_encoder_decoder_source_and_target_lengths():
 
 def test_bad_numbers():
     with pytest.raises(EdgetuneError, match="positive"):
-        step_cost(S, "backprop", batch=0)
-    with pytest.raises(EdgetuneError, match="unknown method"):
-        step_cost(S, "adam")
+        step_cost(S, RULES["backprop"], batch=0)
+    with pytest.raises(EdgetuneError, match="unknown rule"):
+        step_cost(S, Rule("backward", "everything"))
     with pytest.raises(EdgetuneError, match="needs a task head"):
-        step_cost(S, "mempepita", head="none")
+        step_cost(S, RULES["mempepita"], head="none")
 
 
 def test_a_decoder_scoring_few_positions_forms_few_logits():
@@ -185,16 +186,16 @@ def test_a_decoder_scoring_few_positions_forms_few_logits():
     from edgetune.models.registry import SPECS
 
     shape = shape_from_config(SPECS["smollm2-135m"].config().to_dict(), "smollm2-135m")
-    full = step_cost(shape, "backprop", 2, 64)
-    few = step_cost(shape, "backprop", 2, 64, scored=0.125)
+    full = step_cost(shape, RULES["backprop"], 2, 64)
+    few = step_cost(shape, RULES["backprop"], 2, 64, scored=0.125)
     # the head over 49,152 tokens is about a fifth of the forward; 1/8 of its rows remain
     head = 2 * 2 * 64 * shape.d_model * shape.vocab
     assert full.fwd_flops - few.fwd_flops == pytest.approx(head * 7 / 8, rel=0.05)
     assert few.memory.activations < full.memory.activations
     bert = shape_from_config(SPECS["minilm-l6"].config().to_dict(), "minilm-l6")
     assert (
-        step_cost(bert, "backprop", 2, 64, scored=0.125).flops
-        == step_cost(bert, "backprop", 2, 64).flops
+        step_cost(bert, RULES["backprop"], 2, 64, scored=0.125).flops
+        == step_cost(bert, RULES["backprop"], 2, 64).flops
     )
     with pytest.raises(EdgetuneError, match="scored share"):
-        step_cost(shape, "backprop", 2, 64, scored=0.0)
+        step_cost(shape, RULES["backprop"], 2, 64, scored=0.0)

@@ -7,6 +7,7 @@ backward (the default) the compute saving of PEPITA disappears, which docs/cost-
 """
 
 import pytest
+from rules import RULES
 
 from edgetune.cost import paper
 from edgetune.cost.device import load_device, roofline
@@ -44,14 +45,15 @@ def test_paper_accounting_128mb_fit():
 @pytest.mark.parametrize("name", ["distilbert", "gpt3-small"])
 def test_edgetune_model_compute_claims(name):
     s = _shape(name)
-    long = {m: step_cost(s, m, 1, 2048, softmax_jacobian=True) for m in ("backprop", "pepita")}
+    long = {m: step_cost(s, RULES[m], 1, 2048, softmax_jacobian=True)
+            for m in ("backprop", "pepita")}  # fmt: skip
     saving = 1 - long["pepita"].macs / long["backprop"].macs
     assert 0.30 <= saving <= 0.60  # paper's convention: 53 % (DistilBERT), 55 % (GPT-3 Small)
-    real = {m: step_cost(s, m, 1, 2048) for m in ("backprop", "pepita", "mempepita")}
+    real = {m: step_cost(s, RULES[m], 1, 2048) for m in ("backprop", "pepita", "mempepita")}
     # autograd softmax backward: PEPITA is not cheaper (error projection F e costs M V d)
     assert real["pepita"].macs / real["backprop"].macs == pytest.approx(1.0, abs=0.03)
     for seq in (32, 128, 512, 2048):
-        c = {m: step_cost(s, m, 1, seq) for m in ("pepita", "mempepita")}
+        c = {m: step_cost(s, RULES[m], 1, seq) for m in ("pepita", "mempepita")}
         assert c["mempepita"].macs / c["pepita"].macs == pytest.approx(4 / 3, abs=0.04)
 
 
@@ -64,7 +66,7 @@ def test_edgetune_model_mempepita_activation_claim(name):
     activations + workspace fall by less than half (docs/cost-model.md)."""
     s = _shape(name)
     for seq in (32, 128, 512, 1024, 2048):
-        bp, mp = (step_cost(s, m, 1, seq) for m in ("backprop", "mempepita"))
+        bp, mp = (step_cost(s, RULES[m], 1, seq) for m in ("backprop", "mempepita"))
         assert 1 - mp.memory.activations / bp.memory.activations > 0.94
         peak = lambda c: c.memory.activations + c.memory.workspace  # noqa: E731
         assert 0.0 < 1 - peak(mp) / peak(bp) < 0.60
@@ -77,7 +79,7 @@ def test_edgetune_model_only_mempepita_fits_128mb():
     s, mtia = _shape("distilbert"), load_device("mtia-v1")
     fits = {}
     for m in ("backprop", "pepita", "mempepita"):
-        c = step_cost(s, m, 1, 1024, head="classifier", precision=Precision.uniform("int8"),
+        c = step_cost(s, RULES[m], 1, 1024, head="classifier", precision=Precision.uniform("int8"),
                       optimizer="sgd")  # fmt: skip
         fits[m] = roofline(c, mtia, "int8").fits
     assert fits == {"backprop": False, "pepita": False, "mempepita": True}

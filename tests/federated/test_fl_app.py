@@ -31,17 +31,32 @@ def test_pyproject_is_a_valid_flower_app():
 
 def test_run_config_parsing():
     cfg, fed = settings({"train.lr": "2e-4", "federated.rounds": "3", "federated.resume": "true",
-                         "method.r": 4, "data.seq-len": 32})  # fmt: skip
+                         "data.seq-len": 32})  # fmt: skip
     assert cfg.train.lr == 2e-4 and fed.rounds == 3 and fed.resume is True
-    assert cfg.method == {"r": 4} and cfg.data.seq_len == 32
-    with pytest.raises(EdgetuneError, match="unknown key federated.round"):
+    assert cfg.data.seq_len == 32
+    with pytest.raises(EdgetuneError, match=r"unknown backprop option\(s\) r"):
+        settings({"train.method": "backprop", "method.r": 4})  # options of another method
+    assert settings({"train.method": "lora", "method.r": 4})[0].method.r == 4
+    with pytest.raises(EdgetuneError, match=r"unknown key\(s\) in federated: round"):
         settings({"federated.round": 3})
-    with pytest.raises(EdgetuneError, match="unknown strategy"):
+    with pytest.raises(EdgetuneError, match="unknown federated.strategy"):
         settings({"federated.strategy": "fedsgd"})
-    with pytest.raises(EdgetuneError, match="unknown compression"):
+    with pytest.raises(EdgetuneError, match="unknown federated.compress"):
         settings({"federated.compress": "zip"})
-    rc = run_config(clients=4, alpha=None, out=Path("x"), set=["federated.timeout=5"])
-    assert rc == {"federated.clients": 4, "out": "x", "federated.timeout": "5"}
+
+
+def test_federate_takes_settings_as_finetune_does():
+    """One override convention: flags, then `section.key=value` arguments."""
+    flags = {"federated.clients": 4, "federated.alpha": None, "out": Path("x")}
+    rc = run_config(None, flags, ["federated.timeout=5", "train.lr=1e-4"])
+    assert rc == {"federated.clients": 4, "out": "x", "federated.timeout": "5",
+                  "train.lr": "1e-4"}  # fmt: skip
+    cfg, fed = settings(rc)
+    assert fed.timeout == 5.0 and cfg.train.lr == 1e-4 and cfg.out == "x"
+    with pytest.raises(EdgetuneError, match="no such option: --clientz"):
+        run_config(None, {}, ["--clientz=4"])
+    with pytest.raises(EdgetuneError, match="unknown key"):
+        run_config(None, {}, ["federated.clientz=4"])
 
 
 def test_network_transfer_times():

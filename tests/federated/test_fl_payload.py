@@ -11,7 +11,7 @@ from torch.testing import assert_close
 from edgetune.federated import payload
 from edgetune.federated.payload import MalformedUpdate
 from edgetune.federated.strategies import to_record, wire_bytes
-from edgetune.federated.task import bundle, new_method, settings
+from edgetune.federated.task import new_method, session, settings
 
 
 def _update(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -94,27 +94,27 @@ def test_seeds_payload_checks():
     with pytest.raises(MalformedUpdate, match="at most"):
         payload.decode_seeds(arrays, 1)
     with pytest.raises(MalformedUpdate, match="NaN"):
-        payload.decode_seeds({**arrays, "mezo::grad": np.array([np.nan, 1.0])}, 2)
+        payload.decode_seeds({**arrays, "seeds::grad": np.array([np.nan, 1.0])}, 2)
 
 
 def _stepped(fl_config: dict, method: str, options: dict | None = None):
     """(client method after 2 local steps, its global start state) on the tiny classifier."""
     run = {**fl_config, "train.method": method, **(options or {})}
     cfg, fed = settings(run)
-    m = new_method(cfg, fed, 1, seed=5)
+    m = new_method(cfg, 1, seed=5)
     start = {k: v.clone() for k, v in m.trainable_state().items()}
-    data = bundle(cfg).data.splits["train"]
+    data = session(cfg).data.splits["train"]
     from edgetune.data.tasks import collate
 
     for i in range(2):
-        m.step([collate(data[i * 8 : (i + 1) * 8], bundle(cfg).pad_id)])
+        m.step([collate(data[i * 8 : (i + 1) * 8], session(cfg).pad_id)])
     return m, start, cfg, fed
 
 
 def test_mezo_seed_replay_gives_the_client_weights(fl_config):
     client, start, cfg, fed = _stepped(fl_config, "mezo")
     steps = [(s, g, client.settings.lr) for s, g in client.clear_history()]
-    server = new_method(cfg, fed, 1, seed=99)  # another seed: replay needs only the payload
+    server = new_method(cfg, 1, seed=99)  # another seed: replay needs only the payload
     server.load_trainable_state(start)
     for s, g, lr in payload.decode_seeds(payload.encode_seeds(steps), fed.local_steps):
         server.replay(s, g, lr, cfg.train.weight_decay)
@@ -137,7 +137,7 @@ def test_payload_sizes_per_method(fl_config):
             arrays, _ = payload.encode(payload.delta(m.trainable_state(), start), codec)
         record = to_record({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
         sizes[method, codec] = wire_bytes(record)
-        total = sum(p.numel() for p in bundle(cfg).loaded.model.parameters())
+        total = sum(p.numel() for p in session(cfg).model.parameters())
         fractions[method] = sum(v.numel() for v in start.values()) / total
     full = sizes["backprop", "fp32"]
     assert fractions["backprop"] == 1.0 and full >= 4 * total

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
+from edgetune.commands import OVERRIDES
 from edgetune.commands.federate import federate
 from edgetune.federated.simulate import simulate
 
@@ -37,8 +38,8 @@ def test_a_client_dies_mid_round_then_the_run_resumes(fl_config):
 
 def test_mezo_sends_seeds_through_the_cli(fl_config):
     app = typer.Typer()
-    app.command()(federate)
-    sets = [f"--set={k}={v}" for k, v in fl_config.items() if k not in ("out", "train.method")]
+    app.command(context_settings=OVERRIDES)(federate)
+    sets = [f"{k}={v}" for k, v in fl_config.items() if k not in ("out", "train.method")]
     result = CliRunner().invoke(app, ["--method", "mezo", "--out", fl_config["out"], *sets])
     assert result.exit_code == 0, result.output
     data = json.loads((Path(fl_config["out"]) / "federated.json").read_text())

@@ -21,12 +21,12 @@ from flwr.app import (
 from flwr.app.message.message import make_message
 from torch.testing import assert_close
 
+from edgetune.config import FederatedConfig as FedSettings
 from edgetune.federated import payload
 from edgetune.federated.ledger import Ledger
 from edgetune.federated.network import get_network
 from edgetune.federated.server_app import delta_decoder
 from edgetune.federated.strategies import make_strategy, to_record, wire_bytes
-from edgetune.federated.task import FedSettings
 
 GLOBAL = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
 

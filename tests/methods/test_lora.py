@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel
-from tiny_models import make_batch, make_model
+from tiny import make_batch, make_model
 
 from edgetune.errors import EdgetuneError
-from edgetune.methods import MethodSettings, build_method
+from edgetune.methods import build_method
+from edgetune.methods.base import MethodSettings
 
 
 def lora(kind, **options):
@@ -45,19 +46,19 @@ def test_export_merges_into_a_plain_model_with_the_same_outputs(kind, tmp_path):
     m, batch = lora(kind), make_batch(kind)
     for _ in range(3):
         m.step([batch])
-    exported = m.export_model()
-    assert not isinstance(exported, PeftModel)
-    assert not any("lora" in n for n, _ in exported.named_parameters())
     m.model.eval()
-    exported.eval()
     with torch.no_grad():
         adapted = m.model(**batch).logits
+    exported = m.export_model()  # merged in place: no second copy of the model at the end
+    assert not isinstance(exported, PeftModel)
+    assert not any("lora" in n for n, _ in exported.named_parameters())
+    exported.eval()
+    with torch.no_grad():
         torch.testing.assert_close(exported(**batch).logits, adapted, atol=1e-5, rtol=1e-5)
         base = make_model(kind).eval()(**batch).logits
     assert not torch.allclose(base, adapted)
     exported.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
-    m.step([batch])  # the method keeps training after an export
 
 
 def test_bad_options_are_reported():

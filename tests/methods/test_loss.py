@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import make_batch, make_model
+from tiny import make_batch, make_model
 
 from edgetune.methods.base import forward_loss, scored_positions
 

@@ -12,10 +12,10 @@ import io
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import make_batch, make_model
+from tiny import make_batch, make_model
 
-from edgetune.methods import METHODS, MethodSettings, build_method
-from edgetune.methods.base import forward_loss
+from edgetune.methods import METHODS, build_method
+from edgetune.methods.base import MethodSettings, forward_loss
 
 MODELS = ["bert", "llama"]
 # method -> model -> (lr, options, steps for the loss test)

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from tiny_models import make_batch, make_model
+from tiny import make_batch, make_model
 
 from edgetune.errors import EdgetuneError
-from edgetune.methods import MethodSettings, build_method
-from edgetune.methods.base import forward_loss
+from edgetune.methods import build_method
+from edgetune.methods.base import MethodSettings, forward_loss
 from edgetune.methods.mezo import Mezo
 
 

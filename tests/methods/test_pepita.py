@@ -6,11 +6,12 @@ import copy
 
 import pytest
 import torch
-from tiny_models import make_batch, make_model
+from tiny import make_batch, make_model
 from torch import nn
 
 from edgetune.errors import EdgetuneError
-from edgetune.methods import MethodSettings, build_method
+from edgetune.methods import build_method
+from edgetune.methods.base import MethodSettings
 from edgetune.methods.pepita_core import (
     PepitaCore,
     classification_loss,

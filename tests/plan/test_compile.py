@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from edgetune.data.tasks import collate
-from edgetune.methods import MethodSettings, build_method
+from edgetune.methods import build_method
+from edgetune.methods.base import MethodSettings
 from edgetune.plan.compile import compile_step, is_compiled, release
 
 

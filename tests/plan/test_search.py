@@ -6,20 +6,19 @@ import pytest
 import yaml
 
 from edgetune.errors import EdgetuneError
-from edgetune.plan.contribution import Candidate, ContributionTable, Entry, scheme_of
-from edgetune.plan.scheme import UpdateScheme
+from edgetune.plan.planner import Plan, training_budget
 from edgetune.plan.search import (
     Cost,
     Costs,
     Item,
-    Plan,
     builtin_schemes,
     knapsack,
-    parse_bytes,
     search,
     shortlist,
-    summed_gain,
 )
+from edgetune.plan.table import Candidate, ContributionTable, Entry, scheme_of, summed_gain
+from edgetune.scheme import UpdateScheme
+from edgetune.units import parse_bytes
 
 # Prepare: 3 blocks; depth costs grow downwards; items with integer costs
 DEPTH = {0: 9, 1: 5, 2: 2}
@@ -172,20 +171,19 @@ def test_scheme_of_merges_a_unit_named_twice():
     assert (norm.unit, norm.layer, norm.weight_fraction) == ("norm", 3, 1.0)
 
 
-def test_device_budget_is_its_memory_minus_the_weights():
+def test_the_search_room_is_the_budget_or_device_memory_minus_the_weights():
+    """`--budget` means the step's peak, weights included, in plan as in finetune."""
     from edgetune.cost import load_device
-    from edgetune.plan.search import resolve_budget
 
     memory = load_device("rpi4").memory.value
-    assert resolve_budget(None, "rpi4", 1e8) == memory - 1e8
-    assert resolve_budget("64MB", None, 1e8) == 64e6
+    assert training_budget(None, "rpi4", 1e8) == memory - 1e8
+    assert training_budget("1GB", None, 1e8) == 9e8
     with pytest.raises(EdgetuneError, match="exactly one"):
-        resolve_budget("64MB", "rpi4", 1e8)
-    assert resolve_budget("1GB", None, 1e8, whole_peak=True) == 9e8
+        training_budget("64MB", "rpi4", 1e8)
     with pytest.raises(EdgetuneError, match="do not fit"):
-        resolve_budget(None, "stm32h7", 1e8)
+        training_budget(None, "stm32h7", 1e8)
     with pytest.raises(EdgetuneError, match="do not fit the budget"):
-        resolve_budget("64MB", None, 1e8, whole_peak=True)
+        training_budget("64MB", None, 1e8)
 
 
 def test_search_without_a_head_plans_blocks_only():

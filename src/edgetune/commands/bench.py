@@ -1,5 +1,5 @@
 """`edgetune bench methods` and `edgetune bench hardware`: thin wrappers over
-`edgetune.measure.bench` (the same code as `benchmarks/methods.py`).
+`edgetune.bench.methods` (the same code as `benchmarks/methods.py`).
 
 `bench_app` is registered by `edgetune.cli` as `edgetune bench`. Bad input raises
 `EdgetuneError` (the CLI prints it on one line and exits 1).
@@ -12,16 +12,16 @@ from pathlib import Path
 
 import typer
 
-from edgetune.errors import EdgetuneError
-from edgetune.measure.bench import (
+from edgetune.bench.methods import (
     Setup,
     Variant,
     compare,
     minilm_variants,
     smollm_variants,
 )
-from edgetune.measure.bench import hardware as hardware_rows
-from edgetune.measure.tables import hardware_table, methods_table, write_outputs
+from edgetune.bench.methods import hardware as hardware_rows
+from edgetune.bench.tables import hardware_table, methods_table, write_outputs
+from edgetune.errors import EdgetuneError
 
 bench_app = typer.Typer(
     help="Measure learning methods side by side, and this machine's peak.", no_args_is_help=True

@@ -6,41 +6,21 @@ raises `EdgetuneError` (the CLI prints it on one line and exits 1).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from edgetune.cost import (
-    METHODS,
-    NAMED_SHAPES,
-    ModelShape,
-    cost_rows,
-    device_names,
-    load_device,
-    not_measured_note,
-    shape_from_config,
-)
-from edgetune.cost.table import Row, human, seconds
+from edgetune.commands import wide_console
+from edgetune.cost import Precision, device_names, load_device, not_measured_note
 from edgetune.errors import EdgetuneError
-from edgetune.plan.scheme import UpdateScheme
+from edgetune.forecast import Row, StepInputs, model_shape, sweep
+from edgetune.methods import METHODS, get_method
+from edgetune.units import human, seconds
 
 DTYPES = ("fp32", "bf16", "fp16", "int8", "mixed")
-
-
-def model_shape(name: str) -> ModelShape:
-    """A registry model (its transformers config, no weights) or a cost-only named shape."""
-    if name in NAMED_SHAPES:
-        return NAMED_SHAPES[name]
-    from edgetune.models.registry import SPECS  # imports transformers: only here
-
-    if name not in SPECS:
-        known = ", ".join(sorted([*SPECS, *NAMED_SHAPES]))
-        raise EdgetuneError(f"unknown model {name!r}; known: {known}")
-    return shape_from_config(SPECS[name].config().to_dict(), name)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -58,7 +38,9 @@ def _pct(x: float | None) -> str:
 
 
 def cost(
-    model: str = typer.Option("distilbert", help="Model name from the registry, or alexatm-20b."),
+    model: str = typer.Option(
+        "distilbert", help="Registry name, alexatm-20b, a local model folder or a hub id."
+    ),
     method: str = typer.Option(
         "backprop,pepita,mempepita", help=f"Comma-separated methods: {', '.join(METHODS)}."
     ),
@@ -67,43 +49,70 @@ def cost(
     batch: int = typer.Option(1, help="Sequences per step."),
     dtype: str = typer.Option("fp32", help=f"Number format: {', '.join(DTYPES)}."),
     head: str = typer.Option("lm", help="Task head: lm, classifier or none."),
+    labels: int = typer.Option(2, help="Classes of a classifier head."),
     tgt_seq: int = typer.Option(0, help="Target length of an encoder-decoder (0: same as seq)."),
-    optimizer: str = typer.Option("adamw", help="adamw, sgd or sgd-momentum."),
-    scheme: Path | None = typer.Option(None, help="Update scheme YAML for the sparse method."),
-    lora_rank: int = typer.Option(8, help="LoRA rank for the lora method."),
+    optimizer: str | None = typer.Option(
+        None, help="adamw, sgd or sgd-momentum for every method (default: each method's own)."
+    ),
+    scheme: str | None = typer.Option(
+        None, help="Update scheme (built-in name or YAML) of the methods that have one."
+    ),
+    lora_rank: int | None = typer.Option(None, help="LoRA rank (default: lora's own, 8)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
     plot: Path | None = typer.Option(None, help="Write a sweep figure (PNG) to this file."),
 ) -> None:
-    """Predict MACs, FLOPs, memory, fit and latency of one training step per method."""
+    """Predict MACs, FLOPs, memory, fit and latency of one training step per method.
+
+    The same forecast `finetune` prints before training (`edgetune.forecast`), for any model
+    shape, without loading weights.
+
+    Examples:
+
+        edgetune cost --model distilbert --method backprop,pepita,mempepita --device rpi4
+
+        edgetune cost --model smollm2-135m --method sparse,lora --scheme last-2 --seq 256
+
+        edgetune cost --model gpt3-small --method backprop,mempepita --seq 32,2048 --plot s.png
+    """
     shape = model_shape(model)
-    methods = [m.strip() for m in method.split(",") if m.strip()]
+    names = [m.strip() for m in method.split(",") if m.strip()]
     seqs = _ints(seq, "seq")
     if batch < 1:
         raise EdgetuneError(f"--batch must be at least 1, got {batch}")
     if dtype not in DTYPES:
         raise EdgetuneError(f"unknown --dtype {dtype!r}; choose {', '.join(DTYPES)}")
+    if head not in ("lm", "classifier", "none"):
+        raise EdgetuneError(f"unknown --head {head!r}; use lm, classifier or none")
     dev = load_device(device) if device else None
-    upd = None
-    if "sparse" in methods:
-        n = shape.n_layers + shape.n_dec_layers
-        upd = UpdateScheme.load(scheme) if scheme else UpdateScheme.qkv_ffn1(n, max(1, n // 2))
-    rows = cost_rows(shape, methods, seqs, dev, batch, dtype, head, tgt_seq, optimizer, upd,
-                     lora_rank)  # fmt: skip
+    methods = {}
+    for name in names:
+        spec = get_method(name)
+        options: dict = {}
+        if scheme is not None and spec.scheme_option:
+            options[spec.scheme_option] = scheme
+        if lora_rank is not None and "r" in {f.name for f in dataclasses.fields(spec.options)}:
+            options["r"] = lora_rank
+        methods[name] = spec.parse(options)
+    prec = (
+        Precision.uniform(dtype) if dtype != "mixed" else Precision("bf16", "bf16", "fp32", "bf16")
+    )
+    inputs = StepInputs(shape, batch, seqs[0], head, labels, tgt_seq, precision=prec,
+                        optimizer=optimizer)  # fmt: skip
+    rows = sweep(inputs, methods, seqs, dev)
     if json_out:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
-        _print_table(rows, shape, dev, dtype, batch, upd)
+        _print_table(rows, shape, dev, dtype, batch)
     if plot:
-        write_sweep_plot(shape, methods, seqs, plot, batch, dtype, head, tgt_seq, optimizer, upd)
+        from edgetune.report.figures import plot_sweep
+
+        plot_sweep(inputs, methods, seqs, plot, f"{shape.name}, batch {batch}, {dtype}")
         if not json_out:
             typer.echo(f"wrote {plot}")
 
 
-def _print_table(rows: list[Row], shape, dev, dtype: str, batch: int, upd) -> None:
-    title = f"{shape.name}: one training step, batch {batch}, {dtype}"
-    if upd is not None:
-        title += f", sparse scheme {upd.name}"
-    t = Table(title=title)
+def _print_table(rows: list[Row], shape, dev, dtype: str, batch: int) -> None:
+    t = Table(title=f"{shape.name}: one training step, batch {batch}, {dtype}")
     for col in ("method", "seq", "MACs", "FLOPs", "weights", "grads", "optim", "activ.",
                 "work", "peak", "fit", "latency", "MACs vs BP", "peak vs BP"):  # fmt: skip
         t.add_column(col, justify="left" if col == "method" else "right")
@@ -117,7 +126,7 @@ def _print_table(rows: list[Row], shape, dev, dtype: str, batch: int, upd) -> No
             human(m.peak, "B", 1024), fit, seconds(r.latency_s) if dev else "",
             _pct(r.macs_vs_backprop), _pct(r.memory_vs_backprop),
         )  # fmt: skip
-    console = _console()
+    console = wide_console()
     console.print(t)
     if dev is not None:
         mem = human(dev.memory.value, "B", 1024) if dev.memory else "unknown"
@@ -125,58 +134,6 @@ def _print_table(rows: list[Row], shape, dev, dtype: str, batch: int, upd) -> No
                       "of peak FLOP/s and bandwidth (docs/cost-model.md)")  # fmt: skip
         if note := not_measured_note(dev):
             console.print(note)
-
-
-def write_sweep_plot(
-    shape: ModelShape,
-    methods: list[str],
-    seqs: list[int],
-    path: Path,
-    batch: int = 1,
-    dtype: str = "fp32",
-    head: str = "lm",
-    tgt_seq: int = 0,
-    optimizer: str = "adamw",
-    scheme: UpdateScheme | None = None,
-) -> None:
-    """MACs, activation memory and total memory against context length, one line per method
-    (the layout of Pau & Aymone 2024, figure 5). Written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgetune.io import atomic_write
-
-    lo, hi = min(seqs), max(seqs)
-    grid = (
-        sorted({*seqs, *[int(lo * (hi / lo) ** (i / 24)) for i in range(25)]}) if hi > lo else seqs
-    )
-    rows = cost_rows(shape, methods, grid, None, batch, dtype, head, tgt_seq, optimizer, scheme)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
-    panels = [
-        ("MACs (G)", lambda r: r.cost.macs / 1e9),
-        ("activations + workspace (MiB)",
-         lambda r: (r.cost.memory.activations + r.cost.memory.workspace) / 2**20),
-        ("peak memory (MiB)", lambda r: r.cost.memory.peak / 2**20),
-    ]  # fmt: skip
-    for ax, (label, get) in zip(axes, panels, strict=True):
-        for m in methods:
-            pts = [(r.cost.seq, get(r)) for r in rows if r.cost.method == m]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"{shape.name}, batch {batch}, {dtype}")
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-
-
-def _console() -> Console:
-    """Rich console; wide when output is not a terminal so tables stay readable in logs."""
-    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 def devices(
@@ -202,7 +159,7 @@ def devices(
             fields = [("memory", d.memory), ("bandwidth", d.bandwidth), ("power", d.power)]
             fields += [(f"peak {k}", v) for k, v in d.peak_flops.items()]
             notes += [f"{name} {k}: {v.source}" for k, v in fields if v is not None]
-    console = _console()
+    console = wide_console()
     console.print(t)
     for n in notes:
         console.print(n, soft_wrap=True)

@@ -1,8 +1,8 @@
 """`edgetune federate`: federated fine-tuning with Flower, simulated here or deployed.
 
-A plain function for typer (`app.command()(federate)` in `edgetune.cli`). Options left unset
-keep the YAML config's value (`--config`), then edgetune's defaults; `--set key=value` passes
-any run-config key (`train.lr=1e-4`, `method.r=4`, `federated.timeout=60`).
+Options left unset keep the YAML config's value (`--config`), then edgetune's defaults; extra
+`section.key=value` arguments set any run-config key (`train.lr=1e-4`, `method.r=4`,
+`federated.timeout=60`), as for `finetune`.
 """
 
 from __future__ import annotations
@@ -14,30 +14,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgetune.commands import overrides
 from edgetune.errors import EdgetuneError
 
 
-def run_config(**options: Any) -> dict[str, Any]:
-    """The flat Flower run config of the options that were given."""
-    keys = {
-        "config": "config", "model": "model.name", "data": "data.name", "method": "train.method",
-        "out": "out", "clients": "federated.clients", "rounds": "federated.rounds",
-        "local_steps": "federated.local_steps", "strategy": "federated.strategy",
-        "partition": "federated.partition", "alpha": "federated.alpha",
-        "compress": "federated.compress", "topk_fraction": "federated.topk_fraction",
-        "network": "federated.network", "resume": "federated.resume",
-    }  # fmt: skip
-    out = {keys[k]: (str(v) if isinstance(v, Path) else v)
-           for k, v in options.items() if k in keys and v is not None}  # fmt: skip
-    for item in options.get("set") or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise EdgetuneError(f"--set {item!r} is not of the form key=value")
-        out[key.strip()] = value
+def run_config(config: Path | None, flags: dict[str, Any], extra: list[str]) -> dict[str, Any]:
+    """The flat Flower run config: the YAML file under `config`, then the given flags and
+    `section.key=value` arguments (checked here, before Ray or a SuperLink starts)."""
+    from edgetune.federated.task import settings
+
+    out: dict[str, Any] = {"config": str(config)} if config is not None else {}
+    out.update({k: (str(v) if isinstance(v, str) else v)
+                for k, v in overrides(flags, extra, "federate").items()})  # fmt: skip
+    settings(out)
     return out
 
 
 def federate(
+    ctx: typer.Context,
     config: Path | None = typer.Option(None, help="YAML run config (model, data, train, method)."),
     model: str | None = typer.Option(None, help="Model: registry name or local folder."),
     data: str | None = typer.Option(None, help="Data set: bundled name or file."),
@@ -60,16 +54,29 @@ def federate(
     resume: bool | None = typer.Option(None, help="Continue from the last round checkpoint."),
     cpus: int = typer.Option(2, help="Simulation: CPUs for client actors (1 CPU each)."),
     timeout: float = typer.Option(3600.0, help="Deployment: seconds before giving up."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Any run-config key=value."),
     out: Path | None = typer.Option(None, help="Run folder (federated.json, model, plots)."),
 ) -> None:
     """Fine-tune one model across clients with Flower: each client runs the method's own step
-    on its partition and sends only its update."""
-    rc = run_config(config=config, model=model, data=data, method=method, clients=clients,
-                    rounds=rounds, local_steps=local_steps, strategy=strategy,
-                    partition=partition, alpha=alpha, compress=compress,
-                    topk_fraction=topk_fraction, network=network, resume=resume, set=set_,
-                    out=out)  # fmt: skip
+    on its partition and sends only its update. Extra `section.key=value` arguments set any
+    run-config key.
+
+    Examples:
+
+        edgetune federate --clients 8 --rounds 5 --partition dirichlet --alpha 0.5 --out runs/fl
+
+        edgetune federate --config configs/federated-lora-topk.yaml federated.timeout=60
+
+        edgetune federate --deploy local --clients 2 --rounds 2 --method lora --out runs/fl-dep
+    """
+    flags = {
+        "model.name": model, "data.name": data, "train.method": method, "out": out,
+        "federated.clients": clients, "federated.rounds": rounds,
+        "federated.local_steps": local_steps, "federated.strategy": strategy,
+        "federated.partition": partition, "federated.alpha": alpha,
+        "federated.compress": compress, "federated.topk_fraction": topk_fraction,
+        "federated.network": network, "federated.resume": resume,
+    }  # fmt: skip
+    rc = run_config(config, flags, ctx.args)
     if deploy == "sim":
         if tls:
             raise EdgetuneError("--tls applies to --deploy local only")

@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from edgetune.commands import err, overrides, wide_console
 from edgetune.errors import EdgetuneError
+from edgetune.forecast import EXCLUDES
+from edgetune.units import human_bytes
 
 
 def _layers(text: str | None, what: str) -> list[int] | None:
@@ -36,14 +38,16 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 
 def plan(
-    model: str = typer.Option("minilm-l6", help="Registry name or local model folder."),
-    data: str = typer.Option("reuters-r8", help="Bundled data set or data file."),
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML run config."),
+    model: str | None = typer.Option(None, help="Registry name or local model folder."),
+    data: str | None = typer.Option(None, help="Bundled data set or data file."),
     task: str | None = typer.Option(None, help="classify, lm, summarize or chat (data files)."),
     budget: str | None = typer.Option(
-        None, help="Training-memory budget beyond the weights: 64MB, 1.5GB, 512MiB."
+        None, help="Memory a step may use, weights included (as finetune): 64MB, 1.5GB, 512MiB."
     ),
     device: str | None = typer.Option(
-        None, help="Device profile (`edgetune devices`): its memory minus the weights."
+        None, help="Device profile (`edgetune devices`): its memory is the budget."
     ),
     max_step: float | None = typer.Option(
         None, help="Step time limit in forward passes (the cost model's FLOPs), e.g. 1.25."
@@ -52,8 +56,8 @@ def plan(
         0, help="Fine-tune the best N shortlisted schemes jointly; keep the best measured."
     ),
     out: Path = typer.Option(Path("plan.yaml"), help="Scheme YAML to write (with its forecast)."),
-    seq_len: int = typer.Option(128, help="Tokens per example (analysis and forecast)."),
-    batch_size: int = typer.Option(16, help="Examples per step the forecast is for."),
+    seq_len: int | None = typer.Option(None, help="Tokens per example (default 128)."),
+    batch_size: int | None = typer.Option(None, help="Examples per step (default 16)."),
     steps: int = typer.Option(10, help="Optimizer steps each candidate is fine-tuned for."),
     analysis_batch: int = typer.Option(8, help="Examples per step of the candidates' runs."),
     lr: float = typer.Option(1e-3, help="Learning rate of the candidates' short runs."),
@@ -72,7 +76,10 @@ def plan(
     plot: Path | None = typer.Option(None, help="Write the gain per layer and unit (PNG)."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
-    """Plan a sparse update scheme for a memory budget or a device.
+    """Plan a sparse update scheme for a memory budget or a device. Extra `section.key=value`
+    arguments set the run it is planned for, as for `finetune` (the method defaults to sparse).
+
+    The budget means what it means for `finetune`: the step's peak memory, weights included.
 
     Examples:
 
@@ -82,22 +89,26 @@ def plan(
 
         edgetune plan --budget 48MB --max-step 1.25 --verify 4 --out fast.yaml
 
-        edgetune finetune --method sparse method.scheme=plan.yaml ...
+        edgetune finetune --method sparse --scheme plan.yaml ...
     """
     from edgetune.config import load_config
-    from edgetune.plan.contribution import AnalysisSettings, plot_gains
-    from edgetune.plan.search import human_bytes, make_plan
+    from edgetune.pipeline import load
+    from edgetune.plan.planner import make_plan
+    from edgetune.plan.table import AnalysisSettings
 
-    overrides = {
-        "model.name": model,
-        "data.name": data,
-        "data.task": task,
-        "data.seq_len": seq_len,
-        "train.batch_size": batch_size,
-        "data.train_samples": train_samples,
-    }
-    cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items() if v is not None])
-    settings = AnalysisSettings(
+    flags = {
+        "model.name": model, "data.name": data, "data.task": task, "data.seq_len": seq_len,
+        "train.batch_size": batch_size, "data.train_samples": train_samples,
+    }  # fmt: skip
+    settings_ = overrides(flags, ctx.args, "plan")
+    if config is None:
+        settings_ = {"train.method": "sparse", "data.seq_len": 128, **settings_}
+    cfg = load_config(config, settings_)
+    if budget is None and device is None:
+        raise EdgetuneError("give a memory budget (--budget 64MB) or a device (--device rpi4)")
+    if budget is not None and device is not None:
+        raise EdgetuneError("give one of --budget or --device, not both")
+    analysis = AnalysisSettings(
         steps=steps,
         lr=lr,
         batch_size=analysis_batch,
@@ -112,12 +123,13 @@ def plan(
         )
     if verify < 0:
         raise EdgetuneError(f"--verify must be 0 or more, got {verify}")
-    console = Console(stderr=True)
     result, table = make_plan(
-        cfg, budget, device, settings, cache, console, max_step=max_step, verify=verify
+        load(cfg), budget, device, analysis, cache, err, max_step=max_step, verify=verify
     )
     result.save(out)
     if plot:
+        from edgetune.report.figures import plot_gains
+
         plot_gains(table, plot)
     if json_out:
         typer.echo(
@@ -132,18 +144,21 @@ def plan(
             )
         )
         return
-    t = Table(title=f"planned scheme for {model} on {data} within {human_bytes(result.budget)}")
+    room = human_bytes(result.budget)
+    t = Table(title=f"planned scheme for {cfg.model.name} on {cfg.data.name}: {room} of "
+                    "training memory beside the weights")  # fmt: skip
     for col in ("unit", "layer", "channel fraction", "bias"):
         t.add_column(col)
     for u in result.scheme.updates:
         layer = "" if u.unit == "head" else str(u.layer)
         t.add_row(u.unit, layer, f"{u.weight_fraction:g}", "yes" if u.bias else "no")
-    out_console = Console()
+    out_console = wide_console()
     out_console.print(t)
     f = result.forecast
     out_console.print(
         f"forecast (batch {f['batch']}, {f['seq']} tokens): training memory "
-        f"{human_bytes(f['training_bytes'])}, peak {human_bytes(f['peak_bytes'])}, "
+        f"{human_bytes(f['training_bytes'])}, peak {human_bytes(f['peak_bytes'])} "
+        f"({EXCLUDES}), "
         f"step {f['step_forwards']:.2f}x a forward (FLOPs), "
         f"{f['trained_params'] / 1e6:.2f}M trained parameters; predicted held-out loss gain "
         f"{result.gain:.4f}"

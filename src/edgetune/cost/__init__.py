@@ -4,8 +4,11 @@ Pure Python, imports neither torch nor transformers (a test enforces it), so the
 CLI and the federated server can ask it anything cheaply.
 
     shape = shape_from_config(config.to_dict())          # or NAMED_SHAPES["alexatm-20b"]
-    cost = step_cost(shape, "mempepita", batch=1, seq=512)
+    cost = step_cost(shape, Rule("forward-only", "linears", lockstep=True), batch=1, seq=512)
     r = roofline(cost, load_device("rpi4"))              # r.fits, r.latency_s
+
+A method's rule comes from its registry entry; `edgetune.forecast` turns a run (model, data,
+method and its options) into these calls.
 
 See docs/cost-model.md for the formulas and conventions.
 """
@@ -14,27 +17,26 @@ from edgetune.cost.device import (
     EFFICIENCY,
     Device,
     Roofline,
+    bytes_moved,
     device_names,
     load_device,
     not_measured_note,
     roofline,
 )
-from edgetune.cost.methods import METHODS, Memory, Precision, StepCost, step_cost
+from edgetune.cost.methods import Memory, Precision, Rule, StepCost, step_cost
 from edgetune.cost.shapes import NAMED_SHAPES, ModelShape, n_params, shape_from_config
-from edgetune.cost.table import Row, cost_rows
 
 __all__ = [
     "EFFICIENCY",
-    "METHODS",
     "NAMED_SHAPES",
     "Device",
     "Memory",
     "ModelShape",
     "Precision",
     "Roofline",
-    "Row",
+    "Rule",
     "StepCost",
-    "cost_rows",
+    "bytes_moved",
     "device_names",
     "load_device",
     "n_params",

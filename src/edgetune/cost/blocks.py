@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgetune.cost.graph import FROZEN, Node, Tape, Train
-from edgetune.cost.shapes import DECODER, ENCODER, ENCODER_DECODER, ModelShape
+from edgetune.cost.shapes import ModelShape
 from edgetune.errors import EdgetuneError
+from edgetune.families import DECODER, ENCODER, ENCODER_DECODER
 
 TOKENS = "tokens"  # key of the token embedding table (shared by T5's stacks, tied LM heads)
 

@@ -138,10 +138,6 @@ def bytes_moved(c: StepCost, n_passes: int) -> float:
     return n_passes * m.weights + 2 * m.activations + 2 * m.gradients + 2 * m.optimizer
 
 
-def passes(method: str) -> int:
-    return {"backprop": 2, "sparse": 2, "lora": 2, "pepita": 2, "mempepita": 3, "mezo": 2}[method]
-
-
 @dataclass(frozen=True)
 class Roofline:
     compute_s: float | None
@@ -173,7 +169,7 @@ def roofline(
     peak = dev.peak(dtype)
     compute = c.flops / (peak * efficiency) if peak else None
     bw = dev.bandwidth.value if dev.bandwidth else None
-    memory = bytes_moved(c, passes(c.method)) / (bw * efficiency) if bw else None
+    memory = bytes_moved(c, c.passes) / (bw * efficiency) if bw else None
     fits = c.memory.peak <= dev.memory.value if dev.memory else None
     return Roofline(compute, memory, fits)
 

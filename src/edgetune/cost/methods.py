@@ -1,19 +1,24 @@
 """Cost of one training step per learning rule: MACs, FLOPs and memory by component.
 
-Methods (one name each, as everywhere in edgetune):
+The cost model knows learning rules by what they do, not by name: a `Rule` says how a step
+updates (backward, zeroth-order, forward-only) and what trains. Each method's registry entry
+(`edgetune.methods.registry`) carries its rule, so a new method that spends a step like an
+existing one needs nothing here. The rules edgetune's methods use:
 
-- `backprop`  full fine-tuning: forward, backward (input and weight gradients), optimizer step.
-- `sparse`    backprop restricted by an `UpdateScheme`: only named units train; backward stops at
-              the lowest trained layer; weight-gradient MACs scale with `weight_fraction`;
-              bias-only units save no input activations.
-- `pepita`    two forwards (clean, then input modulated by F e) and a local update per trained
-              weight; keeps the clean pass's outputs of the trained hidden linears for the
-              update and every update until the end of the step.
-- `mempepita` PEPITA in lockstep: the clean pass, then the clean and modulated batch together
-              (three forwards' work); keeps F e and one update at a time.
-- `mezo`      zeroth-order SPSA: two forwards per step on perturbed copies of one module's
-              parameters at a time, no gradients.
-- `lora`      rank-r adapters on chosen linears; the base model is frozen.
+- backward, all      full fine-tuning (`backprop`): forward, backward (input and weight
+                     gradients), optimizer step.
+- backward, scheme   backprop restricted by an `UpdateScheme` (`sparse`): only named units
+                     train; backward stops at the lowest trained layer; weight-gradient MACs
+                     scale with `weight_fraction`; bias-only units save no input activations.
+- backward, adapters rank-r adapters on chosen linears (`lora`); the base model is frozen.
+- forward-only, linears
+                     two forwards (clean, then input modulated by F e) and a local update per
+                     trained weight (`pepita`); keeps the clean pass's outputs of the trained
+                     hidden linears for the update and every update until the end of the step.
+                     In lockstep (`mempepita`): the clean pass, then the clean and modulated
+                     batch together (three forwards' work); keeps F e and one update at a time.
+- zeroth-order, all  SPSA (`mezo`): two forwards per step on perturbed copies of one module's
+                     parameters at a time, no gradients.
 
 Memory components: weights, gradients (PEPITA's: its updates), optimizer state, activations
 (kept across the step: saved for backward, or PEPITA's clean outputs and F e) and workspace
@@ -31,11 +36,13 @@ from dataclasses import asdict, dataclass, replace
 from edgetune.cost.blocks import Inputs, Trainability, record
 from edgetune.cost.forward_only import FP32, mezo_peak, pepita_peak
 from edgetune.cost.graph import FROZEN, FULL, Tape, Train
-from edgetune.cost.shapes import ENCODER_DECODER, ModelShape, n_params
+from edgetune.cost.shapes import ModelShape, n_params
 from edgetune.errors import EdgetuneError
-from edgetune.plan.scheme import UpdateScheme
+from edgetune.families import ENCODER_DECODER
+from edgetune.scheme import UpdateScheme
 
-METHODS = ("backprop", "sparse", "pepita", "mempepita", "mezo", "lora")
+UPDATES = ("backward", "zeroth-order", "forward-only")
+TRAINS = ("all", "scheme", "adapters", "linears")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 OPTIMIZER_STATES = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}
 # temporaries of one parameter's size the optimizer step makes per parameter: none for AdamW,
@@ -44,6 +51,33 @@ OPTIMIZER_STATES = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}
 # weight decay)
 OPTIMIZER_TEMPORARIES = {"adamw": 0, "sgd": 0, "sgd-momentum": 0}
 LORA_UNITS = ("q", "k", "v", "attn_out", "ffn1", "ffn2")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a learning rule spends one step, in the cost model's terms.
+
+    update: `backward` (forward, backward, optimizer step), `zeroth-order` (two perturbed
+        forwards, no gradient) or `forward-only` (PEPITA's two forwards and local updates).
+    trains: `all` parameters, a `scheme` (an UpdateScheme), `adapters` (LoRA on chosen units)
+        or `linears` (every linear and the head; norms and embeddings stay frozen).
+    lockstep: a forward-only rule that runs its modulated pass beside the clean one
+        (MEMPEPITA), so no layer's activations outlive the layer.
+    """
+
+    update: str
+    trains: str
+    lockstep: bool = False
+
+    def __post_init__(self) -> None:
+        if self.update not in UPDATES or self.trains not in TRAINS:
+            raise EdgetuneError(f"unknown rule ({self.update}, {self.trains})")
+
+    @property
+    def passes(self) -> int:
+        """Times a step reads every weight: forward and backward, two perturbed forwards, or
+        PEPITA's two passes (three in lockstep)."""
+        return 3 if self.lockstep else 2
 
 
 @dataclass(frozen=True)
@@ -98,7 +132,7 @@ class StepCost:
     (input and weight gradients) and update (forward-only rules' local weight updates, PEPITA's
     error projection)."""
 
-    method: str
+    method: str  # the label it was asked for (a method's name)
     model: str
     batch: int
     seq: int
@@ -111,6 +145,7 @@ class StepCost:
     memory: Memory
     params: int
     trained_params: float
+    passes: int = 2  # times the step reads every weight (the roofline's memory traffic)
 
     @property
     def macs(self) -> float:
@@ -137,16 +172,16 @@ def _unit(role: str) -> str:
 
 
 def _trainability(
-    method: str, head: str, scheme: UpdateScheme | None, lora_rank: int, lora_units
+    rule: Rule, head: str, scheme: UpdateScheme | None, lora_rank: int, lora_units
 ) -> Trainability:
-    if method == "backprop":
-        return Trainability(lambda u, i: FULL, True, True)
-    if method in ("pepita", "mempepita"):  # linears and head learn; embeddings, norms do not
+    if rule.trains == "all":  # zeroth-order perturbs every weight but needs no gradient
+        grads = FULL if rule.update == "backward" else FROZEN
+        backward = rule.update == "backward"
+        return Trainability(lambda u, i: grads, backward, backward)
+    if rule.trains == "linears":  # linears and head learn; embeddings, norms do not
         # the output layer learns (dW_L = e^T h'); a tied one is the embedding matrix
         return Trainability(lambda u, i: FROZEN if u == "norm" else FULL, False, True)
-    if method == "mezo":  # perturbs every weight, but never needs a gradient
-        return Trainability(lambda u, i: FROZEN, False, False)
-    if method == "lora":
+    if rule.trains == "adapters":
         bad = set(lora_units) - set(LORA_UNITS)
         if bad:
             raise EdgetuneError(f"unknown LoRA targets {sorted(bad)}; choose from {LORA_UNITS}")
@@ -155,19 +190,15 @@ def _trainability(
         return Trainability(
             lambda u, i: adapter if u in lora_units else FROZEN, False, head == "classifier"
         )
-    if method == "sparse":
-        if scheme is None:
-            raise EdgetuneError("method sparse needs an update scheme")
-        table = {(u.unit, u.layer): Train(u.weight_fraction, u.bias) for u in scheme.updates}
-        return Trainability(
-            lambda u, i: table.get((_unit(u), i), FROZEN), False, scheme.trains_head()
-        )
-    raise EdgetuneError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if scheme is None:
+        raise EdgetuneError("a rule that trains a scheme needs an update scheme")
+    table = {(u.unit, u.layer): Train(u.weight_fraction, u.bias) for u in scheme.updates}
+    return Trainability(lambda u, i: table.get((_unit(u), i), FROZEN), False, scheme.trains_head())
 
 
 def step_cost(
     s: ModelShape,
-    method: str = "backprop",
+    rule: Rule,
     batch: int = 1,
     seq: int = 128,
     tgt_seq: int = 0,
@@ -180,11 +211,13 @@ def step_cost(
     lora_units: tuple[str, ...] = ("q", "v"),
     softmax_jacobian: bool = False,
     scored: float = 1.0,
+    label: str = "",
 ) -> StepCost:
-    """Predict one training step of `method` on `s`. `softmax_jacobian` switches to the seed
-    paper's convention of a full softmax Jacobian product in the backward. `scored`: the share
-    of positions the loss scores; a decoder's LM head forms logits there only (a prompt's
-    positions and padding are skipped, `edgetune.methods.base.forward_loss`)."""
+    """Predict one training step of `rule` on `s` (`label` names it in the result).
+    `softmax_jacobian` switches to the seed paper's convention of a full softmax Jacobian
+    product in the backward. `scored`: the share of positions the loss scores; a decoder's LM
+    head forms logits there only (a prompt's positions and padding are skipped,
+    `edgetune.methods.base.forward_loss`)."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if not 0 < scored <= 1:
@@ -193,13 +226,13 @@ def step_cost(
         raise EdgetuneError(
             f"unknown optimizer {optimizer!r}; choose {', '.join(OPTIMIZER_STATES)}"
         )
-    if method in ("pepita", "mempepita") and head == "none":
-        raise EdgetuneError(f"{method} needs a task head (lm or classifier): its updates start "
-                            "from the output error")  # fmt: skip
+    if rule.update == "forward-only" and head == "none":
+        raise EdgetuneError(f"{label or 'a forward-only rule'} needs a task head (lm or "
+                            "classifier): its updates start from the output error")  # fmt: skip
     p = precision or Precision()
     act = p.nbytes("activations")
     inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels, scored)
-    tr = _trainability(method, head, scheme, lora_rank, lora_units)
+    tr = _trainability(rule, head, scheme, lora_rank, lora_units)
     tape = Tape(act, softmax_jacobian)
     record(s, tape, tr, inp)
     segs = tape.segments
@@ -210,14 +243,15 @@ def step_cost(
     g_bytes = p.nbytes("grads")
     trained = sum(g.trained_params for g in segs)
     params = n_params(s, head, n_labels)
-    if method == "lora":
+    if rule.trains == "adapters":
         params += trained  # adapters are extra parameters
     w = params * p.nbytes("weights")
     opt_states = OPTIMIZER_STATES[optimizer]
     e_rows = batch * (inp.tgt_seq or seq) if head == "lm" else batch
     e_width = s.vocab if head == "lm" else n_labels
     opt = trained * opt_states * p.nbytes("optimizer")
-    if method in ("backprop", "sparse", "lora"):
+    method = label
+    if rule.update == "backward":
         grads = trained * g_bytes
         acts = sum(g.saved_bytes for g in segs)
         fwd_peak, bwd_peak, bwd_transient = tape.peak_bytes(g_bytes)
@@ -232,18 +266,18 @@ def step_cost(
         peak = w + copies + opt + max(fwd_peak, bwd_peak, grads + step)
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, fwd, bwd, 0.0, elem_f, elem_b,
-            Memory(w, grads, opt, acts, work, peak, copies), params, trained,
+            Memory(w, grads, opt, acts, work, peak, copies), params, trained, rule.passes,
         )  # fmt: skip
-    if method == "mezo":  # two forwards, perturbation/update passes over the weights
+    if rule.update == "zeroth-order":  # two forwards, perturbation/update passes over the weights
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, 2 * fwd, 0.0, 0.0,
             2 * elem_f + 4 * params, 0.0,  # + perturb (x3) and update passes over the weights
             Memory(w, 0.0, 0.0, 0.0, mezo_peak(tape, p.nbytes("weights"))), params,
-            float(params),
+            float(params), rule.passes,
         )  # fmt: skip
     # PEPITA family: F e projects the output error (rows, width) to the input width
     update = sum(g.update_macs for g in segs) + e_rows * e_width * s.emb_width
-    lockstep = method == "mempepita"
+    lockstep = rule.lockstep
     modulated = tape
     if lockstep:  # the concatenated clean and modulated batch: the same ops at 2B
         modulated = Tape(act, softmax_jacobian)
@@ -255,5 +289,5 @@ def step_cost(
     return StepCost(
         method, s.name, batch, seq, inp.tgt_seq, n_fwd * fwd, 0.0, update,
         n_fwd * elem_f, 0.0, Memory(w, f.updates, opt, f.kept, work, w + opt + f.peak),
-        params, trained,
+        params, trained, rule.passes,
     )  # fmt: skip

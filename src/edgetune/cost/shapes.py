@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from edgetune.errors import EdgetuneError
+from edgetune.families import DECODER, ENCODER, ENCODER_DECODER
 
-ENCODER, DECODER, ENCODER_DECODER = "encoder", "decoder", "encoder-decoder"
 FAMILIES = ("bert", "distilbert", "albert", "t5", "gpt2", "llama", "longformer")
 HEADS = ("none", "lm", "classifier")
 

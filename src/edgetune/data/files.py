@@ -1,9 +1,12 @@
 """User data files (JSONL, CSV, Parquet) loaded through the `datasets` library.
 
 A single file is split 80/10/10 into train/validation/test by a seeded permutation (seed 0).
-A folder holding `train.*` (and optionally `validation.*`, `test.*`) files uses those splits; a
-missing validation split is cut from train as above, a missing test split reuses validation.
-Columns are renamed to edgetune's: `text`, `label` (classify), `target` (summarize, chat).
+A folder holding `train.*` (and optionally `validation.*`, `test.*`) files uses those splits
+(`dev`, `valid` and `val` name the validation split too; any other data file in the folder is
+refused by name); a missing validation split is cut from train as above, a missing test split
+reuses validation. A `.json` file holds either one JSON object per line or one array of
+objects (a `.jsonl` file: one object per line). Columns are renamed to edgetune's: `text`,
+`label` (classify), `target` (summarize, chat).
 """
 
 from __future__ import annotations
@@ -17,15 +20,30 @@ from datasets import load_dataset as hf_load_dataset
 from edgetune.errors import EdgetuneError
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SPLIT_NAMES = {"train": "train", "validation": "validation", "dev": "validation",
+               "valid": "validation", "val": "validation", "test": "test"}  # fmt: skip
 
 
 def load_files(path: Path, task: str, columns: dict[str, str]) -> DatasetDict:
     """Load a file or a folder of split files; `columns` maps edgetune names to the user's."""
     if path.is_dir():
-        found = {p.stem: p for p in sorted(path.iterdir()) if p.suffix in FORMATS}
+        found: dict[str, Path] = {}
+        for p in sorted(path.iterdir()):
+            if p.suffix.lower() not in FORMATS:
+                continue
+            split = SPLIT_NAMES.get(p.stem.lower())
+            if split is None:
+                raise EdgetuneError(
+                    f"{p}: name a data folder's files train, validation (or dev) and test"
+                )
+            if split in found:
+                raise EdgetuneError(
+                    f"{path} holds two {split} files: {found[split].name}, {p.name}"
+                )
+            found[split] = p
         if "train" not in found:
-            raise EdgetuneError(f"{path} has no train.jsonl/.csv/.parquet file")
-        splits = {s: _read(found[s]) for s in ("train", "validation", "test") if s in found}
+            raise EdgetuneError(f"{path} has no train.jsonl/.json/.csv/.parquet file")
+        splits = {s: _read(f) for s, f in found.items()}
     else:
         splits = _split(_read(path))
     if "validation" not in splits:
@@ -45,7 +63,7 @@ def _read(path: Path) -> Dataset:
     if path.stat().st_size == 0:
         raise EdgetuneError(f"{path} holds no rows")
     if fmt == "json":
-        _check_jsonl(path)
+        _check_json(path)
     try:
         ds = hf_load_dataset(fmt, data_files=str(path), split="train")
     except Exception as e:  # datasets wraps parser errors in several types
@@ -56,8 +74,19 @@ def _read(path: Path) -> Dataset:
     return ds
 
 
-def _check_jsonl(path: Path) -> None:
-    """Name the first bad line of a JSONL file (datasets' own error does not)."""
+def _check_json(path: Path) -> None:
+    """A JSON array of objects, or JSON Lines with the first bad line named (datasets' own
+    error does not name it)."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        head = f.read(4096).lstrip()
+    if path.suffix.lower() == ".json" and head.startswith("["):
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EdgetuneError(f"{path} is not valid JSON: {e}") from None
+        if not rows or not all(isinstance(r, dict) for r in rows):
+            raise EdgetuneError(f"{path}: a JSON array of data must hold objects, one per row")
+        return
     rows = 0
     with path.open(encoding="utf-8", errors="strict") as f:
         try:

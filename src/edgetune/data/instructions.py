@@ -16,7 +16,9 @@ interleaved, so held-out prompts never come from training rows. Registered in
 
 from __future__ import annotations
 
-from edgetune.data.registry import SPLITS, load_bundled
+from collections.abc import Callable
+
+from datasets import DatasetDict
 
 WORDS = 60  # source words kept per prompt
 PER_SPLIT = {"train": 1200, "validation": 100, "test": 100}  # rows per source and split
@@ -29,12 +31,13 @@ def _cut(text: str) -> str:
     return " ".join(words[:WORDS]) + (" ..." if len(words) > WORDS else "")
 
 
-def build() -> dict[str, list[dict]]:
-    """The splits: email and Reuters turns interleaved, `PER_SPLIT` rows of each per split."""
+def build(load_bundled: Callable[[str], DatasetDict]) -> dict[str, list[dict]]:
+    """The splits: email and Reuters turns interleaved, `PER_SPLIT` rows of each per split;
+    `load_bundled(name)` gives the source sets' splits."""
     emails, reuters = load_bundled("email-subjects"), load_bundled("reuters-r8")
     topics = ", ".join(sorted(set(reuters["train"]["label"])))
     out: dict[str, list[dict]] = {}
-    for split in SPLITS:
+    for split in PER_SPLIT:
         n = PER_SPLIT[split]
         mail = [
             {"text": EMAIL.format(text=_cut(r["text"])), "target": r["target"]}

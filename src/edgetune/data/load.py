@@ -11,7 +11,6 @@ from datasets import DatasetDict
 from edgetune.config import DataConfig
 from edgetune.data.files import _columns, load_files
 from edgetune.data.registry import DATASETS, SPLITS, load_bundled
-from edgetune.data.tasks import label_names
 from edgetune.errors import EdgetuneError
 
 datasets.disable_progress_bars()
@@ -27,7 +26,9 @@ class TextData:
 
 
 def load_data(cfg: DataConfig) -> TextData:
-    """The train/validation/test text splits and the task they are for."""
+    """The train/validation/test text splits and the task they are for (validation and test
+    cut to `eval_samples` rows, except for lm, whose examples are blocks of tokens: those are
+    cut after tokenization)."""
     columns = {"text": cfg.text_column, "label": cfg.label_column, "target": cfg.target_column}
     if cfg.name in DATASETS:
         task = DATASETS[cfg.name].task
@@ -47,12 +48,26 @@ def load_data(cfg: DataConfig) -> TextData:
         data["train"] = (
             data["train"].shuffle(seed=0).select(range(min(cfg.train_samples, len(data["train"]))))
         )
-    for split in ("validation", "test") if cfg.eval_samples else ():
+    for split in ("validation", "test") if cfg.eval_samples and task != "lm" else ():
         data[split] = data[split].select(range(min(cfg.eval_samples, len(data[split]))))
     for split in SPLITS:
         if len(data[split]) == 0:
             raise EdgetuneError(f"the {split} split of {cfg.name} is empty")
     return TextData(data, task, labels)
+
+
+def label_names(data: DatasetDict) -> list[str]:
+    """Sorted class names of the train split; held-out labels must all occur in train."""
+    names = sorted(set(data["train"]["label"]))
+    if len(names) < 2:
+        raise EdgetuneError(f"classification needs at least 2 labels in train, found {names}")
+    for split in ("validation", "test"):
+        unseen = sorted(set(data[split]["label"]) - set(names))
+        if unseen:
+            raise EdgetuneError(
+                f"the {split} split has labels that train never saw: {', '.join(unseen[:5])}"
+            )
+    return names
 
 
 def _hub(name: str, task: str, columns: dict[str, str]) -> DatasetDict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import datasets
 from datasets import Dataset, DatasetDict
 
-from edgetune.data import sources
+from edgetune.data import instructions, sources
 from edgetune.errors import EdgetuneError
 from edgetune.paths import cache_dir
 
@@ -107,9 +107,7 @@ def _brown() -> dict[str, list[dict]]:
 
 
 def _instructions() -> dict[str, list[dict]]:
-    from edgetune.data.instructions import build  # built from the other bundled sets
-
-    return build()
+    return instructions.build(load_bundled)  # built from the other bundled sets
 
 
 DATASETS: dict[str, DataSpec] = {

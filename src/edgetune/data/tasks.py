@@ -16,17 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from datasets import DatasetDict
 from transformers import PreTrainedTokenizerBase
 
+from edgetune.config import DataConfig
+from edgetune.data.load import TextData
 from edgetune.errors import EdgetuneError
-
-if TYPE_CHECKING:
-    from edgetune.data.load import TextData
+from edgetune.families import ENCODER_DECODER
 
 IGNORE = -100
 SUMMARY_PROMPT = "\nSubject:"  # decoder-only summarization cue, followed by the target
@@ -43,26 +42,20 @@ class TaskData:
     raw: DatasetDict  # the text rows, for generation-based evaluation
 
 
-def label_names(data: DatasetDict) -> list[str]:
-    """Sorted class names of the train split; held-out labels must all occur in train."""
-    names = sorted(set(data["train"]["label"]))
-    if len(names) < 2:
-        raise EdgetuneError(f"classification needs at least 2 labels in train, found {names}")
-    for split in ("validation", "test"):
-        unseen = sorted(set(data[split]["label"]) - set(names))
-        if unseen:
-            raise EdgetuneError(
-                f"the {split} split has labels that train never saw: {', '.join(unseen[:5])}"
-            )
-    return names
-
-
 def tokenize(
-    text: TextData, tokenizer: PreTrainedTokenizerBase, seq_len: int, kind: str
+    text: TextData,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: DataConfig,
+    kind: str,
+    splits: Sequence[str] | None = None,
 ) -> TaskData:
-    data, task, labels = text.splits, text.task, text.labels
-    splits = {}
+    """The tokenized splits (all, or those named); validation and test hold at most
+    `cfg.eval_samples` examples (for lm: blocks of `seq_len` tokens, not documents)."""
+    data, task, labels, seq_len = text.splits, text.task, text.labels, cfg.seq_len
+    out = {}
     for split, ds in data.items():
+        if splits is not None and split not in splits:
+            continue
         rows = list(ds)
         if task == "classify":
             index = {name: i for i, name in enumerate(labels)}
@@ -73,14 +66,16 @@ def tokenize(
             ]
         elif task == "lm":
             examples = _lm_blocks([r["text"] for r in rows], tokenizer, seq_len)
-        elif kind == "encoder-decoder":
-            examples = [_seq2seq(r, tokenizer, seq_len) for r in rows]
+        elif kind == ENCODER_DECODER:
+            examples = [_seq2seq(r, tokenizer, seq_len, cfg.target_tokens) for r in rows]
         else:
-            examples = [_prompted(r, task, tokenizer, seq_len) for r in rows]
+            examples = [_prompted(r, task, tokenizer, seq_len, cfg.target_tokens) for r in rows]
+        if split != "train" and cfg.eval_samples:
+            examples = examples[: cfg.eval_samples]
         if not examples:
             raise EdgetuneError(f"the {split} split is empty after tokenization")
-        splits[split] = [_compact(e) for e in examples]
-    return TaskData(task, splits, labels, data)
+        out[split] = [_compact(e) for e in examples]
+    return TaskData(task, out, labels, data)
 
 
 def _compact(example: dict) -> Example:
@@ -110,16 +105,16 @@ def prompt_ids(row: dict, task: str, tokenizer, budget: int) -> list[int]:
     return source[: max(1, budget - len(cue))] + cue
 
 
-def _prompted(row: dict, task: str, tokenizer, seq_len: int) -> Example:
+def _prompted(row: dict, task: str, tokenizer, seq_len: int, target_len: int) -> Example:
     target = tokenizer(" " + row["target"], add_special_tokens=False)["input_ids"]
-    target = target[: seq_len // 4] + [tokenizer.eos_token_id]
+    target = target[:target_len] + [tokenizer.eos_token_id]
     prompt = prompt_ids(row, task, tokenizer, seq_len - len(target))
     return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
 
 
-def _seq2seq(row: dict, tokenizer, seq_len: int) -> Example:
+def _seq2seq(row: dict, tokenizer, seq_len: int, target_len: int) -> Example:
     source = tokenizer("summarize: " + row["text"], truncation=True, max_length=seq_len)
-    target = tokenizer(row["target"], truncation=True, max_length=max(8, seq_len // 4))
+    target = tokenizer(row["target"], truncation=True, max_length=target_len)
     return {"input_ids": source["input_ids"], "labels": target["input_ids"]}
 
 

@@ -23,15 +23,15 @@ from edgetune.data.tasks import TaskData
 from edgetune.evaluate import evaluate
 from edgetune.federated import payload
 from edgetune.federated.task import (
-    bundle,
     client_rows,
-    flops_per_token,
     local_batches,
     new_method,
     proximal_pull,
     round_seed,
     seq_tokens,
+    session,
     settings,
+    step_flops,
 )
 
 
@@ -53,14 +53,14 @@ def train(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Messa
     seed = round_seed(cfg, rnd, pid)
     torch.manual_seed(seed)
     glob = _state(msg.content["arrays"])
-    method = new_method(cfg, fed, rnd, seed)
+    method = new_method(cfg, rnd, seed)
     method.load_trainable_state(glob)
-    rows, _ = client_rows(cfg, fed, pid)
+    rows, _ = client_rows(cfg, pid)
 
     # -- local steps: the same Method.step as centralized training --------------------------
     mu = float(config.get("proximal-mu", 0.0))
-    losses, tokens, seqs, busy = [], 0, 0, 0.0
-    for step, batches in enumerate(local_batches(cfg, fed, rows, rnd, pid)):
+    losses, tokens, seqs, busy, flops = [], 0, 0, 0.0, 0.0
+    for step, batches in enumerate(local_batches(cfg, rows, rnd, pid)):
         if pid == fed.crash_client and rnd == fed.crash_round and step == fed.local_steps // 2:
             os._exit(17)  # fault injection: the process dies mid-round, nothing is sent
         start = time.perf_counter()
@@ -71,9 +71,10 @@ def train(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Messa
         losses.append(result.loss)
         n_tok, n_seq = seq_tokens(batches)
         tokens, seqs = tokens + n_tok, seqs + n_seq
+        flops += step_flops(cfg, batches)
 
-    # -- the update: seeds for MeZO, else the delta through the codec -----------------------
-    if method.name == "mezo":
+    # -- the update: the steps' seeds where the method sends them, else the delta -----------
+    if cfg.spec.sends == "seeds":
         history = method.clear_history()  # (seed, g) of steps 0.. of this fresh method
         lrs = [method.settings.lr * method.lam(i) for i in range(len(history))]
         arrays = payload.encode_seeds([(s, g, lr) for (s, g), lr in zip(history, lrs, strict=True)])
@@ -86,7 +87,6 @@ def train(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Messa
         arrays, residual = payload.encode(update, fed.compress, fed.topk_fraction, residual)
         if residual is not None:
             context.state["residual"] = _arrays({k: v.numpy() for k, v in residual.items()})
-    flops = flops_per_token(method.model, method.name, tokens / max(1, seqs)) * tokens
     metrics = MetricRecord(
         {
             "num-examples": seqs,
@@ -101,15 +101,15 @@ def train(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Messa
 
 
 def evaluate_local(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Message:
-    cfg, fed = settings({**context.run_config, **overrides})
+    cfg, _ = settings({**context.run_config, **overrides})
     pid = int(context.node_config["partition-id"])
-    method = new_method(cfg, fed, 1, 0)
+    method = new_method(cfg, 1, 0)
     method.load_trainable_state(_state(msg.content["arrays"]))
-    _, held = client_rows(cfg, fed, pid)
-    b = bundle(cfg)
-    rows = [b.data.splits["train"][i] for i in held]
-    local = TaskData(b.data.task, {"local": rows}, b.data.labels, b.data.raw)
-    scores = evaluate(method.model, local, "local", b.pad_id, tokenizer=None)
+    _, held = client_rows(cfg, pid)
+    s = session(cfg)
+    rows = [s.data.splits["train"][i] for i in held]
+    local = TaskData(s.data.task, {"local": rows}, s.data.labels, s.data.raw)
+    scores = evaluate(method.model, local, "local", s.pad_id, tokenizer=None)
     keep = {k: float(v) for k, v in scores.items() if k in ("accuracy", "macro_f1", "loss")}
     metrics = MetricRecord({"num-examples": len(held), "partition-id": pid, **keep})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

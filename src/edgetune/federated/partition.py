@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgetune.config import PARTITIONS as SCHEMES
 from edgetune.errors import EdgetuneError
-
-SCHEMES = ("iid", "dirichlet")
 
 
 def partition(

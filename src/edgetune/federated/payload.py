@@ -16,8 +16,9 @@ client with another layout is refused rather than misread. Codecs:
   vector and fp32 values (Aji & Heafield 2017); with error feedback the client keeps what it
   did not send and adds it to the next round's delta (Seide et al. 2014, Karimireddy et al.
   2019).
-- seeds (MeZO only): the (seed, projected gradient, learning rate) of every local step, 24 bytes
-  a step; the server replays them on the global model (FedKSeed-style, Qin et al. ICML 2024).
+- seeds (a method whose registry entry sends seeds: MeZO): the (seed, projected gradient,
+  learning rate) of every local step, 24 bytes a step; the server replays them on the global
+  model (FedKSeed-style, Qin et al. ICML 2024).
 
 The server turns every payload back into a full client state (global + delta, or the replayed
 model) and rejects it, with a reason, when its layout differs from the global state's, when a
@@ -33,10 +34,10 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from edgetune.config import CODECS
 from edgetune.errors import EdgetuneError
 
-CODECS = ("fp32", "fp16", "int8", "topk")
-SEP = "::"  # separates the parts of a seeds payload (mezo::seed, mezo::grad, mezo::lr)
+SEP = "::"  # separates the parts of a seeds payload (seeds::seed, seeds::grad, seeds::lr)
 State = dict[str, torch.Tensor]
 Arrays = dict[str, np.ndarray]
 
@@ -158,9 +159,9 @@ def encode_seeds(history: list[tuple[int, float, float]]) -> Arrays:
     """MeZO steps (seed, projected gradient, lr) as three 1-D arrays."""
     seeds, grads, lrs = zip(*history, strict=True) if history else ((), (), ())
     return {
-        "mezo" + SEP + "seed": np.asarray(seeds, dtype=np.int64),
-        "mezo" + SEP + "grad": np.asarray(grads, dtype=np.float64),
-        "mezo" + SEP + "lr": np.asarray(lrs, dtype=np.float64),
+        "seeds" + SEP + "seed": np.asarray(seeds, dtype=np.int64),
+        "seeds" + SEP + "grad": np.asarray(grads, dtype=np.float64),
+        "seeds" + SEP + "lr": np.asarray(lrs, dtype=np.float64),
     }
 
 
@@ -168,11 +169,11 @@ def decode_seeds(
     arrays: Mapping[str, np.ndarray], max_steps: int
 ) -> list[tuple[int, float, float]]:
     """The (seed, g, lr) steps of a seeds payload, refusing wrong keys, lengths or values."""
-    want = {"mezo" + SEP + k for k in ("seed", "grad", "lr")}
+    want = {"seeds" + SEP + k for k in ("seed", "grad", "lr")}
     if set(arrays) != want:
         raise MalformedUpdate(f"a seeds payload has keys {sorted(want)}, got {sorted(arrays)[:4]}")
     seeds, grads, lrs = (
-        np.asarray(arrays["mezo" + SEP + k]).reshape(-1) for k in ("seed", "grad", "lr")
+        np.asarray(arrays["seeds" + SEP + k]).reshape(-1) for k in ("seed", "grad", "lr")
     )
     if not len(seeds) == len(grads) == len(lrs) or len(seeds) > max_steps:
         raise MalformedUpdate(f"a seeds payload must hold at most {max_steps} equal-length lists")

@@ -25,20 +25,23 @@ from edgetune.federated import payload
 from edgetune.federated.ledger import Ledger
 from edgetune.federated.network import get_network
 from edgetune.federated.strategies import EdgeMixin, make_strategy, to_record, to_state
-from edgetune.federated.task import FedSettings, bundle, new_method, peak_flops, settings
+from edgetune.federated.task import new_method, peak_flops, proximal_pull, session, settings
 from edgetune.io import atomic_dir
-from edgetune.methods import Method
+from edgetune.methods.base import Method
 
 
-def seed_replayer(method: Method, fed: FedSettings, weight_decay: float):
-    """Decoder of MeZO seed payloads: replay the client's (seed, g, lr) steps on the global
-    state with the server's own copy of the method, giving the client's trainable state."""
+def seed_replayer(method: Method, local_steps: int, weight_decay: float, mu: float = 0.0):
+    """Decoder of seed payloads: replay the client's (seed, g, lr) steps on the global state
+    with the server's own copy of the method, each followed by FedProx's pull toward the
+    global state where `mu` > 0 (as the client applied it), giving the client's state."""
 
     def decode(record: ArrayRecord, glob: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        steps = payload.decode_seeds({k: v.numpy() for k, v in record.items()}, fed.local_steps)
+        steps = payload.decode_seeds({k: v.numpy() for k, v in record.items()}, local_steps)
         method.load_trainable_state(glob)
         for seed, g, lr in steps:
             method.replay(seed, g, lr, weight_decay)
+            if mu:
+                proximal_pull(method, glob, mu, lr)
         return {k: v.clone() for k, v in method.trainable_state().items()}
 
     return decode
@@ -58,24 +61,26 @@ def run(grid: Grid, context: Context, overrides: Mapping[str, Any]) -> dict[str,
     cfg, fed = settings({**context.run_config, **overrides})
     out = Path(cfg.out)
     identity = {"model": cfg.model.name, "method": cfg.train.method, "data": cfg.data.name}
-    method = new_method(cfg, fed, 1, cfg.train.seed)
+    method = new_method(cfg, 1, cfg.train.seed)
     ledger = Ledger(out, identity, get_network(fed.network), peak_flops(fed.device))
     state = method.trainable_state()
     if fed.resume and (found := ledger.resume()) is not None:
         state = found
         log(INFO, "resuming %s after round %s", out, ledger.offset)
     remaining = fed.rounds - ledger.offset
-    if cfg.train.method == "mezo":
-        decoder = seed_replayer(method, fed, cfg.train.weight_decay)
+    sends_seeds = cfg.spec.sends == "seeds"
+    if sends_seeds:
+        mu = fed.proximal_mu if fed.strategy == "fedprox" else 0.0
+        decoder = seed_replayer(method, fed.local_steps, cfg.train.weight_decay, mu)
     else:
         decoder = delta_decoder(fed.compress)
     strategy = make_strategy(fed, decoder, ledger)
-    b = bundle(cfg)
-    eval_model = new_method(cfg, fed, 1, cfg.train.seed)
+    s = session(cfg)
+    eval_model = new_method(cfg, 1, cfg.train.seed)
 
     def global_eval(rnd: int, arrays: ArrayRecord) -> MetricRecord:
         eval_model.load_trainable_state(to_state(arrays))
-        scores = evaluate(eval_model.model, b.data, "test", b.pad_id, tokenizer=b.loaded.tokenizer,
+        scores = evaluate(eval_model.model, s.data, "test", s.pad_id, tokenizer=s.loaded.tokenizer,
                           generate_samples=fed.generate_samples)  # fmt: skip
         ledger.evaluated_globally(rnd, scores)
         return MetricRecord({k: float(v) for k, v in scores.items()})
@@ -96,13 +101,13 @@ def run(grid: Grid, context: Context, overrides: Mapping[str, Any]) -> dict[str,
     eval_model.load_trainable_state(final)
     with atomic_dir(out / "model") as tmp:
         eval_model.export_model().save_pretrained(tmp)
-        b.loaded.tokenizer.save_pretrained(tmp)
-    full = sum(p.numel() for p in b.loaded.model.parameters())
+        s.loaded.tokenizer.save_pretrained(tmp)
+    full = sum(p.numel() for p in s.model.parameters())
     trainable = sum(v.numel() for v in state.values())
     return ledger.write({
         **identity, "strategy": fed.strategy, "clients": fed.clients, "rounds": fed.rounds,
         "local_steps": fed.local_steps, "partition": fed.partition, "alpha": fed.alpha,
-        "compress": "seeds" if cfg.train.method == "mezo" else fed.compress,
+        "compress": "seeds" if sends_seeds else fed.compress,
         "params_total": full, "params_trainable_state": trainable,
         "full_weights_bytes": 4 * full, "wall_s": time.perf_counter() - start,
     })  # fmt: skip

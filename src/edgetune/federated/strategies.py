@@ -33,9 +33,9 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore import log
 
+from edgetune.config import FederatedConfig
 from edgetune.federated import payload
 from edgetune.federated.ledger import Ledger
-from edgetune.federated.task import FedSettings
 
 # Decoder: (arrays of one reply, global state) -> that client's full trainable state
 Decoder = Callable[[ArrayRecord, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -115,7 +115,7 @@ _FLOWER: dict[str, type[Strategy]] = {
 }
 
 
-def strategy_options(fed: FedSettings) -> dict:
+def strategy_options(fed: FederatedConfig) -> dict:
     """The Flower constructor arguments of the chosen strategy."""
     return {
         "fedavgm": {"server_learning_rate": fed.server_lr, "server_momentum": fed.server_momentum},
@@ -126,7 +126,7 @@ def strategy_options(fed: FedSettings) -> dict:
     }.get(fed.strategy, {})
 
 
-def make_strategy(fed: FedSettings, decoder: Decoder, ledger: Ledger) -> Strategy:
+def make_strategy(fed: FederatedConfig, decoder: Decoder, ledger: Ledger) -> Strategy:
     """The Flower strategy `fed.strategy` with `EdgeMixin` in front of it."""
     base = _FLOWER[fed.strategy]
     cls = type(f"Edge{base.__name__}", (EdgeMixin, base), {})

@@ -1,8 +1,10 @@
 """The `Method` protocol: what a learning rule gives the training loop, and shared pieces.
 
 A method owns how parameters change (optimizer, schedule, perturbations); the loop owns data,
-evaluation, checkpoints and logging. Methods are built by a factory in `edgetune.methods` from
-a model and `MethodSettings`; they are protocols, not subclasses of a base class.
+evaluation, checkpoints and logging. Methods are built from a model and `MethodSettings` by the
+factory their registry entry names (`edgetune.methods.registry`); they are protocols, not
+subclasses of a base class. Shared here: the loss every method takes (`forward_loss`) and the
+step of the methods that backpropagate (`backward_step`).
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from edgetune.errors import EdgetuneError
+from edgetune.fields import build
+
+T = TypeVar("T")
 
 # A batch as the collators build it: input_ids, attention_mask, labels (and decoder fields).
 Batch = dict[str, torch.Tensor]
@@ -27,8 +32,8 @@ Batch = dict[str, torch.Tensor]
 class MethodSettings:
     """What the loop tells a method when it is built.
 
-    options holds the method's own settings from the run config's `method:` section; each
-    method validates them in its own options dataclass.
+    options holds the method's own settings (the run config's `method:` section): its options
+    object (`edgetune.methods.options`), or a mapping that `options_of` reads into one.
     """
 
     lr: float
@@ -38,7 +43,7 @@ class MethodSettings:
     schedule: str = "linear"
     max_grad_norm: float | None = 1.0
     seed: int = 0
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -74,28 +79,20 @@ class Method(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
     def export_model(self) -> nn.Module:
-        """The model to save at the end of a run (LoRA merges its adapters here)."""
+        """The model to save once training is over, as a plain transformers model: LoRA merges
+        its adapters and sparse its split weights here, in place (no second copy of the model
+        at the end of a run), so the method does not train after it."""
         ...
 
 
 # -- shared pieces --------------------------------------------------------------------------
 
 
-def lr_lambda(settings: MethodSettings):
-    """Multiplier of the base learning rate at each step: linear warm-up, then the schedule."""
-    warm, total, kind = settings.warmup_steps, max(1, settings.total_steps), settings.schedule
-    if kind not in ("linear", "cosine", "constant"):
-        raise EdgetuneError(f"unknown schedule {kind!r}; use linear, cosine or constant")
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
+def options_of(settings: MethodSettings, cls: type[T], method: str) -> T:
+    """The method's options object: as given, or read from a mapping."""
+    if isinstance(settings.options, cls):
+        return settings.options
+    return build(cls, settings.options or {}, "method", f"{method} option")
 
 
 def forward_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -126,6 +123,17 @@ def scored_positions(model: nn.Module, batch: Batch) -> torch.Tensor | None:
     return mask
 
 
+def scored_share(model: nn.Module, batches: Iterable[Batch]) -> float:
+    """Share of the batches' positions whose logits the loss forms (`scored_positions`; all
+    where the model forms them everywhere)."""
+    kept = total = 0
+    for batch in batches:
+        mask = scored_positions(model, batch)
+        kept += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        total += batch["input_ids"].numel()
+    return kept / total if total else 1.0
+
+
 def _keeps_logits(model: nn.Module) -> bool:
     """Whether `model` (or the model a PEFT wrapper holds) is a causal LM that takes
     `logits_to_keep`."""
@@ -149,22 +157,30 @@ def check_finite(loss: float) -> None:
         )
 
 
-def named_trainable(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that require grad, detached, by name."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+def train_mode(method) -> None:
+    """The model in train mode, except the modules the method lists in `eval_modules` (sparse:
+    the frozen modules below the lowest trained one), which run without dropout."""
+    method.model.train()
+    for m in method.eval_modules:
+        m.eval()
 
 
-def load_named(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy tensors into the model's parameters by name, checking names and shapes; tied
-    parameters answer to every name."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    for name, value in state.items():
-        if name not in params:
-            raise EdgetuneError(f"checkpoint tensor {name!r} does not exist in this model")
-        if params[name].shape != value.shape:
-            raise EdgetuneError(
-                f"checkpoint tensor {name!r} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(params[name].shape)}"
-            )
-        with torch.no_grad():
-            params[name].copy_(value)
+def backward_step(method, batches: Sequence[Batch]) -> StepResult:
+    """Forward, backward, clip, optimizer step, schedule step, zero_grad, for any method that
+    has `model`, `params`, `eval_modules`, `optimizer`, `scheduler` and `settings` (backprop,
+    sparse, lora)."""
+    train_mode(method)
+    total = 0.0
+    for batch in batches:
+        loss = forward_loss(method.model, batch) / len(batches)
+        loss.backward()
+        total += loss.item()
+    check_finite(total)
+    metrics = {"lr": method.scheduler.get_last_lr()[0]}
+    if method.settings.max_grad_norm:
+        norm = torch.nn.utils.clip_grad_norm_(method.params, method.settings.max_grad_norm)
+        metrics["grad_norm"] = float(norm)
+    method.optimizer.step()
+    method.scheduler.step()
+    method.optimizer.zero_grad(set_to_none=True)
+    return StepResult(total, metrics)

@@ -4,61 +4,26 @@ W x becomes W x + (alpha / r) B A x with A (r, in), B (out, r), B = 0 at the sta
 frozen. Targets default to the qkv projections of every block (names from
 `edgetune.models.anatomy`, per family); for classification the task head trains whole
 (`modules_to_save`), for LM tasks the head stays frozen (a tied LM head is the embedding matrix).
-`trainable_state()` is the adapters plus the head; `export_model()` merges the adapters into a
-copy of the model (`merge_and_unload`) so the saved model is a plain transformers model.
+`trainable_state()` is the adapters plus the head; `export_model()` merges the adapters into
+the model's weights in place (`merge_and_unload`) so the saved model is a plain transformers
+model.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from edgetune.errors import EdgetuneError
-from edgetune.methods.backprop import backward_step, make_adamw
-from edgetune.methods.base import (
-    Batch,
-    MethodSettings,
-    StepResult,
-    load_named,
-    lr_lambda,
-    named_trainable,
-)
-from edgetune.methods.common import parse_options
+from edgetune.methods.base import Batch, MethodSettings, StepResult, backward_step, options_of
+from edgetune.methods.optim import lr_lambda, make_adamw
+from edgetune.methods.options import LoraOptions
+from edgetune.methods.state import load_named, named_trainable
 from edgetune.models.anatomy import describe
-from edgetune.plan.scheme import UNITS
-
-
-@dataclass
-class LoraOptions:
-    """Options of `lora`."""
-
-    r: int = 8
-    """Rank of the adapters."""
-    alpha: float = 16.0
-    """Scale numerator: the adapter output is multiplied by alpha / r."""
-    dropout: float = 0.0
-    """Dropout on the adapter input (training mode only)."""
-    target_modules: list[str] = field(default_factory=lambda: ["qkv"])
-    """Scheme units (qkv, attn_out, ffn1, ffn2) and/or module names PEFT matches by suffix."""
-    train_head: bool | None = None
-    """Train the task head whole; default: yes for classification, no for LM."""
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.r, int) and self.r > 0):
-            raise EdgetuneError(f"lora option r must be a positive integer, got {self.r!r}")
-        if not self.alpha > 0:
-            raise EdgetuneError("lora option alpha must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise EdgetuneError("lora option dropout must be in [0, 1)")
-        if isinstance(self.target_modules, str):
-            self.target_modules = [self.target_modules]
-        if not self.target_modules:
-            raise EdgetuneError("lora option target_modules is empty")
+from edgetune.scheme import UNITS
 
 
 class Lora:
@@ -67,7 +32,7 @@ class Lora:
     def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
         from peft import LoraConfig, get_peft_model
 
-        self.options = parse_options(LoraOptions, settings.options, "lora")
+        self.options = options_of(settings, LoraOptions, self.name)
         self.settings = settings
         anatomy = describe(model)
         targets: list[str] = []
@@ -115,5 +80,5 @@ class Lora:
         self.scheduler.load_state_dict(state["scheduler"])
 
     def export_model(self) -> nn.Module:
-        """A plain transformers model with the adapters merged in (a copy: training goes on)."""
-        return copy.deepcopy(self.model).merge_and_unload()
+        """The base model with the adapters merged into its weights, in place."""
+        return self.model.merge_and_unload()

@@ -32,7 +32,6 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,46 +44,17 @@ from edgetune.methods.base import (
     StepResult,
     check_finite,
     forward_loss,
-    lr_lambda,
+    options_of,
 )
-from edgetune.methods.common import (
-    freeze_all,
-    parse_key,
-    parse_options,
-    plan_modules,
-    plan_parameters,
-    resolve_scheme,
-    row_key,
-)
+from edgetune.methods.optim import lr_lambda
+from edgetune.methods.options import MezoOptions
+from edgetune.methods.select import freeze_all, plan_modules, plan_parameters
+from edgetune.methods.state import parse_key, row_key
 from edgetune.models.anatomy import describe, is_conv1d
-from edgetune.plan.scheme import UpdateScheme
+from edgetune.scheme import resolve_scheme
+from edgetune.seeds import mix_seed
 
-_MASK = (1 << 64) - 1
 CHUNK = 1 << 18  # elements of z generated at a time (1 MB in fp32)
-
-
-def mix_seed(a: int, b: int) -> int:
-    """splitmix64 of (a, b): decorrelated 63-bit seeds for consecutive steps and tensors."""
-    x = (a * 0x9E3779B97F4A7C15 + b + 1) & _MASK
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return (x ^ (x >> 31)) >> 1
-
-
-@dataclass
-class MezoOptions:
-    """Options of `mezo`."""
-
-    eps: float = 1e-3
-    """Perturbation scale."""
-    trainable: str | Path | UpdateScheme = "all"
-    """`all` (every parameter, embeddings included) or a scheme (name, YAML path, object)."""
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.eps, int | float) and self.eps > 0):
-            raise EdgetuneError(f"mezo option eps must be a positive number, got {self.eps!r}")
-        if not isinstance(self.trainable, str | Path | UpdateScheme):
-            raise EdgetuneError("mezo option trainable must be 'all' or a scheme")
 
 
 @dataclass
@@ -101,7 +71,7 @@ class Mezo:
     name = "mezo"
 
     def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
-        self.options = parse_options(MezoOptions, settings.options, "mezo")
+        self.options = options_of(settings, MezoOptions, self.name)
         self.model, self.settings = model, settings
         self.lam = lr_lambda(settings)
         self.tensors = self._select(model)

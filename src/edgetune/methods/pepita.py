@@ -21,27 +21,15 @@ The rule and its passes are in `edgetune.methods.pepita_core`; this module maps 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from edgetune.errors import EdgetuneError
-from edgetune.methods.base import (
-    Batch,
-    MethodSettings,
-    StepResult,
-    check_finite,
-    load_named,
-)
-from edgetune.methods.common import (
-    ParamSteppers,
-    freeze_all,
-    parse_options,
-    sgd_factory,
-    shared_parameters,
-)
+from edgetune.methods.base import Batch, MethodSettings, StepResult, check_finite, options_of
+from edgetune.methods.optim import ParamSteppers, sgd_factory
+from edgetune.methods.options import PepitaOptions
 from edgetune.methods.pepita_core import (
     PepitaCore,
     classification_loss,
@@ -49,30 +37,9 @@ from edgetune.methods.pepita_core import (
     lm_loss,
     output_error,
 )
+from edgetune.methods.select import freeze_all, shared_parameters
+from edgetune.methods.state import load_named
 from edgetune.models.anatomy import Anatomy, describe, is_linear
-
-
-@dataclass
-class PepitaOptions:
-    """Options of `pepita` and `mempepita`."""
-
-    layers: str = "all"
-    """Which Linears train: all, last-K (the last K blocks plus the head) or head."""
-    feedback_scale: float = 0.05
-    """F = feedback_scale * U[-sqrt(6/d), sqrt(6/d)], d the embedding width."""
-    momentum: float = 0.0
-    """SGD momentum (0: plain SGD, no optimizer state; the reference code uses 0.9)."""
-
-    def __post_init__(self) -> None:
-        ok = self.layers in ("all", "head") or (
-            self.layers.startswith("last-") and self.layers[5:].isdigit()
-        )
-        if not ok:
-            raise EdgetuneError(f"pepita option layers={self.layers!r}: use all, last-K or head")
-        if not self.feedback_scale > 0:
-            raise EdgetuneError("pepita option feedback_scale must be positive")
-        if not 0.0 <= self.momentum < 1.0:
-            raise EdgetuneError("pepita option momentum must be in [0, 1)")
 
 
 class Pepita:
@@ -83,7 +50,7 @@ class Pepita:
     def __init__(self, model: nn.Module, settings: MethodSettings, lockstep: bool = False) -> None:
         self.name = "mempepita" if lockstep else "pepita"
         self.lockstep = lockstep
-        self.options = parse_options(PepitaOptions, settings.options, self.name)
+        self.options = options_of(settings, PepitaOptions, self.name)
         self.model, self.settings = model, settings
         anatomy = describe(model)
         modules = dict(model.named_modules())

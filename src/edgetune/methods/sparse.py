@@ -8,16 +8,12 @@ buffer, so only the trained rows' dW is ever formed. With `in_place`, each param
 update runs inside its post-accumulate-grad hook and frees the gradient at once, so gradients of
 different parameters never coexist (PockEngine's operator reordering).
 
-Checkpoint names: see `edgetune.methods.common` (row keys `name[0:k]`).
+Checkpoint names: see `edgetune.methods.state` (row keys `name[0:k]`).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,59 +21,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgetune.errors import EdgetuneError
-from edgetune.methods.backprop import backward_step, make_adamw, train_mode
 from edgetune.methods.base import (
     Batch,
     MethodSettings,
     StepResult,
+    backward_step,
     check_finite,
     forward_loss,
-    lr_lambda,
+    options_of,
+    train_mode,
 )
-from edgetune.methods.common import (
-    ParamSteppers,
-    adamw_factory,
+from edgetune.methods.optim import ParamSteppers, adamw_factory, lr_lambda, make_adamw
+from edgetune.methods.options import SparseOptions
+from edgetune.methods.select import (
     freeze_all,
     frozen_prefix,
-    parse_key,
-    parse_options,
     plan_modules,
     plan_parameters,
-    resolve_scheme,
-    row_key,
     shared_parameters,
 )
+from edgetune.methods.state import parse_key, row_key
 from edgetune.models.anatomy import describe, is_conv1d, linear_weight
-from edgetune.plan.scheme import UpdateScheme
-
-
-@dataclass
-class SparseOptions:
-    """Options of `sparse` (the `method:` section of a run config)."""
-
-    scheme: str | Path | UpdateScheme = "qkv-ffn1-2"
-    """Built-in name (last-K, bias-only[-K], qkv-ffn1-K, @F for a channel fraction,
-    ratios-R1,...), a YAML scheme file, or an UpdateScheme."""
-    frozen_dropout: bool = False
-    """Keep dropout on in the frozen modules below the lowest trained one (embeddings and
-    blocks). Off by default: there they only add noise to the features the trained modules see,
-    and on a CPU a train-mode forward costs about 1.5x an eval-mode one."""
-    dropout: bool = True
-    """Dropout in the trained modules. False runs the whole model in eval mode: no dropout
-    masks or their random numbers, and attention through the fused kernel, so a step costs
-    less; the model loses dropout's regularization (measure it: docs/methods/sparse.md)."""
-    in_place: bool = False
-    """Apply each parameter's AdamW update in its gradient hook and free the gradient at once
-    (needs max_grad_norm null: clipping needs every gradient at the same time)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.scheme, str | Path | UpdateScheme):
-            raise EdgetuneError("sparse option 'scheme' must be a scheme name or a file path")
-        for name in ("in_place", "frozen_dropout", "dropout"):
-            if not isinstance(getattr(self, name), bool):
-                raise EdgetuneError(f"sparse option {name!r} must be true or false")
-        if self.frozen_dropout and not self.dropout:
-            raise EdgetuneError("sparse option frozen_dropout needs dropout: true")
+from edgetune.scheme import resolve_scheme
 
 
 class SplitLinear(nn.Module):
@@ -135,10 +100,11 @@ class Sparse:
     name = "sparse"
 
     def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
-        self.options = parse_options(SparseOptions, settings.options, "sparse")
+        self.options = options_of(settings, SparseOptions, self.name)
         self.model, self.settings = model, settings
         anatomy = describe(model)
-        self.scheme = resolve_scheme(self.options.scheme, anatomy.n_layers)
+        scheme = self.options.scheme or SparseOptions.DEFAULT_SCHEME
+        self.scheme = resolve_scheme(scheme, anatomy.n_layers)
         self.plans = plan_modules(model, anatomy, self.scheme)
         if not self.plans:
             raise EdgetuneError(f"scheme {self.scheme.name!r} trains nothing in this model")
@@ -187,16 +153,6 @@ class Sparse:
         if self._tensor_hooks:
             for p in self.params:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._on_grad))
-
-    @contextmanager
-    def _hooks_removed(self):
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        try:
-            yield
-        finally:
-            self._register_hooks()
 
     def _on_grad(self, p: torch.Tensor) -> None:
         # Called once per backward after p.grad is complete; earlier micro-batches only
@@ -270,12 +226,12 @@ class Sparse:
             self.scheduler.load_state_dict(state["scheduler"])
 
     def export_model(self) -> nn.Module:
-        """A copy of the model with every SplitLinear merged back into a plain Linear (Conv1D),
-        so `save_pretrained` writes the original structure; the method keeps training its own."""
-        with self._hooks_removed():
-            model = copy.deepcopy(self.model)
+        """The model with every SplitLinear merged back into a plain Linear (Conv1D), so
+        `save_pretrained` writes the original structure; in place, hooks removed."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
         for name, s in self.split.items():
-            _set_module(model, name, s.merged())
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
+            _set_module(self.model, name, s.merged())
+        self.split = {}
+        return self.model

@@ -19,8 +19,9 @@ from transformers import (
 )
 
 from edgetune.errors import EdgetuneError
+from edgetune.families import DECODER, ENCODER, ENCODER_DECODER
 from edgetune.models.bundled import bundled_available, bundled_path
-from edgetune.models.registry import DECODER, ENCODER, ENCODER_DECODER, SPECS
+from edgetune.models.registry import SPECS
 
 TASKS = ("classify", "lm", "summarize", "chat")
 

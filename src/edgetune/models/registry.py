@@ -22,8 +22,7 @@ from transformers import (
 )
 
 from edgetune.errors import EdgetuneError
-
-ENCODER, DECODER, ENCODER_DECODER = "encoder", "decoder", "encoder-decoder"
+from edgetune.families import DECODER, ENCODER, ENCODER_DECODER
 
 
 @dataclass(frozen=True)

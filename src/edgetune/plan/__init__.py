@@ -1,9 +1,9 @@
-"""Update schemes (which parts of a model train) and the planner that picks one for a budget.
+"""Planning: which units of a model to train under a memory budget (and a step-time limit).
 
-`UpdateScheme` is read by the sparse method, the cost model, the planner and the federated
-payload alike; `edgetune.plan.search.plan_scheme` plans one (imported lazily: it needs torch).
+- `table`: the contribution table, its candidates and the completion of unmeasured entries
+  (pure Python);
+- `search`: the budgeted knapsack over the table, its shortlist and the judged choice (pure);
+- `analysis`: the torch side, short fine-tunes that measure each candidate's gain;
+- `planner`: a run's plan, `make_plan(session, budget=...)`, forecast by `edgetune.forecast`;
+- `compile`: the ahead-of-time training graph of a planned step.
 """
-
-from edgetune.plan.scheme import UNITS, UnitUpdate, UpdateScheme
-
-__all__ = ["UNITS", "UnitUpdate", "UpdateScheme"]

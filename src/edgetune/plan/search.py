@@ -38,60 +38,16 @@ both; the exact forecast is checked against both limits.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from rich.console import Console
 
-from edgetune.config import RunConfig
-from edgetune.cost import ModelShape
 from edgetune.errors import EdgetuneError
-from edgetune.plan.contribution import (
-    AnalysisSettings,
-    Candidate,
-    ContributionTable,
-    scheme_key,
-    scheme_of,
-)
-from edgetune.plan.scheme import UpdateScheme
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1e3,
-    "mb": 1e6,
-    "gb": 1e9,
-    "tb": 1e12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def parse_bytes(text: str | float | int) -> float:
-    """Bytes from `64MB`, `1.5GB`, `512MiB`, `2e8` (decimal units for MB/GB, binary for MiB)."""
-    if isinstance(text, int | float):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?i?b?)\s*", text.lower())
-        if not m or m[2] not in _UNITS:
-            raise EdgetuneError(f"cannot read {text!r} as a memory size; write e.g. 64MB or 1.5GB")
-        value = float(m[1]) * _UNITS[m[2]]
-    if value <= 0:
-        raise EdgetuneError(f"a memory budget must be positive, got {text!r}")
-    return value
-
-
-def human_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
+from edgetune.plan.table import Candidate, ContributionTable, scheme_key, scheme_of, summed_gain
+from edgetune.scheme import UpdateScheme
+from edgetune.units import human_bytes
 
 
 class Cost(NamedTuple):
@@ -202,29 +158,6 @@ def _multiple_choice(groups: list[list[tuple[int, int, Item]]], cap: int, t_cap:
     return chosen, gain
 
 
-@dataclass
-class Plan:
-    """A searched scheme, its predicted gain and its forecast cost."""
-
-    scheme: UpdateScheme
-    gain: float  # summed gain of the scheme's units (the contribution table)
-    budget: float
-    forecast: dict
-    measured_gain: float | None = None  # the judge's joint gain, where one was asked
-
-    def save(self, path) -> None:
-        """The scheme as YAML (`UpdateScheme.load` reads it back) with gain and forecast."""
-        self.scheme.save(
-            path,
-            {
-                "budget_bytes": float(self.budget),
-                "predicted_gain": float(self.gain),
-                "measured_gain": self.measured_gain,
-                "forecast": self.forecast,
-            },
-        )
-
-
 @dataclass(frozen=True)
 class Option:
     """A scheme the search weighs: its summed gain, its exact forecast and, once a judge has
@@ -237,27 +170,7 @@ class Option:
 
 
 Judge = Callable[[list[UpdateScheme]], list[float]]
-"""Measured held-out gains of whole schemes (`edgetune.plan.contribution.measure_schemes`)."""
-
-
-def summed_gain(table: ContributionTable, scheme: UpdateScheme) -> float:
-    """The table's gains summed over what `scheme` trains: each weight (with its own bias) at
-    the largest analysed fraction not above its own, and a block's `bias` candidate if the
-    block's norms or the biases of a frozen weight train (the search's own schemes come back
-    to their knapsack gain)."""
-    fractions: dict[tuple[str, int], list[float]] = {}
-    for c in map(Candidate.from_key, table.entries):
-        fractions.setdefault((c.unit, c.layer), []).append(c.fraction)
-    total = 0.0
-    for layer in range(table.n_layers):
-        ups = scheme.for_layer(layer)
-        if any(u.unit == "norm" or (u.bias and u.weight_fraction == 0.0) for u in ups):
-            total += table.gain(Candidate("bias", layer, 0.0))
-        for u in ups:
-            below = [f for f in fractions.get((u.unit, layer), []) if 0 < f <= u.weight_fraction]
-            if below:
-                total += table.gain(Candidate(u.unit, layer, max(below)))
-    return total
+"""Measured held-out gains of whole schemes (`edgetune.plan.analysis.measure_schemes`)."""
 
 
 def builtin_schemes(n_layers: int, head: bool, has_bias: bool) -> list[UpdateScheme]:
@@ -427,156 +340,3 @@ def _spread(options: list[Option], n_layers: int, top: int) -> list[Option]:
     depths = sorted(by_depth)
     picks = sorted({depths[round(i)] for i in np.linspace(0, len(depths) - 1, max(1, top))})
     return [by_depth[d] for d in picks]
-
-
-# -- planning a run -------------------------------------------------------------------------
-
-
-def model_shape_of(name: str) -> ModelShape:
-    """The cost model's shape of a registry model or a local model folder (config only)."""
-    from edgetune.cost import shape_from_config
-    from edgetune.models.registry import SPECS  # imports transformers: only here
-
-    if name in SPECS:
-        return shape_from_config(SPECS[name].config().to_dict(), name)
-    from transformers import AutoConfig
-
-    try:
-        return shape_from_config(AutoConfig.from_pretrained(name).to_dict(), name)
-    except OSError as e:
-        raise EdgetuneError(f"cannot read the config of model {name!r}: {e}") from None
-
-
-def forecast(
-    shape: ModelShape,
-    scheme: UpdateScheme,
-    batch: int,
-    seq: int,
-    head: str,
-    n_labels: int,
-    scored: float = 1.0,
-) -> dict:
-    """The cost model's numbers for one sparse step under `scheme` (bytes, FLOPs); `scored`:
-    the share of positions the loss scores (`ContributionTable.scored`)."""
-    from edgetune.cost import step_cost
-
-    c = step_cost(
-        shape, "sparse", batch, seq, head=head, n_labels=max(2, n_labels), scheme=scheme,
-        scored=scored,
-    )  # fmt: skip
-    m = c.memory
-    return {
-        "batch": batch,
-        "seq": seq,
-        "training_bytes": float(m.peak - m.weights),
-        "peak_bytes": float(m.peak),
-        "weights_bytes": float(m.weights),
-        "gradient_bytes": float(m.gradients),
-        "optimizer_bytes": float(m.optimizer),
-        "activation_bytes": float(m.activations),
-        "copy_bytes": float(m.copies),
-        "flops": float(c.flops),
-        "forward_flops": float(c.fwd_flops),
-        "step_forwards": float(c.flops / c.fwd_flops),  # the step in forwards (FLOPs)
-        "trained_params": float(c.trained_params),
-    }
-
-
-def resolve_budget(
-    budget: str | float | None, device: str | None, weights: float, whole_peak: bool = False
-) -> float:
-    """Training-memory budget in bytes: `budget` as given (with `whole_peak`, the budget holds
-    the weights too, so they are taken off), or a device's memory minus the weights."""
-    if (budget is None) == (device is None):
-        raise EdgetuneError("give exactly one of a memory budget (e.g. 64MB) or a device")
-    if budget is not None:
-        total, where = parse_bytes(budget), f"the budget of {human_bytes(parse_bytes(budget))}"
-        if not whole_peak:
-            return total
-    else:
-        from edgetune.cost import load_device
-
-        dev = load_device(device)
-        if dev.memory is None:
-            raise EdgetuneError(f"device {device} has no known memory size; pass a budget")
-        total, where = dev.memory.value, f"{device}'s {human_bytes(dev.memory.value)}"
-    if total <= weights:
-        raise EdgetuneError(f"the model's weights ({human_bytes(weights)}) do not fit {where}")
-    return total - weights
-
-
-def make_plan(
-    cfg: RunConfig,
-    budget: str | float | None = None,
-    device: str | None = None,
-    settings: AnalysisSettings | None = None,
-    cache: Path | None = None,
-    console: Console | None = None,
-    whole_peak: bool = False,
-    max_step: float | None = None,
-    verify: int = 0,
-) -> tuple[Plan, ContributionTable]:
-    """Contribution analysis (cached) of `cfg`'s model and data, then the best scheme within
-    the budget at `cfg`'s batch size and sequence length. The budget is training memory
-    beyond the weights; with `whole_peak` it is the step's whole peak, weights included (as
-    `edgetune finetune --budget` reads it). `max_step` bounds the forecast step at that many
-    forwards (FLOPs); `verify` > 0 fine-tunes that many of the best shortlisted schemes jointly (the
-    analysis' protocol, cached) and keeps the best measured."""
-    from edgetune.cost import n_params
-    from edgetune.plan.contribution import analyze, measure_schemes
-
-    shape = model_shape_of(cfg.model.name)
-    batch, seq = cfg.train.batch_size, cfg.data.seq_len
-    # the budget check needs only the shape: fail before an analysis that may take minutes
-    limit = resolve_budget(budget, device, 4.0 * n_params(shape), whole_peak)
-    table = analyze(cfg, settings, cache, console)
-
-    def judge(schemes: list[UpdateScheme]) -> list[float]:
-        return measure_schemes(cfg, schemes, settings, cache, console)
-
-    plan = plan_from_table(
-        table, shape, limit, batch, seq, max_step, judge if verify else None, verify
-    )
-    return plan, table
-
-
-def plan_from_table(
-    table: ContributionTable,
-    shape: ModelShape,
-    budget: float,
-    batch: int,
-    seq: int,
-    max_step: float | None = None,
-    judge: Judge | None = None,
-    top: int = 4,
-) -> Plan:
-    """The best scheme of an analysed table within `budget` bytes of training memory and
-    `max_step` forwards per step (see `search`), with the cost model's forecast at this batch
-    size and sequence length."""
-    head = "classifier" if table.task == "classify" else "lm"
-    known: dict[str, Cost] = {}  # the search asks again for the same schemes at every budget
-
-    def exact(scheme: UpdateScheme) -> Cost:
-        key = scheme_key(scheme)
-        if key not in known:
-            f = forecast(shape, scheme, batch, seq, head, table.n_labels, table.scored)
-            known[key] = Cost(f["training_bytes"], f["step_forwards"])
-        return known[key]
-
-    best = search(table, exact, budget, max_step, judge, top)
-    fc = forecast(shape, best.scheme, batch, seq, head, table.n_labels, table.scored)
-    return Plan(best.scheme, best.gain, budget, fc, best.measured)
-
-
-def plan_scheme(
-    cfg: RunConfig,
-    budget: str | float | None = None,
-    device: str | None = None,
-    settings: AnalysisSettings | None = None,
-    cache: Path | None = None,
-    console: Console | None = None,
-    whole_peak: bool = False,
-) -> UpdateScheme:
-    """The planned scheme for `cfg` within `budget` (e.g. "64MB") or a device's memory: what
-    the loop calls for `--method sparse --budget 64MB` (see `make_plan` for `whole_peak`)."""
-    return make_plan(cfg, budget, device, settings, cache, console, whole_peak)[0].scheme

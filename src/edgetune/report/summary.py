@@ -37,8 +37,11 @@ def write_summary(path: Path, cfg: RunConfig, metrics: dict[str, Any]) -> None:
         if isinstance(value, float):
             b = f"{before[key]:.4f}" if key in before else ""
             lines.append(f"| {key} | {b} | {value:.4f} |")
+    out = cfg.out.rstrip("/")
     lines += [
         "",
-        "Reproduce: `edgetune finetune --config config.yaml` (the config beside this file).",
+        "From the folder the run was started in, reproduce it: "
+        f"`edgetune finetune --config {out}/config.yaml --out {out}-again`; continue it with "
+        f"more steps: `edgetune finetune --out {out} --resume --max-steps N`.",
     ]
     atomic_write_text(path, "\n".join(lines) + "\n")

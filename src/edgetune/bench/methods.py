@@ -1,17 +1,18 @@
 """Learning methods measured side by side: the logic `edgetune bench` and `benchmarks/` share.
 
-Every measurement runs in a fresh interpreter (`python -m edgetune.measure.bench`), so a peak
-resident set belongs to one configuration only. Three kinds of worker:
+Every measurement runs in a fresh interpreter (`edgetune.bench.worker`), so a peak resident set
+belongs to one configuration only. Three kinds of worker, each loading its run through
+`edgetune.pipeline`:
 
 - `inference`: the model and data loaded as for training, then forward passes at the training
   batch without autograd: the inference peak RSS, and the forward time in eval mode (dropout
   off, the floor a training step is compared with) and in train mode (dropout on).
-- `step`: one method built by `edgetune.train.prepare`; step 1 runs under torch's FLOP counter
+- `step`: one method on the loaded model; step 1 runs under torch's FLOP counter
   (FLOPs per step), step 2 under saved-tensor hooks (bytes autograd keeps for backward); the
   process's peak RSS is read after these two steps. Then `rounds` rounds alternate an eval-mode
   forward (no autograd) with a training step on the same batch, so step time and forward floor
   share the machine's load; the ratio is the median of the per-round ratios. The cost model's
-  prediction for the same step comes along (`edgetune.cost`, roofline on `this-machine`).
+  prediction for the same step comes along (`edgetune.forecast`, roofline on `this-machine`).
 - `accuracy`: `edgetune.train.finetune` for `steps` optimizer steps (a fresh batch each), then
   the validation and test metrics on the first `eval_samples` rows of each split.
 
@@ -21,18 +22,16 @@ variant's default) and reports the test metric at the chosen one.
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgetune.bench.worker import run_worker
+from edgetune.config import RunConfig, load_config
 from edgetune.errors import EdgetuneError
+from edgetune.measure.timing import forward, timed
 
 
 @dataclass(frozen=True)
@@ -95,25 +94,23 @@ def smollm_variants() -> list[Variant]:
     ]
 
 
-def overrides(setup: Setup, v: Variant, kind: str) -> list[str]:
-    """`load_config` overrides of one worker run."""
+def run_config(setup: Setup, v: Variant, kind: str) -> RunConfig:
+    """The run config of one worker run."""
     rows = setup.batch * setup.steps if kind == "accuracy" else setup.batch
-    out = [
-        f"model.name={setup.model}", f"data.name={setup.data}", f"data.seq_len={setup.seq}",
-        f"data.train_samples={rows}",
-        f"data.eval_samples={setup.eval_samples if kind == 'accuracy' else setup.batch}",
-        f"train.method={v.method}", f"train.batch_size={setup.batch}",
-        f"train.max_steps={setup.steps if kind == 'accuracy' else 1000}", f"train.lr={v.lr}",
-        f"train.threads={setup.threads}", f"train.final_eval={str(kind == 'accuracy').lower()}",
-    ]  # fmt: skip
+    settings: dict[str, Any] = {
+        "model.name": setup.model, "data.name": setup.data, "data.task": setup.task,
+        "data.seq_len": setup.seq, "data.train_samples": rows,
+        "data.eval_samples": setup.eval_samples if kind == "accuracy" else setup.batch,
+        "train.method": v.method, "train.batch_size": setup.batch,
+        "train.max_steps": setup.steps if kind == "accuracy" else 1000, "train.lr": v.lr,
+        "train.threads": setup.threads, "train.final_eval": kind == "accuracy",
+    }  # fmt: skip
     if kind == "accuracy":
-        out.append(f"train.eval_every={setup.steps}")  # validation after the last step
-    if setup.task:
-        out.append(f"data.task={setup.task}")
+        settings["train.eval_every"] = setup.steps  # validation after the last step
     if not v.clip:
-        out.append("train.max_grad_norm=null")
-    out += [f"method.{k}={json.dumps(val)}" for k, val in v.options.items()]
-    return out
+        settings["train.max_grad_norm"] = None
+    settings.update({f"method.{k}": val for k, val in v.options.items()})
+    return load_config(None, settings)
 
 
 # -- workers (run in the fresh interpreter) ---------------------------------------------------
@@ -124,87 +121,42 @@ def _rss_mb() -> float:
 
 
 def _prepared(setup: Setup, v: Variant, kind: str):
-    from transformers.utils import logging
-
-    from edgetune.config import load_config
     from edgetune.data.tasks import collate
-    from edgetune.train import prepare
+    from edgetune.pipeline import load
 
-    logging.set_verbosity_error()
-    p = prepare(load_config(None, overrides(setup, v, kind)))
-    train = p.data.splits["train"]
-    batch = collate([train[i] for i in range(setup.batch)], p.loaded.tokenizer.pad_token_id)
-    return p, batch
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _forward(model, batch, train_mode: bool = False) -> None:
-    """The training step's forward and loss (`forward_loss`: logits at the scored positions
-    only, where the step forms only those) without autograd."""
-    import torch
-
-    from edgetune.methods.base import forward_loss
-
-    model.train(train_mode)
-    with torch.no_grad():
-        forward_loss(model, batch)
-
-
-def inference_seconds(model, batch) -> float:
-    """Seconds of one eval-mode forward (with the step's loss) without autograd on `batch`,
-    the training step's physical floor; the model is left in train mode."""
-    seconds = _timed(lambda: _forward(model, batch))
-    model.train()
-    return seconds
+    session = load(run_config(setup, v, kind))
+    train = session.data.splits["train"]
+    batch = collate([train[i] for i in range(setup.batch)], session.pad_id)
+    return session, batch
 
 
 def worker_inference(setup: Setup) -> dict[str, Any]:
     from edgetune.measure.memory import peak_rss_mb
 
-    p, batch = _prepared(setup, Variant("inference", "backprop", 1e-4), "step")
-    model, base = p.loaded.model, _rss_mb()
-    _forward(model, batch)
-    _forward(model, batch)
+    session, batch = _prepared(setup, Variant("inference", "backprop", 1e-4), "step")
+    model, base = session.model, _rss_mb()
+    forward(model, batch)
+    forward(model, batch)
     peak = peak_rss_mb()
     ev, tr = [], []
     for r in range(setup.rounds):
         pair = [(ev, False), (tr, True)]
         for times, mode in pair if r % 2 == 0 else pair[::-1]:
-            times.append(_timed(lambda m=mode: _forward(model, batch, m)))
+            times.append(timed(lambda m=mode: forward(model, batch, m)))
     return {"base_rss_mb": base, "peak_rss_mb": peak, "forward_eval_s": statistics.median(ev),
             "forward_train_s": statistics.median(tr)}  # fmt: skip
 
 
-def _prediction(p, setup: Setup, v: Variant) -> dict[str, Any]:
+def _prediction(session) -> dict[str, Any]:
     """The cost model's FLOPs, peak memory and `this-machine` latency for this step."""
-    from edgetune.cost import load_device, roofline, shape_from_config, step_cost
-    from edgetune.cost.device import bytes_moved, passes
+    from edgetune.cost import bytes_moved, load_device, roofline
+    from edgetune.forecast import predict
 
-    model = p.method.model
-    cfg = getattr(model, "base_model", model).config if v.method == "lora" else model.config
-    classify = p.data.task == "classify"
-    kw: dict[str, Any] = {"head": "classifier" if classify else "lm",
-                          "n_labels": max(2, len(p.data.labels))}  # fmt: skip
-    if v.method == "sparse":
-        kw["scheme"] = p.method.scheme
-    if v.method in ("pepita", "mempepita"):
-        kw["optimizer"] = "sgd-momentum" if v.options.get("momentum") else "sgd"
-    if v.method == "lora":
-        units = v.options.get("target_modules", ["qkv"])
-        kw["lora_units"] = tuple(
-            u for t in units for u in (("q", "k", "v") if t == "qkv" else (t,))
-        )
-        kw["lora_rank"] = int(v.options.get("r", 8))
-    c = step_cost(shape_from_config(cfg.to_dict()), v.method, setup.batch, setup.seq, **kw)
+    cfg = session.cfg
+    c = predict(session.step_inputs(), cfg.train.method, cfg.method)
     r = roofline(c, load_device("this-machine"))
     return {"flops": c.flops, "matmul_flops": 2 * c.macs, "peak_mb": c.memory.peak / 2**20,
-            "latency_s": r.latency_s,
-            "bytes_moved": bytes_moved(c, passes(c.method))}  # fmt: skip
+            "latency_s": r.latency_s, "bytes_moved": bytes_moved(c, c.passes)}  # fmt: skip
 
 
 def worker_step(setup: Setup, v: Variant) -> dict[str, Any]:
@@ -214,8 +166,8 @@ def worker_step(setup: Setup, v: Variant) -> dict[str, Any]:
     from edgetune.measure.memory import peak_rss_mb
     from edgetune.measure.saved import saved_bytes
 
-    p, batch = _prepared(setup, v, "step")
-    method = p.method
+    session, batch = _prepared(setup, v, "step")
+    method = session.build_method()
     base = _rss_mb()
     with FlopCounterMode(display=False) as counter:
         loss = method.step([batch]).loss
@@ -230,29 +182,27 @@ def worker_step(setup: Setup, v: Variant) -> dict[str, Any]:
     for r in range(setup.rounds):
         pair = [
             (steps, lambda: method.step([batch])),
-            (fwds, lambda: _forward(method.model, batch)),
+            (fwds, lambda: forward(method.model, batch)),
         ]
         for times, fn in pair if r % 2 == 0 else pair[::-1]:
-            times.append(_timed(fn))
+            times.append(timed(fn))
     trainable = sum(t.numel() for t in method.trainable_state().values())
     return {
         "base_rss_mb": base, "peak_rss_mb": peak, "flops_per_step": counter.get_total_flops(),
         "saved_bytes": saved, "trainable_params": trainable, "first_loss": loss,
         "step_s": statistics.median(steps), "forward_eval_s": statistics.median(fwds),
         "step_over_forward": statistics.median(s / f for s, f in zip(steps, fwds, strict=True)),
-        "predicted": _prediction(p, setup, v),
+        "predicted": _prediction(session),
     }  # fmt: skip
 
 
 def worker_accuracy(setup: Setup, v: Variant) -> dict[str, Any]:
     from rich.console import Console
 
-    from edgetune.config import load_config
     from edgetune.train import finetune
 
-    cfg = load_config(None, overrides(setup, v, "accuracy"))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg.out = str(Path(tmp) / "run")
+        cfg = run_config(setup, v, "accuracy").with_changes({"out": str(Path(tmp) / "run")})
         m = finetune(cfg, console=Console(stderr=True, quiet=True)).metrics
     t = m["train"]
     return {"eval": m["eval"], "validation": m["validation_history"][-1],
@@ -260,29 +210,19 @@ def worker_accuracy(setup: Setup, v: Variant) -> dict[str, Any]:
             "loop_step_s": m["time"]["step_s_median"]}  # fmt: skip
 
 
-def run_worker(kind: str, setup: Setup, v: Variant | None = None, timeout: float = 3600) -> dict:
-    """Run one worker in a fresh interpreter and return its result; a failure of the method
-    (a diverging loss, say) comes back as {"error": message}."""
-    spec = json.dumps({"kind": kind, "setup": asdict(setup), "variant": v and asdict(v)})
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(setup.threads)}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "edgetune.measure.bench", spec], env=env,
-                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0][-300:]}
-    return json.loads(lines[-1])
-
-
-def _main(spec: dict) -> dict[str, Any]:
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The entry of every worker process (`edgetune.bench.worker`)."""
     setup = Setup(**spec["setup"])
     if spec["kind"] == "inference":
         return worker_inference(setup)
     v = Variant(**spec["variant"])
     return (worker_step if spec["kind"] == "step" else worker_accuracy)(setup, v)
+
+
+def run(kind: str, setup: Setup, v: Variant | None = None) -> dict[str, Any]:
+    """One worker in a fresh interpreter (its failure comes back as {"error": ...})."""
+    spec = {"kind": kind, "setup": asdict(setup), "variant": v and asdict(v)}
+    return run_worker("edgetune.bench.methods:worker", spec, threads=setup.threads)
 
 
 # -- comparison -------------------------------------------------------------------------------
@@ -295,7 +235,7 @@ def compare(setup: Setup, variants: list[Variant], repeats: int = 1,
     order: list[Variant | None] = [None, *variants]
     for r in range(repeats):
         for v in order if r % 2 == 0 else order[::-1]:
-            res = run_worker("step" if v else "inference", setup, v)
+            res = run("step" if v else "inference", setup, v)
             runs[v.label if v else "inference"].append(res)
             log(f"{v.label if v else 'inference'}: {res}")
     if any("error" in x for x in runs["inference"]):
@@ -303,7 +243,7 @@ def compare(setup: Setup, variants: list[Variant], repeats: int = 1,
     acc = {}
     for v in variants:
         if accuracy is None or v.label in accuracy:
-            acc[v.label] = run_worker("accuracy", setup, v)
+            acc[v.label] = run("accuracy", setup, v)
             log(f"{v.label} accuracy: {acc[v.label]}")
     return summarize(setup, variants, runs, acc)
 
@@ -317,7 +257,7 @@ def sweep(setup: Setup, variants: list[Variant], factors: list[float],
         tried = []
         for f in factors:
             lr = float(f"{v.lr * f:.3g}")
-            res = run_worker("accuracy", setup, Variant(v.label, v.method, lr, v.options))
+            res = run("accuracy", setup, Variant(v.label, v.method, lr, v.options))
             tried.append({"lr": lr, **res})
             log(f"{v.label} lr {lr:g}: {res}")
         ok = [t for t in tried if "error" not in t]
@@ -361,7 +301,8 @@ def summarize(setup: Setup, variants: list[Variant], runs: dict[str, list[dict]]
         if v.label in acc:
             row["accuracy_run"] = acc[v.label]
         rows.append(row)
-    bp = next((r for r in rows if r["method"] == "backprop" and "error" not in r), None)
+    # the reference of the `_vs_backprop` columns: the line-up's first variant (backprop)
+    bp = next((r for r in rows[:1] if "error" not in r), None)
     for r in rows:
         if bp and "error" not in r:
             grown = bp["above_inference_mb"]  # 0 when backprop never rose above inference
@@ -392,7 +333,3 @@ def hardware(summary: dict[str, Any], gemm: dict[str, Any]) -> dict[str, Any]:
             "predicted_over_measured": None if pred is None else pred / r["step_s"],
         })  # fmt: skip
     return {"setup": summary["setup"], "gemm": gemm, "rows": rows}
-
-
-if __name__ == "__main__":
-    print(json.dumps(_main(json.loads(sys.argv[1]))))

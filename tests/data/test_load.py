@@ -119,3 +119,53 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
     assert epoch_order(50, 3, 1) == epoch_order(50, 3, 1)
     assert epoch_order(50, 3, 1) != epoch_order(50, 3, 2)
     assert sorted(epoch_order(50, 3, 1)) == list(range(50))
+
+
+def test_a_json_array_file_is_read(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"text": f"text {i}", "label": f"c{i % 2}"} for i in range(40)]))
+    data = load_data(DataConfig(name=str(path), task="classify"))
+    assert sum(len(s) for s in data.splits.values()) == 40 and data.labels == ["c0", "c1"]
+    (tmp_path / "bad.json").write_text("[1, 2, 3]")
+    with pytest.raises(EdgetuneError, match="must hold objects"):
+        load_data(DataConfig(name=str(tmp_path / "bad.json"), task="classify"))
+
+
+def test_dev_files_are_the_validation_split_and_strays_are_named(tmp_path):
+    rows = [{"text": f"text {i}", "label": f"c{i % 2}"} for i in range(30)]
+    for name, part in (("train.jsonl", rows), ("dev.jsonl", rows[:6]), ("test.jsonl", rows[:4])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    data = load_data(DataConfig(name=str(tmp_path), task="classify"))
+    assert [len(data.splits[s]) for s in ("train", "validation", "test")] == [30, 6, 4]
+    (tmp_path / "holdout.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(EdgetuneError, match="holdout.jsonl: name a data folder's files"):
+        load_data(DataConfig(name=str(tmp_path), task="classify"))
+
+
+def test_the_task_is_checked_before_any_file_is_read(tmp_path):
+    with pytest.raises(EdgetuneError, match="unknown task 'translate'"):
+        DataConfig(name=str(tmp_path / "missing.jsonl"), task="translate")
+
+
+def test_eval_samples_of_lm_count_blocks_not_documents(tiny_llama, tmp_path):
+    """A few long documents are many blocks: `eval_samples` caps the blocks evaluated."""
+    from edgetune.config import load_config
+    from edgetune.pipeline import load
+
+    docs = [{"text": " ".join(f"word{j}" for j in range(600))} for _ in range(30)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    cfg = load_config(
+        None,
+        {
+            "model.name": str(tiny_llama),
+            "data.name": str(path),
+            "data.task": "lm",
+            "data.seq_len": 32,
+            "data.eval_samples": 5,
+        },
+    )
+    session = load(cfg)
+    assert len(session.data.splits["validation"]) == 5
+    assert len(session.data.splits["test"]) == 5
+    assert len(session.data.splits["train"]) > 100  # the training split is not capped

@@ -4,7 +4,8 @@ A scheme names *units* of a transformer block by layer index and role, independe
 architecture's module names (the runtime maps roles to modules in `edgetune.models.anatomy`;
 the cost model maps them to its analytic blocks). Anything the scheme does not name is frozen.
 
-Pure Python (no torch) so that `edgetune.cost` can read it.
+The ground floor: imports nothing of edgetune but errors and io, so the cost model, the
+methods, the anatomy of a model and the planner all read the same type.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from edgetune.errors import EdgetuneError
+from edgetune.io import atomic_write_text
 
 # Roles of the trainable pieces of a transformer block, plus the task head.
 #   qkv      the query/key/value projections of self-attention
@@ -106,25 +109,14 @@ class UpdateScheme:
         """A built-in scheme by name: `last-K`, `bias-only` or `bias-only-K`, `qkv-ffn1-K`
         (the first and third optionally `@F` for an output-channel fraction, e.g. `last-2@0.25`)
         and `ratios-R1,R2,...` (one channel ratio per block, the last block's last)."""
-        base, _, frac = name.partition("@")
-        try:
-            fraction = float(frac) if frac else 1.0
-            if base.startswith("ratios-"):
-                return cls.channel_ratios(n_layers, [float(r) for r in base[7:].split(",")])
-            if base == "bias-only":
-                return cls.bias_only(n_layers)
-            if base.startswith("bias-only-"):
-                return cls.bias_only(n_layers, int(base[10:]))
-            if base.startswith("qkv-ffn1-"):
-                return cls.qkv_ffn1(n_layers, int(base[9:]), fraction)
-            if base.startswith("last-"):
-                return cls.last_k(n_layers, int(base[5:]), fraction)
-        except ValueError:
-            pass
-        raise EdgetuneError(
-            f"unknown scheme {name!r}; use last-K, bias-only[-K], qkv-ffn1-K (optionally @F, "
-            "e.g. last-2@0.25), ratios-R1,R2,... or a path to a YAML scheme file"
-        )
+        kind, arg, fraction = _parse_builtin(name)
+        if kind == "ratios":
+            return cls.channel_ratios(n_layers, arg)
+        if kind == "bias-only":
+            return cls.bias_only(n_layers, arg)
+        if kind == "qkv-ffn1":
+            return cls.qkv_ffn1(n_layers, arg, fraction)
+        return cls.last_k(n_layers, arg, fraction)
 
     # -- queries --------------------------------------------------------------------------
     def lowest_layer(self) -> int | None:
@@ -153,8 +145,6 @@ class UpdateScheme:
         return cls(ups, str(data.get("name", "custom")))
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        from edgetune.io import atomic_write_text
-
         atomic_write_text(Path(path), yaml.safe_dump({**self.to_dict(), **(extra or {})}))
 
     @classmethod
@@ -167,6 +157,61 @@ class UpdateScheme:
         except yaml.YAMLError as e:
             raise EdgetuneError(f"scheme file {p} is not valid YAML: {e}") from None
         return cls.from_dict(data)
+
+
+def _parse_builtin(name: str) -> tuple[str, Any, float]:
+    """(kind, its argument, channel fraction) of a built-in scheme name; one clear error for a
+    name that is not one (checked when a config loads, before the model's depth is known)."""
+    base, _, frac = name.partition("@")
+    try:
+        fraction = float(frac) if frac else 1.0
+        if base.startswith("ratios-"):
+            return "ratios", [float(r) for r in base[7:].split(",")], fraction
+        if base == "bias-only":
+            return "bias-only", None, fraction
+        for kind in ("bias-only", "qkv-ffn1", "last"):
+            if base.startswith(kind + "-"):
+                return kind, int(base[len(kind) + 1 :]), fraction
+    except ValueError:
+        pass
+    raise EdgetuneError(
+        f"unknown scheme {name!r}; use last-K, bias-only[-K], qkv-ffn1-K (optionally @F, "
+        "e.g. last-2@0.25), ratios-R1,R2,... or a path to a YAML scheme file"
+    )
+
+
+SchemeSpec = str | Path | UpdateScheme
+"""How a config names a scheme: a built-in name, a YAML file, or the scheme itself."""
+
+
+def read_scheme(value: Any) -> str | UpdateScheme:
+    """A config's scheme value, checked as soon as the config loads: a built-in name stays a
+    name (it expands against the model's depth later), a YAML path or an inline mapping becomes
+    the scheme itself (so a run's config.yaml holds it and reproduces without the file)."""
+    if isinstance(value, UpdateScheme):
+        return value
+    if isinstance(value, dict):
+        return UpdateScheme.from_dict(value)
+    if isinstance(value, Path) or (isinstance(value, str) and value.endswith((".yaml", ".yml"))):
+        return UpdateScheme.load(value)
+    if isinstance(value, str):
+        _parse_builtin(value)
+        return value
+    raise EdgetuneError(f"a scheme is a built-in name, a YAML file or a mapping, got {value!r}")
+
+
+def resolve_scheme(value: SchemeSpec, n_layers: int) -> UpdateScheme:
+    """A scheme for a model of `n_layers` blocks from a built-in name, a YAML path or a scheme;
+    checks that its layer indices exist."""
+    scheme = read_scheme(value)
+    if isinstance(scheme, str):
+        scheme = UpdateScheme.builtin(scheme, n_layers)
+    for u in scheme.updates:
+        if u.unit != "head" and u.layer >= n_layers:
+            raise EdgetuneError(
+                f"scheme {scheme.name!r} names layer {u.layer}, the model has {n_layers} layers"
+            )
+    return scheme
 
 
 def _last_layers(n_layers: int, k: int) -> range:

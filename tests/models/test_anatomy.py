@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import make_model
+from tiny import make_model
 from torch import nn
 
 from edgetune.errors import EdgetuneError
 from edgetune.models.anatomy import describe, is_linear
-from edgetune.plan.scheme import UpdateScheme
+from edgetune.scheme import UpdateScheme
 
 EXPECTED = {  # kind: (n_layers, qkv modules of the last layer, head, output, embeddings)
     "bert": (

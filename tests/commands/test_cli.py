@@ -60,6 +60,12 @@ def _bad(tmp_path, *args):
         (["--config", "missing.yaml"], "config file not found"),
         (["--method", "telepathy", "--max-steps", "1", "data.train_samples=16"], "unknown method"),
         (["train.nonsense=1"], "unknown key"),
+        (["--data", "2024", "--task", "classify"], "data '2024' is not a bundled data set"),
+        (["--data", "d.jsonl", "--task", "translate"], "unknown task 'translate'"),
+        (["--budget", "0"], "memory size must be positive"),
+        (["--learning-rate", "1e-3"], "no such option: --learning-rate"),
+        (["--method", "lora", "method.rank=4"], "unknown lora option(s) rank"),
+        (["--method", "backprop", "--scheme", "last-2"], "method backprop has no update scheme"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
@@ -70,6 +76,18 @@ def test_bad_jsonl_line_is_named(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "a", "label": "x"}\n{oops\n')
     assert "line 2 is not valid JSON" in _bad(tmp_path, "--data", str(data), "--task", "classify")
+
+
+def test_version_and_help_say_what_they_should():
+    from typer.testing import CliRunner
+
+    from edgetune.cli import app
+    from edgetune.version import VERSION
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["--version"]).stdout.strip() == f"edgetune {VERSION}"
+    for command in ("finetune", "eval", "plan", "cost", "federate"):
+        assert "Examples" in runner.invoke(app, [command, "--help"]).stdout, command
 
 
 def test_unreachable_hub_id_is_named(tmp_path):

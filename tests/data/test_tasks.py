@@ -71,7 +71,7 @@ def test_lm_on_a_text_file(tiny_llama, tmp_path):
 
 def test_prompted_examples_train_on_the_target_only(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    ex = _prompted(PAIRS[0], "summarize", tok, 64)
+    ex = _prompted(PAIRS[0], "summarize", tok, 64, 16)
     prompt = prompt_ids(PAIRS[0], "summarize", tok, 64)
     assert ex["input_ids"][: len(prompt)] == prompt
     assert ex["labels"][: len(prompt)] == [IGNORE] * len(prompt)
@@ -87,13 +87,13 @@ def test_tokenized_splits_hold_int32_arrays(tiny_llama, pairs_jsonl):
     from edgetune.data.tasks import batches, tokenize
 
     # Prepare
-    cfg = load_config(None, [f"data.name={pairs_jsonl}", "data.task=summarize"])
+    cfg = load_config(None, [f"data.name={pairs_jsonl}", "data.task=summarize", "data.seq_len=32"])
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     # Execute
-    data = tokenize(load_data(cfg.data), tok, 32, "decoder")
+    data = tokenize(load_data(cfg.data), tok, cfg.data, "decoder")
     ex = data.splits["train"][0]
     # Assert: 4 bytes a token, the same tokens as the prompted lists, and batches as before
-    expected = _prompted(dict(data.raw["train"][0]), "summarize", tok, 32)
+    expected = _prompted(dict(data.raw["train"][0]), "summarize", tok, 32, 8)
     assert ex["input_ids"].dtype == "int32" and ex["labels"].dtype == "int32"
     assert ex["input_ids"].tolist() == expected["input_ids"]
     assert ex["labels"].tolist() == expected["labels"]

@@ -1,5 +1,5 @@
-"""The bench results as Markdown tables, a plot and files: `edgetune bench` and `benchmarks/`
-write what `edgetune.measure.bench` measured."""
+"""The bench results as Markdown tables and files: `edgetune bench` and `benchmarks/` write
+what `edgetune.bench.methods` measured (the figure: `edgetune.report.figures.plot_methods`)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-
-def metric_of(acc: dict[str, Any]) -> tuple[str, float] | None:
-    """The headline test metric of an accuracy run: accuracy (%) or perplexity."""
-    ev = acc.get("eval") or {}
-    if "accuracy" in ev:
-        return "accuracy %", 100 * ev["accuracy"]
-    if "perplexity" in ev:
-        return "perplexity", ev["perplexity"]
-    return None
+from edgetune.io import atomic_write_text
+from edgetune.report.figures import metric_of, plot_methods
 
 
 def _f(x: float | None, fmt: str) -> str:
@@ -113,8 +106,6 @@ def hardware_table(hw: dict[str, Any]) -> str:
 
 def write_json_md(result: dict[str, Any], out_dir: Path, name: str, table: str) -> list[Path]:
     """`<name>.json` and `<name>.md`, each written atomically."""
-    from edgetune.io import atomic_write_text
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.{ext}" for ext in ("json", "md")]
     atomic_write_text(paths[0], json.dumps(result, indent=1, default=str))
@@ -125,37 +116,7 @@ def write_json_md(result: dict[str, Any], out_dir: Path, name: str, table: str) 
 def write_outputs(summary: dict[str, Any], out_dir: Path, name: str, table: str) -> list[Path]:
     """`write_json_md` and `<name>.png` (step time over the forward floor, memory above
     inference, test metric), written atomically."""
-    from edgetune.io import atomic_write
-
     paths = write_json_md(summary, out_dir, name, table)
     png = out_dir / f"{name}.png"
-    atomic_write(png, lambda tmp: _plot(summary, tmp))
+    plot_methods(summary, png)
     return [*paths, png]
-
-
-def _plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in summary["rows"] if "error" not in r]
-    labels = [r["label"] for r in rows]
-    metrics = [metric_of(r.get("accuracy_run", {})) for r in rows]
-    panels = [
-        ("step time / eval-mode forward", [r["step_over_forward"] for r in rows]),
-        ("peak RSS above inference (MiB)", [r["above_inference_mb"] for r in rows]),
-        (next((m[0] for m in metrics if m), "test metric"),
-         [m[1] if m else 0.0 for m in metrics]),
-    ]  # fmt: skip
-    fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(rows) + 1.8), constrained_layout=True)
-    for ax, (title, vals) in zip(axes, panels, strict=True):
-        ax.barh(labels, vals, color="tab:blue")
-        ax.set_title(title)
-        ax.invert_yaxis()
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].axvline(1.3, color="tab:red", ls="--", lw=1)  # issue 3: sparse within 1.3x forward
-    s = summary["setup"]
-    fig.suptitle(f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}")
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)

@@ -4,30 +4,25 @@ import json
 
 import pytest
 
-import edgetune.plan.contribution as contribution
+import edgetune.plan.analysis as contribution
 from edgetune.config import load_config
-from edgetune.plan.contribution import (
-    AnalysisSettings,
-    Candidate,
-    analyze,
-    measure_schemes,
-    plot_gains,
-    scheme_of,
-)
-from edgetune.plan.scheme import UpdateScheme
+from edgetune.pipeline import load
+from edgetune.plan.analysis import analyze, measure_schemes
+from edgetune.plan.table import AnalysisSettings, Candidate, scheme_of
+from edgetune.report.figures import plot_gains
+from edgetune.scheme import UpdateScheme
+
+
+def _config(tiny_bert, topics_jsonl, *extra):
+    return load_config(None, [f"model.name={tiny_bert}", f"data.name={topics_jsonl}",
+                              "data.task=classify", "data.seq_len=16", "train.method=sparse",
+                              *extra])  # fmt: skip
 
 
 @pytest.fixture
 def cfg(tiny_bert, topics_jsonl):
-    return load_config(
-        None,
-        [
-            f"model.name={tiny_bert}",
-            f"data.name={topics_jsonl}",
-            "data.task=classify",
-            "data.seq_len=16",
-        ],
-    )
+    """A loaded session of the tiny classifier (the analysis runs on its model)."""
+    return load(_config(tiny_bert, topics_jsonl))
 
 
 SETTINGS = AnalysisSettings(
@@ -122,9 +117,28 @@ def test_whole_schemes_are_measured_under_the_same_protocol_and_cached(cfg, tmp_
     assert gains[0] == pytest.approx(table.entries["qkv@1x1"].gain, abs=1e-6)
     assert gains[1] != pytest.approx(gains[0])
     calls.clear()
-    loads = []
-    monkeypatch.setattr(contribution, "_prepare", lambda *a: loads.append(a))
     assert measure_schemes(cfg, [last, single], s, cache=tmp_path) == gains[::-1]
-    assert calls == [] and loads == []  # all cached: no model or data loaded
+    assert calls == []  # all cached
     monkeypatch.undo()
     assert len(analyze(cfg, s, cache=tmp_path).schemes) == 2
+
+
+def test_the_seed_of_the_new_head_is_part_of_the_cache_key(tiny_bert, topics_jsonl, tmp_path):
+    """Another seed draws another classifier head: another analysis, not a cached one."""
+    s = AnalysisSettings(steps=1, batch_size=4, eval_examples=4, fractions=(1.0,), layers=[1])
+    analyze(load(_config(tiny_bert, topics_jsonl)), s, cache=tmp_path)
+    analyze(load(_config(tiny_bert, topics_jsonl, "train.seed=1")), s, cache=tmp_path)
+    assert len(list(tmp_path.glob("contribution-*.json"))) == 2
+
+
+def test_random_init_is_part_of_the_cache_key():
+    """Random weights and the pretrained ones are different models with different gains."""
+    from edgetune.plan.analysis import _fingerprint
+
+    class Loaded:  # what the key reads of a session: its config
+        def __init__(self, *extra):
+            self.cfg = load_config(None, ["model.name=minilm-l6", *extra])
+
+    s = AnalysisSettings()
+    assert _fingerprint(Loaded(), s) != _fingerprint(Loaded("model.random_init=true"), s)
+    assert _fingerprint(Loaded(), s) == _fingerprint(Loaded(), s)

@@ -1,0 +1,120 @@
+"""The options of every learning rule: the `method:` section of a run config.
+
+One frozen dataclass per method, each field with its meaning; `edgetune.fields.build` reads a
+config's mapping into it when the config loads, so an unknown key or a bad value fails before
+any model or data is loaded. Torch-free: the config, the forecast and the CLI read these
+without the runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgetune.errors import EdgetuneError
+from edgetune.scheme import UpdateScheme, read_scheme
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)  # normalizing a frozen dataclass in __post_init__
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A method without options of its own (`backprop`)."""
+
+
+@dataclass(frozen=True)
+class SparseOptions:
+    """Options of `sparse`."""
+
+    scheme: str | UpdateScheme | None = None
+    """Built-in name (last-K, bias-only[-K], qkv-ffn1-K, @F for a channel fraction,
+    ratios-R1,...), a YAML scheme file (read when the config loads, so the run's config.yaml
+    holds the scheme itself), or an inline scheme. Unset: planned for the run's budget or
+    device when it has one (`train.budget`, `train.device`), else qkv-ffn1-2."""
+    frozen_dropout: bool = False
+    """Keep dropout on in the frozen modules below the lowest trained one (embeddings and
+    blocks). Off by default: there they only add noise to the features the trained modules see,
+    and on a CPU a train-mode forward costs about 1.5x an eval-mode one."""
+    dropout: bool = True
+    """Dropout in the trained modules. False runs the whole model in eval mode: no dropout
+    masks or their random numbers, and attention through the fused kernel, so a step costs
+    less; the model loses dropout's regularization (measure it: docs/methods/sparse.md)."""
+    in_place: bool = False
+    """Apply each parameter's AdamW update in its gradient hook and free the gradient at once
+    (needs max_grad_norm null: clipping needs every gradient at the same time)."""
+
+    DEFAULT_SCHEME = "qkv-ffn1-2"
+
+    def __post_init__(self) -> None:
+        if self.scheme is not None:
+            _set(self, "scheme", read_scheme(self.scheme))
+        if self.frozen_dropout and not self.dropout:
+            raise EdgetuneError("sparse option frozen_dropout needs dropout: true")
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """Options of `lora`."""
+
+    r: int = 8
+    """Rank of the adapters."""
+    alpha: float = 16.0
+    """Scale numerator: the adapter output is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter input (training mode only)."""
+    target_modules: tuple[str, ...] = ("qkv",)
+    """Scheme units (qkv, attn_out, ffn1, ffn2) and/or module names PEFT matches by suffix."""
+    train_head: bool | None = None
+    """Train the task head whole; default: yes for classification, no for LM."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise EdgetuneError(f"lora option r must be a positive integer, got {self.r!r}")
+        if not self.alpha > 0:
+            raise EdgetuneError("lora option alpha must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise EdgetuneError("lora option dropout must be in [0, 1)")
+        if isinstance(self.target_modules, str):
+            _set(self, "target_modules", (self.target_modules,))
+        if not self.target_modules:
+            raise EdgetuneError("lora option target_modules is empty")
+
+
+@dataclass(frozen=True)
+class MezoOptions:
+    """Options of `mezo`."""
+
+    eps: float = 1e-3
+    """Perturbation scale."""
+    trainable: str | UpdateScheme = "all"
+    """`all` (every parameter, embeddings included) or a scheme (name, YAML path, inline)."""
+
+    def __post_init__(self) -> None:
+        if not self.eps > 0:
+            raise EdgetuneError(f"mezo option eps must be a positive number, got {self.eps!r}")
+        if self.trainable != "all":
+            _set(self, "trainable", read_scheme(self.trainable))
+
+
+@dataclass(frozen=True)
+class PepitaOptions:
+    """Options of `pepita` and `mempepita`."""
+
+    layers: str = "all"
+    """Which Linears train: all, last-K (the last K blocks plus the head) or head."""
+    feedback_scale: float = 0.05
+    """F = feedback_scale * U[-sqrt(6/d), sqrt(6/d)], d the embedding width."""
+    momentum: float = 0.0
+    """SGD momentum (0: plain SGD, no optimizer state; the reference code uses 0.9)."""
+
+    def __post_init__(self) -> None:
+        ok = self.layers in ("all", "head") or (
+            self.layers.startswith("last-") and self.layers[5:].isdigit()
+        )
+        if not ok:
+            raise EdgetuneError(f"pepita option layers={self.layers!r}: use all, last-K or head")
+        if not self.feedback_scale > 0:
+            raise EdgetuneError("pepita option feedback_scale must be positive")
+        if not 0.0 <= self.momentum < 1.0:
+            raise EdgetuneError("pepita option momentum must be in [0, 1)")

@@ -1,0 +1,159 @@
+"""Every learning rule declared once: its name, options, traits and where its code lives.
+
+The name is the one used everywhere (config value, CLI choice, docs page `docs/methods/`,
+test id). Everything outside `edgetune.methods` that depends on a method reads its entry
+here instead of comparing names: the config parses `method:` into `options`, the forecast asks
+the cost model for `rule` with `optimizer(options)` and `scheme_option`, a federated client
+sends what `sends` says and the server replays seeds where it says `seeds`, a refused budget
+suggests `suggestions`. Torch-free: `build_method` imports the implementation on first use.
+
+Adding a method: CONTRIBUTING.md (a test fails until its docs page, test row and cost rule
+exist).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from edgetune.cost.methods import Rule
+from edgetune.cost.shapes import ModelShape
+from edgetune.errors import EdgetuneError
+from edgetune.families import FAMILIES, roles_of_leaf
+from edgetune.fields import build
+from edgetune.methods.options import (
+    LoraOptions,
+    MezoOptions,
+    NoOptions,
+    PepitaOptions,
+    SparseOptions,
+)
+from edgetune.scheme import UNITS, resolve_scheme
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What edgetune knows about a method without running it."""
+
+    name: str
+    summary: str
+    options: type
+    """The dataclass of its `method:` options (`edgetune.methods.options`)."""
+    factory: str
+    """`module:attribute` of the callable (model, MethodSettings) -> Method (the protocol of
+    `edgetune.methods.base`), imported on first use."""
+    rule: Rule
+    """How a step spends compute and memory, for the cost model."""
+    optimizer: Callable[[Any], str] = lambda options: "adamw"
+    """The cost model's optimizer (adamw, sgd, sgd-momentum) under these options."""
+    sends: str = "delta"
+    """What a federated client ships: `delta` (its trainable state minus the global, through
+    a codec) or `seeds` (its steps' seeds and scalars, which the server replays)."""
+    scheme_option: str | None = None
+    """The option that holds an UpdateScheme (the planner fills it for a budget)."""
+    suggestions: tuple[Mapping[str, Any], ...] = ({},)
+    """Option sets named as alternatives when a run does not fit its budget."""
+    cost_inputs: Callable[[Any, ModelShape], dict[str, Any]] = lambda options, shape: {}
+    """What the cost model needs of these options on this shape (`step_cost` keywords:
+    the scheme, LoRA's rank and targets)."""
+
+    def parse(self, options: Mapping[str, Any] | Any) -> Any:
+        """The options object of a config's `method:` mapping (or one given as is)."""
+        if isinstance(options, self.options):
+            return options
+        return build(self.options, options or {}, "method", f"{self.name} option")
+
+    def label(self, options: Any) -> str:
+        """`sparse last-2`: the name, and the scheme where the method has one."""
+        scheme = getattr(options, self.scheme_option or "", None)
+        name = scheme if isinstance(scheme, str) else getattr(scheme, "name", None)
+        return f"{self.name} {name}" if name else self.name
+
+    def factory_callable(self) -> Callable[..., Any]:
+        module, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+def _sgd(options: PepitaOptions) -> str:
+    return "sgd-momentum" if options.momentum > 0 else "sgd"
+
+
+def _blocks(shape: ModelShape) -> int:
+    return shape.n_layers + shape.n_dec_layers
+
+
+def _sparse_cost(options: SparseOptions, shape: ModelShape) -> dict[str, Any]:
+    scheme = options.scheme or SparseOptions.DEFAULT_SCHEME
+    return {"scheme": resolve_scheme(scheme, _blocks(shape))}
+
+
+def _lora_cost(options: LoraOptions, shape: ModelShape) -> dict[str, Any]:
+    """LoRA's rank, and its targets as the cost model's block roles: scheme units (qkv is q, k
+    and v) or module names, matched by suffix in the family's layout as PEFT matches them."""
+    roles: list[str] = []
+    for target in options.target_modules:
+        if target in UNITS and target not in ("head", "norm"):
+            roles += ["q", "k", "v"] if target == "qkv" else [target]
+            continue
+        found = roles_of_leaf(shape.family, target) if shape.family in FAMILIES else ()
+        if not found:
+            raise EdgetuneError(
+                f"the cost model cannot place LoRA target {target!r} in a {shape.family} "
+                f"model; name scheme units ({', '.join(u for u in UNITS if u != 'head')}) "
+                "or the module names of its layout"
+            )
+        roles += found
+    return {"lora_rank": options.r, "lora_units": tuple(dict.fromkeys(roles))}
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in [
+        MethodSpec(
+            "backprop", "full backpropagation with AdamW (the reference)", NoOptions,
+            "edgetune.methods.backprop:Backprop", Rule("backward", "all"), suggestions=(),
+        ),
+        MethodSpec(
+            "sparse", "PockEngine-style sparse backpropagation over an update scheme",
+            SparseOptions, "edgetune.methods.sparse:Sparse", Rule("backward", "scheme"),
+            scheme_option="scheme", cost_inputs=_sparse_cost,
+            suggestions=({"scheme": "bias-only"}, {"scheme": "qkv-ffn1-2"}),
+        ),
+        MethodSpec(
+            "pepita", "forward-only PEPITA: two forwards, local updates", PepitaOptions,
+            "edgetune.methods.pepita:Pepita", Rule("forward-only", "linears"),
+            optimizer=_sgd, suggestions=(),
+        ),
+        MethodSpec(
+            "mempepita", "PEPITA in lockstep: one layer's activations at a time",
+            PepitaOptions, "edgetune.methods.pepita:mempepita",
+            Rule("forward-only", "linears", lockstep=True), optimizer=_sgd,
+        ),
+        MethodSpec(
+            "mezo", "zeroth-order SPSA with the seed trick: inference memory", MezoOptions,
+            "edgetune.methods.mezo:Mezo", Rule("zeroth-order", "all"),
+            optimizer=lambda options: "sgd", sends="seeds",
+        ),
+        MethodSpec(
+            "lora", "low-rank adapters through PEFT", LoraOptions,
+            "edgetune.methods.lora:Lora", Rule("backward", "adapters"),
+            cost_inputs=_lora_cost,
+        ),
+    ]
+}  # fmt: skip
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise EdgetuneError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(name: str, model: Any, settings: Any) -> Any:
+    """The method `name` (a `Method`) on `model` under `settings` (`MethodSettings`, whose
+    `options` may be the options object or a mapping, parsed here)."""
+    spec = get_method(name)
+    settings = replace(settings, options=spec.parse(settings.options))
+    return spec.factory_callable()(model, settings)

@@ -1,0 +1,160 @@
+"""The one way a run's inputs are made: config -> data -> model -> tokenized splits -> method.
+
+    session = pipeline.load(cfg)            # data, model and tokens, loaded once
+    method = session.build_method()         # the configured rule on the loaded model
+
+`finetune`, `eval`, `plan`, the federated client and server, `edgetune bench` and every script
+in `benchmarks/` load through here, so they all see the same model, the same splits, the same
+labels and the same number of steps. A `Session` never changes its config: `with_config` gives
+a session of another method's settings over the same loaded model and data (on-the-fly
+planning plans on the model it then trains).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from edgetune.config import RunConfig
+from edgetune.cost import shape_from_config
+from edgetune.data.load import load_data
+from edgetune.data.tasks import TaskData, batches, epoch_order, tokenize
+from edgetune.errors import EdgetuneError
+from edgetune.forecast import Forecast, StepInputs, check_budget, predict
+from edgetune.methods.base import Method, MethodSettings, scored_share
+from edgetune.methods.registry import build_method
+from edgetune.models.loader import LoadedModel, load_model
+
+
+def quiet_libraries() -> None:
+    """No progress bars or load reports from transformers and datasets: edgetune shows its own
+    progress, and a report of a new classifier head's missing weights is expected."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+@dataclass(frozen=True)
+class Session:
+    """A run's loaded inputs: its config, the model and tokenizer, the tokenized splits."""
+
+    cfg: RunConfig
+    loaded: LoadedModel
+    data: TaskData
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    @property
+    def pad_id(self) -> int:
+        return self.loaded.tokenizer.pad_token_id
+
+    @property
+    def task(self) -> str:
+        return self.data.task
+
+    @property
+    def micro_per_epoch(self) -> int:
+        """Micro-batches in one pass over the training split."""
+        return math.ceil(len(self.data.splits["train"]) / self.cfg.train.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the run: `max_steps`, else `epochs` passes."""
+        t = self.cfg.train
+        per_epoch = max(1, self.micro_per_epoch // t.grad_accum)
+        return t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
+
+    @cached_property
+    def scored(self) -> float:
+        """Share of the positions of the run's first training batches that the loss scores
+        (a causal LM forms logits there only), for the forecast."""
+        train = self.data.splits["train"]
+        order = epoch_order(len(train), self.cfg.train.seed, 0)[: 8 * self.cfg.train.batch_size]
+        return scored_share(self.model, batches(train, self.cfg.train.batch_size, self.pad_id,
+                                                order))  # fmt: skip
+
+    def method_settings(self, **changes) -> MethodSettings:
+        """The method's settings for this run (the loop's schedule over `total_steps`)."""
+        t, total = self.cfg.train, self.total_steps
+        settings = MethodSettings(
+            lr=t.lr,
+            total_steps=total,
+            weight_decay=t.weight_decay,
+            warmup_steps=int(t.warmup_ratio * total),
+            schedule=t.schedule,
+            max_grad_norm=t.max_grad_norm,
+            seed=t.seed,
+            options=self.cfg.method,
+        )
+        return replace(settings, **changes)
+
+    def build_method(self, model: nn.Module | None = None, **changes) -> Method:
+        """The configured method on `model` (default: the loaded model itself, which it then
+        trains), with `method_settings(**changes)`."""
+        model = self.model if model is None else model
+        return build_method(self.cfg.train.method, model, self.method_settings(**changes))
+
+    def step_inputs(self) -> StepInputs:
+        """What the cost model needs of this run: its model's own config, micro-batch, task
+        and labels, and the share of positions its loss scores."""
+        cfg = self.cfg
+        return StepInputs(
+            shape_from_config(self.model.config.to_dict(), cfg.model.name),
+            batch=cfg.train.batch_size,
+            seq=cfg.data.seq_len,
+            head="classifier" if self.task == "classify" else "lm",
+            n_labels=len(self.data.labels),
+            tgt_seq=cfg.data.target_tokens,
+            scored=self.scored,
+        )
+
+    def forecast(self) -> Forecast:
+        """The forecast of one step of this run under its budget or device (with the run's
+        total time), refused naming what would fit when it does not fit."""
+        cfg = self.cfg
+        inputs = self.step_inputs()
+        cost = predict(inputs, cfg.train.method, cfg.method)
+        return check_budget(cost, inputs, cfg.train.budget, cfg.train.device, self.total_steps)
+
+    def with_config(self, cfg: RunConfig) -> Session:
+        """This session under another config of the same model and data (another method, its
+        options, the schedule): nothing is loaded again."""
+        for section in ("model", "data"):
+            if getattr(cfg, section) != getattr(self.cfg, section):
+                raise EdgetuneError(f"a session's {section} cannot change; load another")
+        if cfg.train.seed != self.cfg.train.seed:
+            raise EdgetuneError("a session's seed cannot change (it drew the new weights)")
+        return replace(self, cfg=cfg)
+
+
+def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
+    """Load `cfg`'s data, model and tokenized splits (all, or those named), validating every
+    input. New weights (a classifier head, or all with `random_init`) are drawn from the run's
+    seed, so a resumed run rebuilds the same model."""
+    quiet_libraries()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    text = load_data(cfg.data)
+    loaded = load_model(
+        cfg.model.name,
+        text.task,
+        num_labels=len(text.labels) or None,
+        random_init=cfg.model.random_init,
+        seed=cfg.train.seed,
+    )
+    data = tokenize(text, loaded.tokenizer, cfg.data, loaded.kind, splits)
+    if data.labels:  # the classifier head learns the labels' names
+        loaded.model.config.id2label = dict(enumerate(data.labels))
+        loaded.model.config.label2id = {n: i for i, n in enumerate(data.labels)}
+    return Session(cfg, loaded, data)
