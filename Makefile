@@ -35,6 +35,7 @@ test: assets
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 bench: assets
 	$(BIN)/python benchmarks/trainer_vs_hf.py

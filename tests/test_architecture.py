@@ -15,7 +15,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "edgetune"
 # face (`edgetune/__init__.py`) sits on top. Names are module paths below `edgetune`, a
 # package name covering its modules unless a module is listed on its own.
 LAYERS: list[set[str]] = [
-    {"errors", "paths", "io", "units", "seeds", "version", "families", "fields", "scheme"},
+    {
+        "errors",
+        "paths",
+        "io",
+        "units",
+        "seeds",
+        "version",
+        "families",
+        "fields",
+        "scheme",
+        "progress",
+    },
     {"cost"},
     {"methods.options", "methods.registry", "methods.__init__", "models.registry"},
     {"config"},

@@ -2,6 +2,8 @@
 method's options read when the config loads, validation, immutability."""
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +108,20 @@ def test_missing_and_garbled_files(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(EdgetuneError, match="must hold a mapping"):
         load_config(listing)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_every_shipped_config_names_its_command_and_loads(path, tmp_path, monkeypatch):
+    """Each config starts with the command that runs it, and reads as a run config (a scheme
+    file it names is the plan its first command writes)."""
+    import yaml
+
+    text = path.read_text()
+    assert re.search(r"^#\s+edgetune \w+ .*--config configs/", text, re.M), path.name
+    scheme = (yaml.safe_load(text).get("method") or {}).get("scheme")
+    monkeypatch.chdir(tmp_path)
+    if isinstance(scheme, str) and scheme.endswith(".yaml"):
+        UpdateScheme.last_k(2, 1).save(tmp_path / scheme)
+    cfg = load_config(path)
+    assert cfg.out and cfg.train.method

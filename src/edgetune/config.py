@@ -24,6 +24,7 @@ import yaml
 
 from edgetune.errors import EdgetuneError
 from edgetune.fields import Raw, build, plain
+from edgetune.io import read_yaml
 from edgetune.methods.registry import MethodSpec, get_method
 from edgetune.units import parse_bytes
 
@@ -239,13 +240,7 @@ class _Out:
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """A YAML config file's top-level mapping, or one clear error."""
-    if not path.is_file():
-        raise EdgetuneError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise EdgetuneError(f"config file {path} is not valid YAML: {e}") from None
-    data = data or {}
+    data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise EdgetuneError(f"config file {path} must hold a mapping")
     return data

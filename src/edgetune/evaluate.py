@@ -47,7 +47,7 @@ def evaluate(
         out = _perplexity(model, examples, pad_id, batch_size, progress, task_id)
         if data.task in ("summarize", "chat") and tokenizer is not None and generate_samples:
             out.update(rouge(model, tokenizer, data, split, generate_samples))
-    if progress is not None:
+    if progress is not None and task_id is not None:  # a task_id wherever there is a progress
         progress.remove_task(task_id)
     model.train(was_training)
     return out

@@ -1,4 +1,5 @@
-"""Atomic file writes: a file is either absent or complete, never half-written.
+"""Files: atomic writes (a file is either absent or complete, never half-written) and the one
+reader of YAML files.
 
 What is written gets the permissions of a plain `open()` under the user's umask (a temporary
 file or folder starts private, 0600 / 0700, and is opened up before it is renamed into place),
@@ -14,6 +15,9 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from edgetune.errors import EdgetuneError
 
@@ -37,7 +41,18 @@ def _open_up(path: Path) -> None:
     os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def read_yaml(path: Path, what: str) -> Any:
+    """The content of a YAML file, or one clear error naming `what` it is (config file, scheme
+    file) when it is missing or not YAML."""
+    if not path.is_file():
+        raise EdgetuneError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise EdgetuneError(f"{what} {path} is not valid YAML: {e}") from None
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call write(tmp) on a temporary name beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,8 +110,10 @@ class Session:
         """What the cost model needs of this run: its model's own config, micro-batch, task
         and labels, and the share of positions its loss scores."""
         cfg = self.cfg
+        # a transformers config (nn.Module types a module's attributes Tensor | Module)
+        config: Any = self.model.config
         return StepInputs(
-            shape_from_config(self.model.config.to_dict(), cfg.model.name),
+            shape_from_config(config.to_dict(), cfg.model.name),
             batch=cfg.train.batch_size,
             seq=cfg.data.seq_len,
             head="classifier" if self.task == "classify" else "lm",
@@ -155,6 +158,7 @@ def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
     )
     data = tokenize(text, loaded.tokenizer, cfg.data, loaded.kind, splits)
     if data.labels:  # the classifier head learns the labels' names
-        loaded.model.config.id2label = dict(enumerate(data.labels))
-        loaded.model.config.label2id = {n: i for i, n in enumerate(data.labels)}
+        config: Any = loaded.model.config
+        config.id2label = dict(enumerate(data.labels))
+        config.label2id = {n: i for i, n in enumerate(data.labels)}
     return Session(cfg, loaded, data)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from edgetune.errors import EdgetuneError
-from edgetune.io import atomic_write_text
+from edgetune.io import atomic_write_text, read_yaml
 
 # Roles of the trainable pieces of a transformer block, plus the task head.
 #   qkv      the query/key/value projections of self-attention
@@ -149,14 +149,7 @@ class UpdateScheme:
 
     @classmethod
     def load(cls, path: str | Path) -> UpdateScheme:
-        p = Path(path)
-        if not p.is_file():
-            raise EdgetuneError(f"scheme file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise EdgetuneError(f"scheme file {p} is not valid YAML: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_yaml(Path(path), "scheme file"))
 
 
 def _parse_builtin(name: str) -> tuple[str, Any, float]:

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from edgetune.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from edgetune.config import RunConfig, load_config
@@ -31,6 +30,7 @@ from edgetune.io import atomic_dir, atomic_write_text
 from edgetune.measure.memory import peak_rss_mb
 from edgetune.methods.base import Method
 from edgetune.pipeline import Session, load
+from edgetune.progress import progress_bar
 from edgetune.report.summary import write_metrics, write_summary
 
 # settings a resume may change (recorded in metrics.json); any other difference is refused
@@ -139,16 +139,7 @@ def _run(
                          if changes else ""))  # fmt: skip
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = progress_bar(console)
 
     def evaluated(split: str) -> dict[str, float]:
         return evaluate(method.model, data, split, pad_id, progress=progress, tokenizer=tokenizer)
@@ -219,7 +210,7 @@ def _run(
     }
     model = method.export_model()  # training is over: the method may merge in place
     with atomic_dir(out / "model") as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp)  # type: ignore[operator]  # a transformers model
         tokenizer.save_pretrained(tmp)
     # the whole run's peak, the end (evaluation, export, saving) included
     metrics["memory"] = {"peak_rss_mb": peak_rss_mb(), "train_peak_rss_mb": train_peak}

@@ -113,7 +113,7 @@ def _stepped(fl_config: dict, method: str, options: dict | None = None):
 
 def test_mezo_seed_replay_gives_the_client_weights(fl_config):
     client, start, cfg, fed = _stepped(fl_config, "mezo")
-    steps = [(s, g, client.settings.lr) for s, g in client.clear_history()]
+    steps = client.clear_history()
     server = new_method(cfg, 1, seed=99)  # another seed: replay needs only the payload
     server.load_trainable_state(start)
     for s, g, lr in payload.decode_seeds(payload.encode_seeds(steps), fed.local_steps):
@@ -124,6 +124,60 @@ def test_mezo_seed_replay_gives_the_client_weights(fl_config):
         assert torch.equal(v, after[k])  # bit for bit
 
 
+def test_fedprox_pull_is_replayed_with_the_seeds(fl_config):
+    """A client under FedProx pulls its weights toward the global ones after every step; a
+    method that sends seeds must have the server replay that pull too, or the server rebuilds
+    another state than the client trained."""
+    from edgetune.federated.server_app import seed_replayer
+    from edgetune.federated.strategies import to_record
+    from edgetune.federated.task import proximal_pull
+
+    cfg, fed = settings({**fl_config, "train.method": "mezo", "train.lr": 1e-2})
+    client = new_method(cfg, 1, seed=5)
+    glob = {k: v.clone() for k, v in client.trainable_state().items()}
+    data = session(cfg).data.splits["train"]
+    from edgetune.data.tasks import collate
+
+    mu, lr = 5.0, client.settings.lr
+    for i in range(2):
+        client.step([collate(data[i * 8 : (i + 1) * 8], session(cfg).pad_id)])
+        proximal_pull(client, glob, mu, lr)
+    steps = client.clear_history()
+    record = to_record({k: torch.from_numpy(np.asarray(v))
+                        for k, v in payload.encode_seeds(steps).items()})  # fmt: skip
+    trained = client.trainable_state()
+    server = new_method(cfg, 1, seed=99)
+    rebuilt = seed_replayer(server, fed.local_steps, cfg.train.weight_decay, mu)(record, glob)
+    for k in trained:
+        assert torch.equal(rebuilt[k], trained[k]), k  # bit for bit
+    without = seed_replayer(server, fed.local_steps, cfg.train.weight_decay, 0.0)(record, glob)
+    assert any(not torch.equal(without[k], trained[k]) for k in trained)
+
+
+def test_proximal_pull_reaches_split_weights():
+    """A split weight's trained rows (GPT-2's Conv1D stores them transposed, so its trainable
+    state is a copy) are pulled in the model itself, not in a copy."""
+    from tiny import batch, model
+
+    from edgetune.federated.task import proximal_pull
+    from edgetune.methods import build_method
+    from edgetune.methods.base import MethodSettings
+
+    m = build_method(
+        "sparse",
+        model("gpt2"),
+        MethodSettings(lr=1e-2, total_steps=4, options={"scheme": "last-1@0.5"}),
+    )
+    anchor = {k: v.clone() for k, v in m.trainable_state().items()}
+    m.step([batch("gpt2")])
+    moved = {k: v.clone() for k, v in m.trainable_state().items()}
+    proximal_pull(m, anchor, mu=10.0, lr=0.05)
+    after = m.trainable_state()
+    assert any("[:," in k for k in after), "the scheme splits a Conv1D weight"
+    for k, w in moved.items():
+        torch.testing.assert_close(after[k], w - 0.5 * (w - anchor[k]))
+
+
 def test_payload_sizes_per_method(fl_config):
     """Serialized bytes of one client's update (the same ArrayRecord the client sends)."""
     sizes, fractions = {}, {}
@@ -132,7 +186,7 @@ def test_payload_sizes_per_method(fl_config):
     for method, codec in runs:
         m, start, cfg, _ = _stepped(fl_config, method)
         if method == "mezo":
-            arrays = payload.encode_seeds([(s, g, 1e-3) for s, g in m.clear_history()])
+            arrays = payload.encode_seeds(m.clear_history())
         else:
             arrays, _ = payload.encode(payload.delta(m.trainable_state(), start), codec)
         record = to_record({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})

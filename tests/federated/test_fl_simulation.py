@@ -34,6 +34,13 @@ def test_a_client_dies_mid_round_then_the_run_resumes(fl_config):
     row = next(c for c in second["clients"] if c["round"] == 2)
     assert row["bytes_up"] > 0 and row["bytes_down"] > 0 and row["tokens_per_s"] > 0
     assert row["comm_s"] > 0 and row["compute_comm_ratio"] > 0
+    # the report's rounds line up: round r holds round r's clients and the evaluation after
+    # it; the evaluation before training is round 0, which no client trained in
+    assert [r["round"] for r in second["per_round"]] == [1, 2]
+    assert [r["clients"] for r in second["per_round"]] == [1, 2]
+    for r in second["per_round"]:
+        assert r["metric"] == rounds[r["round"]]["global_eval"] and r["bytes_up"] > 0
+    assert "global_eval" in next(r for r in first["rounds"] if r["round"] == 0)
 
 
 def test_mezo_sends_seeds_through_the_cli(fl_config):

@@ -84,11 +84,12 @@ def test_history_replays_the_run_from_seeds_and_scalars():
     results = [a.step([batch]) for _ in range(3)]
     history = a.clear_history()
     assert len(history) == 3 and a.history == []
-    assert len({s for s, _ in history}) == 3
-    assert [g for _, g in history] == [r.metrics["projected_grad"] for r in results]
+    assert len({s for s, _, _ in history}) == 3
+    assert [g for _, g, _ in history] == [r.metrics["projected_grad"] for r in results]
+    assert [lr for _, _, lr in history] == [r.metrics["lr"] for r in results]
     b = mezo(make_model("llama"), trainable="last-1")
-    for step, (seed, g) in enumerate(history):
-        b.replay(seed, g, lr=1e-2 * b.lam(step))
+    for seed, g, lr in history:
+        b.replay(seed, g, lr)
     for k, v in a.trainable_state().items():
         assert torch.equal(v, b.trainable_state()[k]), k
 

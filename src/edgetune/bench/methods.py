@@ -22,6 +22,7 @@ variant's default) and reports the test metric at the chosen one.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -138,11 +139,12 @@ def worker_inference(setup: Setup) -> dict[str, Any]:
     forward(model, batch)
     forward(model, batch)
     peak = peak_rss_mb()
-    ev, tr = [], []
+    ev: list[float] = []
+    tr: list[float] = []
     for r in range(setup.rounds):
         pair = [(ev, False), (tr, True)]
         for times, mode in pair if r % 2 == 0 else pair[::-1]:
-            times.append(timed(lambda m=mode: forward(model, batch, m)))
+            times.append(timed(functools.partial(forward, model, batch, mode)))
     return {"base_rss_mb": base, "peak_rss_mb": peak, "forward_eval_s": statistics.median(ev),
             "forward_train_s": statistics.median(tr)}  # fmt: skip
 
@@ -178,7 +180,8 @@ def worker_step(setup: Setup, v: Variant) -> dict[str, Any]:
 
     saved = saved_bytes(step_as_loss_fn, method.model)
     peak = peak_rss_mb()
-    steps, fwds = [], []
+    steps: list[float] = []
+    fwds: list[float] = []
     for r in range(setup.rounds):
         pair = [
             (steps, lambda: method.step([batch])),

@@ -17,6 +17,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import overload
 
 from edgetune.cost.methods import DTYPE_BYTES, OPTIMIZER_STATES, StepCost
 from edgetune.errors import EdgetuneError
@@ -52,6 +54,10 @@ class Device:
         return p.value if p else None
 
 
+@overload
+def _sourced(raw: dict, where: str) -> Sourced: ...
+@overload
+def _sourced(raw: dict | None, where: str) -> Sourced | None: ...
 def _sourced(raw: dict | None, where: str) -> Sourced | None:
     if raw is None:
         return None
@@ -60,7 +66,7 @@ def _sourced(raw: dict | None, where: str) -> Sourced | None:
     return Sourced(float(raw["value"]), str(raw["source"]))
 
 
-def _files() -> dict[str, object]:
+def _files() -> dict[str, Traversable]:
     root = resources.files("edgetune.cost") / "devices"
     return {f.name[: -len(".toml")]: f for f in root.iterdir() if f.name.endswith(".toml")}
 

@@ -143,7 +143,7 @@ class StepCost:
     fwd_elementwise: float
     bwd_elementwise: float
     memory: Memory
-    params: int
+    params: float  # a float once adapters' (float) counts are added
     trained_params: float
     passes: int = 2  # times the step reads every weight (the roofline's memory traffic)
 
@@ -242,7 +242,7 @@ def step_cost(
     elem_b = sum(g.bwd_elementwise for g in segs)
     g_bytes = p.nbytes("grads")
     trained = sum(g.trained_params for g in segs)
-    params = n_params(s, head, n_labels)
+    params: float = n_params(s, head, n_labels)
     if rule.trains == "adapters":
         params += trained  # adapters are extra parameters
     w = params * p.nbytes("weights")

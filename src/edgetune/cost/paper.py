@@ -64,7 +64,8 @@ def macs(p: PaperShape, m: int) -> dict[str, float]:
     emb = lambda rows: rows * p.vocab * p.d_model  # noqa: E731  one-hot embedding product
     head = p.vocab * p.d_model * m  # output softmax layer, forward = backward = update
     fwd = emb(m) + head
-    bwd = upd = head
+    bwd: float = head
+    upd: float = head
     if p.n_enc:
         ef, eb, eu = _block(p.src, p.src, p)
         df, db, du = _block(m, m, p, cross_src=p.src)

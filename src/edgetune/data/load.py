@@ -48,8 +48,10 @@ def load_data(cfg: DataConfig) -> TextData:
         data["train"] = (
             data["train"].shuffle(seed=0).select(range(min(cfg.train_samples, len(data["train"]))))
         )
-    for split in ("validation", "test") if cfg.eval_samples and task != "lm" else ():
-        data[split] = data[split].select(range(min(cfg.eval_samples, len(data[split]))))
+    eval_samples = cfg.eval_samples
+    if eval_samples and task != "lm":
+        for split in ("validation", "test"):
+            data[split] = data[split].select(range(min(eval_samples, len(data[split]))))
     for split in SPLITS:
         if len(data[split]) == 0:
             raise EdgetuneError(f"the {split} split of {cfg.name} is empty")

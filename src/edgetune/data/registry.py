@@ -12,6 +12,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 from datasets import Dataset, DatasetDict
@@ -183,5 +184,9 @@ def prepare(name: str) -> dict[str, int]:
     folder = cache_dir() / "data" / "prepared" / f"v{SPLIT_VERSION}" / name
     for split in SPLITS:
         ds = Dataset.from_list(splits[split])
-        atomic_write(folder / f"{split}.parquet", lambda tmp, ds=ds: ds.to_parquet(str(tmp)))
+
+        def write(tmp: Path, ds: Dataset = ds) -> None:
+            ds.to_parquet(str(tmp))
+
+        atomic_write(folder / f"{split}.parquet", write)
     return {s: len(splits[s]) for s in SPLITS}

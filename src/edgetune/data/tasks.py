@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ def _compact(example: dict) -> Example:
     }
 
 
-def _lm_blocks(texts: list[str], tokenizer, seq_len: int) -> list[Example]:
+def _lm_blocks(texts: list[str], tokenizer, seq_len: int) -> list[dict]:
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
@@ -105,14 +106,14 @@ def prompt_ids(row: dict, task: str, tokenizer, budget: int) -> list[int]:
     return source[: max(1, budget - len(cue))] + cue
 
 
-def _prompted(row: dict, task: str, tokenizer, seq_len: int, target_len: int) -> Example:
+def _prompted(row: dict, task: str, tokenizer, seq_len: int, target_len: int) -> dict:
     target = tokenizer(" " + row["target"], add_special_tokens=False)["input_ids"]
     target = target[:target_len] + [tokenizer.eos_token_id]
     prompt = prompt_ids(row, task, tokenizer, seq_len - len(target))
     return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
 
 
-def _seq2seq(row: dict, tokenizer, seq_len: int, target_len: int) -> Example:
+def _seq2seq(row: dict, tokenizer, seq_len: int, target_len: int) -> dict:
     source = tokenizer("summarize: " + row["text"], truncation=True, max_length=seq_len)
     target = tokenizer(row["target"], truncation=True, max_length=target_len)
     return {"input_ids": source["input_ids"], "labels": target["input_ids"]}
@@ -120,12 +121,13 @@ def _seq2seq(row: dict, tokenizer, seq_len: int, target_len: int) -> Example:
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch; LM labels are the inputs (the model shifts them) with pads ignored."""
-    width = max(len(e["input_ids"]) for e in examples)
+    seqs = [cast(np.ndarray, e["input_ids"]) for e in examples]
+    width = max(len(s) for s in seqs)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        ids[i, : len(e["input_ids"])] = torch.as_tensor(e["input_ids"])
-        mask[i, : len(e["input_ids"])] = 1
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s)
+        mask[i, : len(s)] = 1
     batch = {"input_ids": ids, "attention_mask": mask}
     first = examples[0].get("labels")
     if isinstance(first, int):
@@ -133,10 +135,11 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     elif first is None:
         batch["labels"] = ids.masked_fill(mask == 0, IGNORE)
     else:
-        lab_width = max(len(e["labels"]) for e in examples)
+        targets = [cast(np.ndarray, e["labels"]) for e in examples]
+        lab_width = max(len(t) for t in targets)
         labels = torch.full((len(examples), lab_width), IGNORE, dtype=torch.long)
-        for i, e in enumerate(examples):
-            labels[i, : len(e["labels"])] = torch.as_tensor(e["labels"])
+        for i, t in enumerate(targets):
+            labels[i, : len(t)] = torch.as_tensor(t)
         batch["labels"] = labels
     return batch
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from edgetune.federated.task import (
     settings,
     step_flops,
 )
+from edgetune.methods.base import SendsSeeds
 
 
 def _arrays(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -48,11 +49,11 @@ def train(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Messa
     pid = int(context.node_config["partition-id"])
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    config = msg.content["config"]
+    config: Mapping[str, Any] = msg.content["config"]  # a ConfigRecord
     rnd = int(config["server-round"]) + int(config.get("round-offset", 0))
     seed = round_seed(cfg, rnd, pid)
     torch.manual_seed(seed)
-    glob = _state(msg.content["arrays"])
+    glob = _state(cast(ArrayRecord, msg.content["arrays"]))
     method = new_method(cfg, rnd, seed)
     method.load_trainable_state(glob)
     rows, _ = client_rows(cfg, pid)
@@ -75,9 +76,8 @@ def train(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Messa
 
     # -- the update: the steps' seeds where the method sends them, else the delta -----------
     if cfg.spec.sends == "seeds":
-        history = method.clear_history()  # (seed, g) of steps 0.. of this fresh method
-        lrs = [method.settings.lr * method.lam(i) for i in range(len(history))]
-        arrays = payload.encode_seeds([(s, g, lr) for (s, g), lr in zip(history, lrs, strict=True)])
+        seeded = cast(SendsSeeds, method)  # its registry entry says it sends seeds
+        arrays = payload.encode_seeds(seeded.clear_history())  # this round's steps
     else:
         residual = None
         if fed.compress == "topk" and fed.error_feedback:
@@ -104,7 +104,7 @@ def evaluate_local(msg: Message, context: Context, overrides: Mapping[str, Any])
     cfg, _ = settings({**context.run_config, **overrides})
     pid = int(context.node_config["partition-id"])
     method = new_method(cfg, 1, 0)
-    method.load_trainable_state(_state(msg.content["arrays"]))
+    method.load_trainable_state(_state(cast(ArrayRecord, msg.content["arrays"])))
     _, held = client_rows(cfg, pid)
     s = session(cfg)
     rows = [s.data.splits["train"][i] for i in held]

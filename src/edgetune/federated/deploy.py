@@ -114,7 +114,8 @@ class Processes(ExitStack):
 
     def __init__(self, logs: Path, env: dict[str, str]) -> None:
         super().__init__()
-        self.logs, self.env, self.procs = logs, env, {}
+        self.logs, self.env = logs, env
+        self.procs: dict[str, subprocess.Popen] = {}
         logs.mkdir(parents=True, exist_ok=True)
         self.callback(self.stop_all)
 

@@ -19,7 +19,8 @@ import torch
 
 from edgetune.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from edgetune.federated.network import Network, round_times
-from edgetune.io import atomic_write, atomic_write_text
+from edgetune.io import atomic_write_text
+from edgetune.report.figures import plot_federated
 
 
 class Ledger:
@@ -57,7 +58,7 @@ class Ledger:
             row["mfu"] = "unknown (above the device profile's peak: measure it again)"
         row.update(round_times(self.network, nbytes, row.get("bytes_down", 0), busy))
 
-    def failed(self, rnd: int, node: int, reason: str) -> None:
+    def failed(self, rnd: int, node: int, reason: str | None) -> None:
         reason = reason.splitlines()[0][:300] if reason else "no reason given"
         self._row(rnd, node).update(status="failed", reason=reason)
         self._round(rnd)["failed"].append({"node": node, "reason": reason})
@@ -121,7 +122,7 @@ class Ledger:
         data = {**extra, **self.to_dict(), "per_round": self.per_round()}
         atomic_write_text(self.out / "federated.json", json.dumps(data, indent=1, default=str))
         atomic_write_text(self.out / "summary.md", markdown(data))
-        plot(data, self.out)
+        plot_federated(data, self.out)
         return data
 
 
@@ -147,42 +148,3 @@ def markdown(data: dict[str, Any]) -> str:
             *(f"- round {r}: node {x['node']}: {x['reason']}" for r, x in bad),
         ]
     return "\n".join(lines) + "\n"
-
-
-def plot(data: dict[str, Any], out: Path) -> None:
-    """fl_metric.png, fl_bytes.png, fl_time.png over rounds (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    rows = data["per_round"]
-    rounds = [r["round"] for r in rows]
-    evals = {r["round"]: r["global_eval"] for r in data["rounds"] if "global_eval" in r}
-    figures: dict[str, tuple[str, list[tuple[str, list, list]]]] = {
-        "fl_bytes.png": ("bytes per client", [
-            ("up", rounds, [r["bytes_up"] for r in rows]),
-            ("down", rounds, [r["bytes_down"] for r in rows]),
-        ]),
-        "fl_time.png": (f"seconds per client ({data['network']['name']})", [
-            ("compute", rounds, [r["compute_s"] for r in rows]),
-            ("communication", rounds, [r["comm_s"] for r in rows]),
-        ]),
-    }  # fmt: skip
-    last = evals[max(evals)] if evals else {}
-    key = next((k for k in ("accuracy", "rougeL", "perplexity") if k in last), None)
-    if key:
-        xs = sorted(r for r in evals if key in evals[r])
-        figures["fl_metric.png"] = (f"global {key}", [(key, xs, [evals[r][key] for r in xs])])
-    for name, (label, series) in figures.items():
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for legend, xs, ys in series:
-            ax.plot(xs, ys, marker="o", label=legend)
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.legend()
-        fig.tight_layout()
-        atomic_write(out / name, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=110))
-        plt.close(fig)

@@ -59,12 +59,12 @@ def _dirichlet(labels: np.ndarray, n: int, alpha: float, rng: np.random.Generato
 def label_skew(labels: Sequence[int], parts: Sequence[Sequence[int]]) -> float:
     """Mean total-variation distance between each client's label distribution and the global
     one: 0 for identical distributions, near 1 when each client holds other classes."""
-    labels = np.asarray(labels)
-    classes = np.unique(labels)
-    overall = np.array([(labels == c).mean() for c in classes])
+    y = np.asarray(labels)
+    classes = np.unique(y)
+    overall = np.array([(y == c).mean() for c in classes])
     dists = []
     for part in parts:
-        mine = labels[np.asarray(part, dtype=int)]
+        mine = y[np.asarray(part, dtype=int)]
         local = np.array([(mine == c).mean() for c in classes])
         dists.append(0.5 * np.abs(local - overall).sum())
     return float(np.mean(dists))

@@ -13,33 +13,35 @@ import time
 from collections.abc import Mapping
 from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from edgetune.evaluate import evaluate
 from edgetune.federated import payload
 from edgetune.federated.ledger import Ledger
 from edgetune.federated.network import get_network
-from edgetune.federated.strategies import EdgeMixin, make_strategy, to_record, to_state
+from edgetune.federated.strategies import make_strategy, to_record, to_state
 from edgetune.federated.task import new_method, peak_flops, proximal_pull, session, settings
 from edgetune.io import atomic_dir
-from edgetune.methods.base import Method
+from edgetune.methods.base import Method, SendsSeeds
 
 
 def seed_replayer(method: Method, local_steps: int, weight_decay: float, mu: float = 0.0):
     """Decoder of seed payloads: replay the client's (seed, g, lr) steps on the global state
     with the server's own copy of the method, each followed by FedProx's pull toward the
     global state where `mu` > 0 (as the client applied it), giving the client's state."""
+    seeded = cast(SendsSeeds, method)  # its registry entry says it sends seeds
 
     def decode(record: ArrayRecord, glob: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         steps = payload.decode_seeds({k: v.numpy() for k, v in record.items()}, local_steps)
         method.load_trainable_state(glob)
         for seed, g, lr in steps:
-            method.replay(seed, g, lr, weight_decay)
+            seeded.replay(seed, g, lr, weight_decay)
             if mu:
                 proximal_pull(method, glob, mu, lr)
         return {k: v.clone() for k, v in method.trainable_state().items()}
@@ -85,7 +87,7 @@ def run(grid: Grid, context: Context, overrides: Mapping[str, Any]) -> dict[str,
         ledger.evaluated_globally(rnd, scores)
         return MetricRecord({k: float(v) for k, v in scores.items()})
 
-    strategy.aggregate_evaluate = _logged_evaluate(strategy, ledger)
+    strategy.aggregate_evaluate = _logged_evaluate(strategy, ledger)  # type: ignore[method-assign]
     start = time.perf_counter()
     result = None
     if remaining > 0:
@@ -100,7 +102,7 @@ def run(grid: Grid, context: Context, overrides: Mapping[str, Any]) -> dict[str,
     final = to_state(result.arrays) if result is not None and result.arrays else state
     eval_model.load_trainable_state(final)
     with atomic_dir(out / "model") as tmp:
-        eval_model.export_model().save_pretrained(tmp)
+        eval_model.export_model().save_pretrained(tmp)  # type: ignore[operator]
         s.loaded.tokenizer.save_pretrained(tmp)
     full = sum(p.numel() for p in s.model.parameters())
     trainable = sum(v.numel() for v in state.values())
@@ -113,7 +115,7 @@ def run(grid: Grid, context: Context, overrides: Mapping[str, Any]) -> dict[str,
     })  # fmt: skip
 
 
-def _logged_evaluate(strategy: EdgeMixin, ledger: Ledger):
+def _logged_evaluate(strategy: Strategy, ledger: Ledger):
     """The strategy's aggregate_evaluate, also recording each client's own metrics."""
     flower = strategy.aggregate_evaluate
 

@@ -27,7 +27,7 @@ def simulate(run_config: Mapping[str, Any], cpus: int = 2, verbose: bool = False
     cfg, fed = settings(run_config)  # fail early, before Ray starts, on a bad config
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     threads = cfg.train.threads or 1
-    backend = {
+    backend: dict[str, dict[str, Any]] = {
         "client_resources": {"num_cpus": threads, "num_gpus": 0.0},
         "init_args": {"num_cpus": max(threads, cpus), "include_dashboard": False,
                       "log_to_driver": verbose},

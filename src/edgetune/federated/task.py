@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -81,7 +81,11 @@ def client_rows(cfg: RunConfig, pid: int) -> tuple[list[int], list[int]]:
     if not 0 <= pid < fed.clients:
         raise EdgetuneError(f"partition-id {pid} is outside 0..{fed.clients - 1}")
     train = session(cfg).data.splits["train"]
-    labels = [e["labels"] for e in train] if isinstance(train[0].get("labels"), int) else len(train)
+    labels = (
+        [cast(int, e["labels"]) for e in train]  # class ids, as the first row's is
+        if isinstance(train[0].get("labels"), int)
+        else len(train)
+    )
     parts = partition(labels, fed.clients, fed.partition, fed.alpha, cfg.train.seed)
     return split_holdout(parts[pid], fed.holdout, cfg.train.seed + pid)
 

@@ -5,6 +5,10 @@ import gc
 import resource
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
 
 
 def peak_rss_mb() -> float:
@@ -48,7 +52,7 @@ class HeapPeak:
 
     def __init__(self) -> None:
         self.peak_mb: float | None = None
-        self._handle = None
+        self._handle: RemovableHandle | None = None
 
     def sample(self, *_args) -> None:
         now = heap_in_use_mb()
@@ -63,6 +67,7 @@ class HeapPeak:
         return self
 
     def __exit__(self, *_exc) -> None:
+        assert self._handle is not None  # set by __enter__
         self._handle.remove()
 
 

@@ -1,5 +1,6 @@
 """`backprop`: full backpropagation with AdamW, the reference every other method is measured
-against. Every parameter of the model trains."""
+against. Every parameter of the model that requires a gradient trains: all of them for
+`backprop`; the adapters (and head) of a PEFT model for `lora`, which is this step on it."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from edgetune.methods.state import load_named, named_trainable
 
 
 class Backprop:
-    name = "backprop"
-
-    def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
+    def __init__(self, model: nn.Module, settings: MethodSettings, name: str = "backprop") -> None:
+        self.name = name
         self.model = model
         self.settings = settings
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -42,4 +42,7 @@ class Backprop:
         self.scheduler.load_state_dict(state["scheduler"])
 
     def export_model(self) -> nn.Module:
-        return self.model
+        """The model; a PEFT model (`lora`) merges its adapters into its base weights, in
+        place."""
+        merge = getattr(self.model, "merge_and_unload", None)
+        return merge() if merge is not None else self.model

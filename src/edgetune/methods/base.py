@@ -60,6 +60,7 @@ class Method(Protocol):
 
     name: str
     model: nn.Module
+    settings: MethodSettings
 
     def step(self, batches: Sequence[Batch]) -> StepResult:
         """One optimizer step over micro-batches (gradient accumulation when more than one)."""
@@ -82,6 +83,22 @@ class Method(Protocol):
         """The model to save once training is over, as a plain transformers model: LoRA merges
         its adapters and sparse its split weights here, in place (no second copy of the model
         at the end of a run), so the method does not train after it."""
+        ...
+
+
+class SendsSeeds(Method, Protocol):
+    """What a method whose registry entry `sends` seeds adds (MeZO): its steps as (seed,
+    projected gradient, learning rate) triples, and their replay on another copy of the model,
+    bit for bit (a federated server rebuilds a client's state from them)."""
+
+    def clear_history(self) -> list[tuple[int, float, float]]:
+        """The (seed, projected gradient, lr) of every step since the last call, forgotten."""
+        ...
+
+    def replay(
+        self, seed: int, projected_grad: float, lr: float, weight_decay: float = 0.0
+    ) -> None:
+        """Apply one step's update from its (seed, projected gradient, lr)."""
         ...
 
 
@@ -137,15 +154,20 @@ def scored_share(model: nn.Module, batches: Iterable[Batch]) -> float:
 def _keeps_logits(model: nn.Module) -> bool:
     """Whether `model` (or the model a PEFT wrapper holds) is a causal LM that takes
     `logits_to_keep`."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner: nn.Module = (
+        model.get_base_model()  # type: ignore[operator]  # PEFT's method
+        if hasattr(model, "get_base_model")
+        else model
+    )
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False
-    return _forward_takes_logits_to_keep(type(inner))
+    # mypy takes type(inner) for unhashable (its __hash__ is read as the instances' method)
+    return _forward_takes_logits_to_keep(type(inner))  # type: ignore[arg-type]
 
 
 @functools.cache
-def _forward_takes_logits_to_keep(cls: type) -> bool:
+def _forward_takes_logits_to_keep(cls: type[nn.Module]) -> bool:
     """Read once per model class: the check runs on every training step."""
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 

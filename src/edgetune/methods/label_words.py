@@ -40,7 +40,7 @@ class LabelWords(nn.Module):
         object.__setattr__(self, "_lm", lm)  # not a child: no duplicate module names
 
     def get_input_embeddings(self) -> nn.Module:
-        return self._lm.get_input_embeddings()
+        return self._lm.get_input_embeddings()  # type: ignore[union-attr, operator]
 
     def forward(
         self,
@@ -56,7 +56,7 @@ class LabelWords(nn.Module):
         else:
             last = attention_mask.sum(1) - 1
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
-        logits = self.lm_head(h)[:, self.word_ids]  # (B, C)
+        logits = self.lm_head(h)[:, self.word_ids]  # type: ignore[operator]  # (B, C)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

@@ -17,7 +17,7 @@ the update writes the weights.
 
 Seeds. The step seed is a hash of (settings.seed, step); tensor i of the trainable list draws its
 z from a torch.Generator seeded with a hash of (step seed, i), so a step can be replayed from
-(seed, g) alone: `history` keeps those pairs since the last `clear_history()` (what a
+(seed, g) alone: `history` keeps (seed, g, lr) since the last `clear_history()` (what a
 FedKSeed-style client ships) and `replay(seed, g, lr)` applies one.
 
 Classification: encoders train their classifier head like any parameter (a head set first by a
@@ -32,7 +32,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ from edgetune.methods.base import (
 from edgetune.methods.optim import lr_lambda
 from edgetune.methods.options import MezoOptions
 from edgetune.methods.select import freeze_all, plan_modules, plan_parameters
-from edgetune.methods.state import parse_key, row_key
+from edgetune.methods.state import copy_checked, parse_key, row_key
 from edgetune.models.anatomy import describe, is_conv1d
 from edgetune.scheme import resolve_scheme
 from edgetune.seeds import mix_seed
@@ -83,7 +83,7 @@ class Mezo:
             m for m in model.modules() if any(id(p) in ids for p in m.parameters(recurse=False))
         ]
         self.steps = 0
-        self.history: list[tuple[int, float]] = []
+        self.history: list[tuple[int, float, float]] = []
 
     def _select(self, model: nn.Module) -> list[_Tensor]:
         if self.options.trainable == "all":
@@ -99,7 +99,9 @@ class Mezo:
                 index = (slice(None), rows) if conv else (rows,)
                 out.append(
                     _Tensor(
-                        row_key(f"{plan.name}.weight", plan.rows, conv), plan.module.weight, index
+                        row_key(f"{plan.name}.weight", plan.rows, conv),
+                        cast(nn.Parameter, plan.module.weight),
+                        index,
                     )
                 )
         return out
@@ -208,13 +210,13 @@ class Mezo:
         check_finite(loss_plus + loss_minus)
         g = (loss_plus - loss_minus) / (2 * eps)
         self.replay(seed, g, lr, self.settings.weight_decay)
-        self.history.append((seed, g))
+        self.history.append((seed, g, lr))
         self.steps += 1
         metrics = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus, "lr": lr}
         return StepResult((loss_plus + loss_minus) / 2, metrics)
 
-    def clear_history(self) -> list[tuple[int, float]]:
-        """The (seed, projected_grad) pairs since the last call, and forget them."""
+    def clear_history(self) -> list[tuple[int, float, float]]:
+        """The (seed, projected gradient, lr) of every step since the last call, forgotten."""
         out, self.history = self.history, []
         return out
 
@@ -232,14 +234,7 @@ class Mezo:
                     f"checkpoint tensor {key!r} ({parse_key(key)[0]}) is not "
                     "trained by this mezo configuration"
                 )
-            view = by_key[key].view()
-            if view.shape != value.shape:
-                raise EdgetuneError(
-                    f"checkpoint tensor {key!r} has shape "
-                    f"{tuple(value.shape)}, expected {tuple(view.shape)}"
-                )
-            with torch.no_grad():
-                view.copy_(value)
+            copy_checked(by_key[key].view(), value, key)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps}

@@ -62,10 +62,12 @@ class Pepita:
         self.params = _unique(p for m in self.targets.values() for p in m.parameters(False))
         self._shared = shared_parameters(model)
 
-        d = model.get_input_embeddings().weight.shape[1]
-        n_out = model.config.num_labels if anatomy.task == "classify" else model.config.vocab_size
-        if isinstance(getattr(model, "word_ids", None), torch.Tensor):  # LabelWords
-            n_out = len(model.word_ids)
+        d = model.get_input_embeddings().weight.shape[1]  # type: ignore[operator]
+        config: Any = model.config  # a transformers config (nn.Module types it Tensor | Module)
+        n_out = config.num_labels if anatomy.task == "classify" else config.vocab_size
+        word_ids = getattr(model, "word_ids", None)
+        if isinstance(word_ids, torch.Tensor):  # LabelWords
+            n_out = len(word_ids)
         self.feedback = feedback_matrix(d, n_out, self.options.feedback_scale, settings.seed)
         causal, classify = anatomy.causal, anatomy.task == "classify"
         enc_dec = anatomy.family == "t5"
@@ -102,9 +104,8 @@ class Pepita:
             and "labels" in batch
         ):
             labels = batch["labels"]
-            inputs["decoder_input_ids"] = self.model.prepare_decoder_input_ids_from_labels(
-                labels=labels
-            )
+            prepare = self.model.prepare_decoder_input_ids_from_labels  # a transformers method
+            inputs["decoder_input_ids"] = prepare(labels=labels)  # type: ignore[operator]
         return self.model(**inputs).logits
 
     # -- protocol -------------------------------------------------------------------------

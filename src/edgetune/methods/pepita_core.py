@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +110,8 @@ class PepitaCore:
             logits = self.run(batch)
         clean_loss = float(self.loss(logits, batch))
         e = self.error(logits, batch)  # (B, C) or (B, T, V)
-        self._modulation = e.to(self.feedback.dtype) @ self.feedback.t()  # (B, d) or (B, T, d)
+        # (B, d) or (B, T, d); None again once the passes are done
+        self._modulation: torch.Tensor | None = e.to(self.feedback.dtype) @ self.feedback.t()
         self._valid = (e != 0).any(-1) if e.ndim == 3 else None
         del logits, e
         # pass 2: modulated (PEPITA) or [clean ; modulated] (MEMPEPITA); grad mode on, but no
@@ -123,6 +125,7 @@ class PepitaCore:
                 self.loss(logits, batch).backward()
         for module, leaf, a in self._leaves:  # last layer: e'^T a' / N from the leaf's grad
             g = leaf.grad  # (rows, out): dL'/d(output), zero where the loss does not look
+            assert g is not None  # the leaf is on the path to the loss: backward filled it
             g = g.flatten(0, -2)
             self._add(module, g.t().to(a.dtype) @ a.flatten(0, -2), g.sum(0))
             if on_ready is not None:
@@ -154,7 +157,9 @@ class PepitaCore:
     def _input_hook(self, per_token: bool):
         def hook(_m: nn.Module, _inp, out: torch.Tensor) -> torch.Tensor:
             m = self._modulation
+            assert m is not None  # set before the modulated pass installs this hook
             if m.ndim == 3 and (not per_token or m.shape[1] != out.shape[1]):
+                assert self._valid is not None  # set where the error, so m, is 3-d
                 valid = self._valid.unsqueeze(-1).to(m.dtype)  # mean over scored tokens
                 m = (m * valid).sum(1) / valid.sum(1).clamp(min=1)
             while m.ndim < out.ndim:
@@ -203,9 +208,9 @@ class PepitaCore:
     def _add(self, module: nn.Module, dw: torch.Tensor, db: torch.Tensor) -> None:
         """p.grad += scale * update, in the parameter's own layout (Conv1D is (in, out))."""
         dw = dw.t() if is_conv1d(module) else dw
-        updates = [(module.weight, dw)]
+        updates = [(cast(torch.Tensor, module.weight), dw)]
         if getattr(module, "bias", None) is not None:
-            updates.append((module.bias, db))
+            updates.append((cast(torch.Tensor, module.bias), db))
         for p, u in updates:
             u = (u * self._scale).to(p.dtype)
             if p.grad is None:

@@ -138,7 +138,7 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "lora", "low-rank adapters through PEFT", LoraOptions,
-            "edgetune.methods.lora:Lora", Rule("backward", "adapters"),
+            "edgetune.methods.lora:lora", Rule("backward", "adapters"),
             cost_inputs=_lora_cost,
         ),
     ]

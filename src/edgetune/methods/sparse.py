@@ -14,7 +14,7 @@ Checkpoint names: see `edgetune.methods.state` (row keys `name[0:k]`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ from edgetune.methods.select import (
     plan_parameters,
     shared_parameters,
 )
-from edgetune.methods.state import parse_key, row_key
+from edgetune.methods.state import copy_checked, parse_key, row_key
 from edgetune.models.anatomy import describe, is_conv1d, linear_weight
 from edgetune.scheme import resolve_scheme
 
@@ -55,6 +55,8 @@ class SplitLinear(nn.Module):
     is memory-mapped or not.
     """
 
+    weight_frozen: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, module: nn.Module, rows: int, train_bias: bool) -> None:
         super().__init__()
         w = linear_weight(module).detach()  # (out, in)
@@ -62,7 +64,7 @@ class SplitLinear(nn.Module):
         self.weight_train = nn.Parameter(w[:rows].clone())
         frozen = w[rows:]
         self.register_buffer("weight_frozen", frozen if frozen.is_contiguous() else frozen.clone())
-        b = module.bias
+        b = cast("torch.Tensor | None", module.bias)
         self.bias = None if b is None else nn.Parameter(b.detach().clone(), train_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +79,7 @@ class SplitLinear(nn.Module):
         if self.conv1d:
             from transformers.pytorch_utils import Conv1D
 
-            m = Conv1D(w.shape[0], w.shape[1])
+            m: nn.Module = Conv1D(w.shape[0], w.shape[1])
             m.weight = nn.Parameter(w.t().contiguous())
         else:
             m = nn.Linear(w.shape[1], w.shape[0], bias=self.bias is not None)
@@ -186,6 +188,7 @@ class Sparse:
                 key = row_key(f"{plan.name}.weight", s.rows, s.conv1d)
                 state[key] = w.t().contiguous() if s.conv1d else w
                 if plan.bias:
+                    assert s.bias is not None  # plan.bias: the module has a bias Parameter
                     state[f"{plan.name}.bias"] = s.bias.detach()
             else:
                 state.update({n: p.detach() for n, p in plan_parameters(plan)})
@@ -205,13 +208,7 @@ class Sparse:
                 target = params[name]
             else:
                 raise EdgetuneError(f"checkpoint tensor {key!r} does not exist in this model")
-            if target.shape != value.shape:
-                raise EdgetuneError(
-                    f"checkpoint tensor {key!r} has shape "
-                    f"{tuple(value.shape)}, expected {tuple(target.shape)}"
-                )
-            with torch.no_grad():
-                target.copy_(value)
+            copy_checked(target, value, key)
 
     def state_dict(self) -> dict[str, Any]:
         if self.options.in_place:

@@ -40,7 +40,8 @@ def merge_trainable_state(
     """A copy of the full state dict `full` with the tensors of `partial` written in, row keys
     into their rows: how a server or checkpoint reader rebuilds whole parameters. Entries of
     `full` that share memory (tied weights) share it in the copy too."""
-    clones: dict[tuple[int, int], torch.Tensor] = {}  # tied tensors stay tied in the copy
+    # tied tensors stay tied in the copy (keyed by storage and offset, a SymInt when traced)
+    clones: dict[tuple[int, int | torch.SymInt], torch.Tensor] = {}
     merged = {}
     for k, v in full.items():
         ref = (v.untyped_storage().data_ptr(), v.storage_offset())
@@ -70,10 +71,16 @@ def load_named(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     for name, value in state.items():
         if name not in params:
             raise EdgetuneError(f"checkpoint tensor {name!r} does not exist in this model")
-        if params[name].shape != value.shape:
-            raise EdgetuneError(
-                f"checkpoint tensor {name!r} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(params[name].shape)}"
-            )
-        with torch.no_grad():
-            params[name].copy_(value)
+        copy_checked(params[name], value, name)
+
+
+def copy_checked(target: torch.Tensor, value: torch.Tensor, key: str) -> None:
+    """`target.copy_(value)` without autograd, refusing a value of another shape (a trainable
+    state of another model or scheme) with a message naming the tensor."""
+    if target.shape != value.shape:
+        raise EdgetuneError(
+            f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, "
+            f"the model expects {tuple(target.shape)}"
+        )
+    with torch.no_grad():
+        target.copy_(value)

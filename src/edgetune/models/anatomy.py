@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -131,7 +132,8 @@ def describe(model: nn.Module) -> Anatomy:
     # its LM head
     label_words = isinstance(getattr(model, "word_ids", None), torch.Tensor)
     classify = type(model).__name__.endswith("ForSequenceClassification") or label_words
-    n_out = model.config.vocab_size if label_words or not classify else model.config.num_labels
+    config: Any = model.config  # a transformers config (nn.Module types it Tensor | Module)
+    n_out = config.vocab_size if label_words or not classify else config.num_labels
     output = tuple(
         n for n in head if is_linear(modules[n]) and linear_shape(modules[n])[0] == n_out
     )
@@ -147,7 +149,7 @@ def describe(model: nn.Module) -> Anatomy:
             if n.endswith("embed_tokens") and ("encoder" in n or "decoder" in n)
         )
     else:
-        inp = model.get_input_embeddings()
+        inp = model.get_input_embeddings()  # type: ignore[operator]  # transformers' method
         emb = tuple(n for n, m in modules.items() if m is inp)[:1]
     causal = family in ("llama", "gpt2") and not classify
     return Anatomy(
@@ -169,10 +171,11 @@ def is_linear(module: nn.Module) -> bool:
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of a Linear-like module."""
-    w = module.weight
+    w = cast(torch.Tensor, module.weight)
     return (w.shape[1], w.shape[0]) if is_conv1d(module) else (w.shape[0], w.shape[1])
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
     """The weight in nn.Linear layout (out, in); a view for Conv1D."""
-    return module.weight.t() if is_conv1d(module) else module.weight
+    w = cast(torch.Tensor, module.weight)
+    return w.t() if is_conv1d(module) else w

@@ -70,7 +70,7 @@ def load_model(
         raise EdgetuneError(
             f"{name} has no published weights: use --random-init, or pass a local folder"
         )
-    elif spec is not None:
+    elif spec is not None and spec.hub_id is not None:  # (a spec without one was refused above)
         where, source = spec.hub_id, "hub"
     elif Path(name).exists():
         where, source = name, "local"

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from edgetune.data.tasks import batches, epoch_order
@@ -41,6 +40,7 @@ from edgetune.plan.table import (
     scheme_of,
     to_measure,
 )
+from edgetune.progress import progress_bar
 from edgetune.scheme import UnitUpdate, UpdateScheme
 
 
@@ -177,7 +177,7 @@ def analyze(
     runs = _prepare(session, s, cache)
     table = runs.table
     todo = [c for c in to_measure(table.n_layers, s) if c.key not in table.entries]
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task("contribution", total=len(todo), info="")
         for c in todo:
             progress.update(bar, info=c.key)
@@ -200,7 +200,7 @@ def measure_schemes(
     compares with the table's base and with the summed gains. Cached in the table's file."""
     runs = _prepare(session, settings or AnalysisSettings(), cache)
     todo = [sc for sc in schemes if scheme_key(sc) not in runs.table.schemes]
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task("schemes", total=len(todo), info="")
         for scheme in todo:
             progress.update(bar, info=scheme.name)
@@ -209,16 +209,3 @@ def measure_schemes(
             runs.save()
             progress.advance(bar)
     return [runs.table.schemes[scheme_key(sc)].gain for sc in schemes]
-
-
-def _progress(console: Console | None) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-        transient=True,
-    )

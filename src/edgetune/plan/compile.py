@@ -62,7 +62,7 @@ def compile_step(
         forward_loss(model, sample).backward()
     except Exception as e:  # dynamo/inductor raise many types; any of them means "run eager"
         release(method)
-        root = e
+        root: BaseException = e
         # dynamo wraps the backend's own error (BackendCompilerFailed.inner_exception)
         while (inner := root.__cause__ or getattr(root, "inner_exception", None)) is not None:
             root = inner

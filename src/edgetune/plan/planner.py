@@ -104,7 +104,9 @@ class Planner:
     def cost(self, scheme: UpdateScheme) -> StepCost:
         key = scheme_key(scheme)
         if key not in self._known:
-            opts = replace(self.options, **{self.spec.scheme_option: scheme})
+            option = self.spec.scheme_option
+            assert option is not None  # checked in __init__
+            opts = replace(self.options, **{option: scheme})
             self._known[key] = predict(self.inputs, self.method, opts)
         return self._known[key]
 

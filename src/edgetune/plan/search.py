@@ -326,8 +326,14 @@ def search(
     best: Option | None = None
     for level in reversed(levels):  # each budget: its own contenders or its half's plan
         here = [measured[scheme_key(o.scheme)] for o in level]
-        best = max([*here, best] if best else here, key=lambda o: o.measured)
+        best = max([*here, best] if best else here, key=_measured)
+    assert best is not None  # levels holds at least this budget's contenders
     return best
+
+
+def _measured(option: Option) -> float:
+    assert option.measured is not None  # `search` measured every contender it compares
+    return option.measured
 
 
 def _spread(options: list[Option], n_layers: int, top: int) -> list[Option]:
