@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,19 +82,23 @@ def batch_for(cfg, head: str, labels: int, b: int, t: int, tgt: int) -> dict:
 
 
 def method_for(name: str, model, scheme: str | None = None, lr: float = 1e-4):
-    from edgetune.methods import MethodSettings, build_method
+    from edgetune.methods import build_method
+    from edgetune.methods.base import MethodSettings
 
     options = {"scheme": scheme} if name == "sparse" else {}
     return build_method(name, model, MethodSettings(lr=lr, total_steps=10, options=options))
 
 
 def predict(name: str, cfg, method: str, b: int, t: int, tgt: int, scheme=None, optimizer=None):
-    from edgetune.cost import shape_from_config, step_cost
+    """The cost model's step (`edgetune.forecast.predict`) on the built model's own config;
+    `scheme`: the real method's resolved scheme; `optimizer`: None for the method's own."""
+    from edgetune.cost import shape_from_config
+    from edgetune.forecast import StepInputs, predict
 
     c = CONFIGS[name]
-    kw = {"optimizer": optimizer} if optimizer else {}
-    return step_cost(shape_from_config(cfg.to_dict(), name), method, b, t, tgt, head=c["head"],
-                     n_labels=c["labels"], scheme=scheme, **kw)  # fmt: skip
+    inputs = StepInputs(shape_from_config(cfg.to_dict(), name), b, t, head=c["head"],
+                        n_labels=c["labels"], tgt_seq=tgt, optimizer=optimizer)  # fmt: skip
+    return predict(inputs, method, {"scheme": scheme} if scheme is not None else {})
 
 
 def static_checks(name: str) -> dict[str, Any]:
@@ -139,12 +141,14 @@ def static_checks(name: str) -> dict[str, Any]:
     return out
 
 
-def rss_worker(name: str, method: str) -> dict[str, float]:
-    """Run in a fresh interpreter: growth of the resident high-water mark over two steps."""
+def rss_worker(spec: dict[str, str]) -> dict[str, float]:
+    """Run in a fresh interpreter (`rss_check`): growth of the resident high-water mark over
+    two steps of `spec["method"]` on `spec["model"]`."""
     import torch
 
     from edgetune.measure.memory import resident_growth
 
+    name, method = spec["model"], spec["method"]
     torch.set_num_threads(1)
     c = CONFIGS[name]
     b, t, tgt = c["rss"]
@@ -162,12 +166,12 @@ def rss_worker(name: str, method: str) -> dict[str, float]:
 
 
 def rss_check(name: str, method: str) -> dict[str, Any]:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, __file__, "--rss-worker", name, method], env=env,
-                          capture_output=True, text=True, timeout=1800)  # fmt: skip
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """`rss_worker` in a fresh interpreter (one thread, glibc's mmap threshold fixed); a
+    failure comes back as {"error": ...}."""
+    from edgetune.bench.worker import run_worker
+
+    return run_worker(f"{__file__}:rss_worker", {"model": name, "method": method}, threads=1,
+                      timeout=1800, env={"MALLOC_MMAP_THRESHOLD_": "65536"})  # fmt: skip
 
 
 def _err(d: dict) -> float | None:
@@ -226,11 +230,7 @@ def main() -> None:
     )
     ap.add_argument("--models", default=",".join(CONFIGS))
     ap.add_argument("--rss-methods", default=",".join(RSS_METHODS))
-    ap.add_argument("--rss-worker", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.rss_worker:
-        print(json.dumps(rss_worker(*args.rss_worker)))
-        return
     from edgetune.io import atomic_write_text
 
     results: dict[str, Any] = {}

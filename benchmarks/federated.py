@@ -58,9 +58,9 @@ def accuracy_run(clients: int, rounds: int, steps: int, eval_rows: int | None, w
     fed.update(limit)
     fl, fl_s = timed(work / "federated", lambda: simulate(fed), reuse)
     samples = clients * rounds * steps * BASE["train.batch_size"]
-    cfg = load_config(None, [f"{k}={v}" for k, v in BASE.items()] + [
-        f"train.max_steps={clients * rounds * steps}", "train.threads=2",
-        f"out={work / 'central'}", *(f"{k}={v}" for k, v in limit.items())])  # fmt: skip
+    central_run = {**BASE, "train.max_steps": clients * rounds * steps, "train.threads": 2,
+                   "out": str(work / "central"), **limit}  # fmt: skip
+    cfg = load_config(None, central_run)
     central, central_s = timed(work / "central", lambda: finetune(cfg).metrics, reuse)
     last = fl["rounds"][-1]["global_eval"]
     return {

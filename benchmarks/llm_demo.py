@@ -6,8 +6,9 @@ backprop against the planned scheme.
 
 Data: the `instructions` set (`edgetune.data.instructions`: "Write a subject line for this
 email." and "Which topic is this Reuters story?" turns through SmolLM2's chat template, loss on
-the answer only). The scheme is planned by a short contribution analysis of the top blocks
-(cached) within 1/4 of full backprop's forecast training memory. Full backprop runs a few steps
+the answer only), loaded once through `edgetune.pipeline`. The scheme is planned by a short
+contribution analysis of the top blocks (cached; each candidate trains a copy of the loaded
+model) within 1/4 of full backprop's forecast training memory. Full backprop runs a few steps
 on the same batches in the same process for the time per iteration (median, side by side with
 an inference forward on the same batch). Writes benchmarks/results/llm_demo.{json,md,png}.
 """
@@ -24,15 +25,17 @@ from pathlib import Path
 import torch
 
 from edgetune.config import load_config
-from edgetune.cost import step_cost
-from edgetune.data.load import load_data
-from edgetune.data.tasks import batches, epoch_order, tokenize
+from edgetune.data.tasks import batches, epoch_order
 from edgetune.evaluate import generate
-from edgetune.measure.bench import inference_seconds
-from edgetune.methods import MethodSettings, build_method
-from edgetune.models.loader import load_model
-from edgetune.plan.contribution import AnalysisSettings, analyze
-from edgetune.plan.search import human_bytes, model_shape_of, plan_from_table
+from edgetune.forecast import StepInputs, model_shape, predict
+from edgetune.measure.timing import inference_seconds
+from edgetune.methods import build_method
+from edgetune.methods.base import MethodSettings
+from edgetune.pipeline import load
+from edgetune.plan.analysis import analysis_scored, analyze
+from edgetune.plan.planner import Planner, plan_from_table
+from edgetune.plan.table import AnalysisSettings
+from edgetune.units import human_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL, DATA, SEQ, BATCH = "smollm2-135m", "instructions", 96, 1
@@ -62,13 +65,15 @@ def main(steps: int, bp_steps: int) -> None:
     torch.set_num_threads(1)
     cfg = load_config(
         None,
-        [
-            f"model.name={MODEL}",
-            f"data.name={DATA}",
-            f"data.seq_len={SEQ}",
-            f"train.batch_size={BATCH}",
-        ],
+        {
+            "model.name": MODEL,
+            "data.name": DATA,
+            "data.seq_len": SEQ,
+            "train.batch_size": BATCH,
+            "train.method": "sparse",  # the analysis plans the sparse method's scheme
+        },
     )
+    session = load(cfg)
     analysis = AnalysisSettings(
         steps=2,
         batch_size=BATCH,
@@ -77,24 +82,24 @@ def main(steps: int, bp_steps: int) -> None:
         layers=[24, 29],
         fractions=(1.0,),
     )
-    table = analyze(cfg, analysis, cache=RESULTS / "planning-runs" / "cache")
-    shape = model_shape_of(MODEL)
-    bp = step_cost(shape, "backprop", BATCH, SEQ, head="lm", scored=table.scored).memory
+    table = analyze(session, analysis, cache=RESULTS / "planning-runs" / "cache")
+    scored = analysis_scored(session, analysis)
+    inputs = StepInputs(model_shape(MODEL), BATCH, SEQ, head="lm", n_labels=table.n_labels,
+                        scored=scored)  # fmt: skip
+    bp = predict(inputs, "backprop").memory
     bp_bytes = bp.peak - bp.weights
-    plan = plan_from_table(table, shape, bp_bytes / 4, BATCH, SEQ)
+    plan = plan_from_table(table, Planner(inputs, "sparse", {}), bp_bytes / 4)
     plan.save(RESULTS / "llm_demo-scheme.yaml")
 
-    text = load_data(cfg.data)
-    loaded = load_model(MODEL, "chat", seed=0)
-    data = tokenize(text, loaded.tokenizer, SEQ, loaded.kind)
-    pad, tok = loaded.tokenizer.pad_token_id, loaded.tokenizer
+    data, model = session.data, session.model
+    pad, tok = session.pad_id, session.loaded.tokenizer
     order = epoch_order(len(data.splits["train"]), 0, 0)[: steps * BATCH]
     train = list(batches(data.splits["train"], BATCH, pad, order))
-    rows = list(text.splits["test"].select(range(PROMPTS)))
-    before = answers(loaded.model, tok, rows)
+    rows = list(data.raw["test"].select(range(PROMPTS)))
+    before = answers(model, tok, rows)
 
     backprop = build_method(
-        "backprop", copy.deepcopy(loaded.model), MethodSettings(lr=5e-5, total_steps=steps)
+        "backprop", copy.deepcopy(model), MethodSettings(lr=5e-5, total_steps=steps)
     )
     bp_step, bp_fwd = timed_steps(backprop, train, bp_steps)
     del backprop
@@ -105,7 +110,7 @@ def main(steps: int, bp_steps: int) -> None:
         weight_decay=0.0,
         options={"scheme": plan.scheme},
     )
-    sparse = build_method("sparse", loaded.model, settings)
+    sparse = build_method("sparse", model, settings)
     sp_step, sp_fwd = timed_steps(sparse, train, len(train))
     after = answers(sparse.model, tok, rows)
 

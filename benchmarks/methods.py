@@ -5,7 +5,7 @@ saved for backward (saved-tensor hooks), trainable parameters, and step time alt
 forward pass alone at the same batch (eval mode, no autograd: the physical floor); a fresh
 inference interpreter gives the inference peak. Then one `finetune` run per method for the
 same number of optimizer steps gives the test metric. Writes benchmarks/results/<name>.{json,md,png}
-(shared logic: `edgetune.measure.bench`, also behind `edgetune bench methods`).
+(shared logic: `edgetune.bench.methods`, also behind `edgetune bench methods`).
 
     python benchmarks/methods.py                         # MiniLM on Reuters-R8, 16 x 128
     python benchmarks/methods.py --preset smollm2        # SmolLM2-135M on brown, 4 x 128
@@ -23,8 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgetune.measure.bench import Setup, Variant, compare, minilm_variants, smollm_variants, sweep
-from edgetune.measure.tables import methods_table, sweep_table, write_json_md, write_outputs
+from edgetune.bench.methods import Setup, Variant, compare, minilm_variants, smollm_variants, sweep
+from edgetune.bench.tables import methods_table, sweep_table, write_json_md, write_outputs
 
 RESULTS = Path(__file__).parent / "results"
 SCHEMES = ["last-1", "qkv-ffn1-1", "bias-only-1", "last-2", "bias-only"]

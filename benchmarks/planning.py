@@ -21,20 +21,20 @@ does) and judges its best shortlisted schemes by a short joint fine-tune on vali
 a second plan (`fast`) also holds the forecast step within `max_step` forwards (the cost
 model's FLOPs, `edgetune plan --max-step`); (4) every configuration (planned, fixed
 built-ins, backprop, LoRA) trained the same steps on the same batches in its own fresh
-subprocess, timed (median step; median inference forward on the same batches, after every
-step in the same process, with the step's loss: a causal LM's logits at the labelled
-positions only, as in the step), its memory measured, then evaluated on the test split.
-Results per configuration are cached in benchmarks/results/planning-runs/, so a rerun
-resumes. One torch thread per process.
+subprocess (`edgetune.bench.worker`), timed (median step; median inference forward on the
+same batches, after every step in the same process, with the step's loss: a causal LM's
+logits at the labelled positions only, as in the step), its memory measured, then evaluated
+on the test split. Results per configuration are cached in benchmarks/results/planning-runs/,
+so a rerun resumes. One torch thread per process. Every run loads its model and data through
+`edgetune.pipeline`; the forecasts take the share of positions the loss scores over the
+contribution analysis' training batches (as the planner always has here).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 RUNS = RESULTS / "planning-runs"
 FRACTIONS = (0.5, 0.25, 0.125)
+PARTS = ("refs", "plans", "compiled")
 
 SETUPS = {
     "minilm": {
@@ -70,47 +71,52 @@ SETUPS = {
 
 
 def worker(spec: dict) -> dict:
+    """One configuration (`run` runs it in a fresh interpreter, `edgetune.bench.worker`)."""
     import torch
 
     from edgetune.config import load_config
-    from edgetune.data.load import load_data
-    from edgetune.data.tasks import batches, epoch_order, tokenize
+    from edgetune.data.tasks import batches, epoch_order
     from edgetune.evaluate import evaluate
-    from edgetune.measure.bench import inference_seconds
     from edgetune.measure.memory import resident_growth
-    from edgetune.methods import MethodSettings, build_method
-    from edgetune.models.loader import load_model
+    from edgetune.measure.timing import inference_seconds
+    from edgetune.pipeline import load
 
-    torch.set_num_threads(1)
-    overrides = [f"model.name={spec['model']}", f"data.name={spec['data']}"]
-    overrides.append(f"data.seq_len={spec['seq']}")
-    if spec["eval_samples"]:
-        overrides.append(f"data.eval_samples={spec['eval_samples']}")
-    cfg = load_config(None, overrides)
-    text = load_data(cfg.data)
-    loaded = load_model(spec["model"], text.task, num_labels=len(text.labels) or None, seed=0)
-    data = tokenize(text, loaded.tokenizer, spec["seq"], loaded.kind)
-    pad = loaded.tokenizer.pad_token_id
-    order = epoch_order(len(data.splits["train"]), 0, 0)[: spec["steps"] * spec["batch"]]
-    train = list(batches(data.splits["train"], spec["batch"], pad, order))
+    cfg = load_config(
+        None,
+        {
+            "model.name": spec["model"],
+            "data.name": spec["data"],
+            "data.seq_len": spec["seq"],
+            "data.eval_samples": spec["eval_samples"],
+            "train.method": spec["method"],
+            "train.batch_size": spec["batch"],
+            "train.lr": spec["lr"],
+            "train.max_steps": spec["steps"],
+            "train.weight_decay": 0.0,
+            "train.schedule": "linear",
+            "train.max_grad_norm": 1.0,
+            "train.seed": 0,
+            "train.threads": 1,
+            **{f"method.{k}": v for k, v in spec["options"].items()},
+        },
+    )
+    session = load(cfg)
+    model, pad = session.model, session.pad_id
+    order = epoch_order(len(session.data.splits["train"]), 0, 0)[: spec["steps"] * spec["batch"]]
+    train = list(batches(session.data.splits["train"], spec["batch"], pad, order))
 
     def page_in():  # the (memory-mapped) weights are not training memory
         with torch.no_grad():
-            loaded.model.eval()(**train[0])
-        loaded.model.train()
+            model.eval()(**train[0])
+        model.train()
 
-    settings = MethodSettings(
-        lr=spec["lr"],
-        total_steps=spec["steps"],
-        weight_decay=0.0,
-        warmup_steps=2,
-        options=spec["options"],
-    )
     state = {"method": None, "compile": None}
     steps, forwards, losses = [], [], []
 
     def train_steps():
-        method = state["method"] = build_method(spec["method"], loaded.model, settings)
+        # the run's settings (lr, `steps` steps, no weight decay, linear schedule, clipping at
+        # 1, seed 0) with a warm-up of 2 steps
+        method = state["method"] = session.build_method(warmup_steps=2)
         for i, batch in enumerate(train):
             if spec.get("compile") and i == len(train) // 2:
                 # first half eager, second half compiled: the per-step gain side by side
@@ -131,7 +137,7 @@ def worker(spec: dict) -> dict:
         from edgetune.plan.compile import release
 
         release(method)
-    metrics = evaluate(method.model, data, "test", pad, generate_samples=0)
+    metrics = evaluate(method.model, session.data, "test", pad, generate_samples=0)
     warm = steps[2:] or steps
     return {
         **spec,
@@ -147,25 +153,18 @@ def worker(spec: dict) -> dict:
 
 def run(spec: dict, name: str) -> dict:
     """One configuration in a fresh subprocess, cached by name."""
+    from edgetune.bench.worker import run_worker
+
     path = RUNS / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    env = {
-        **os.environ,
-        "MALLOC_MMAP_THRESHOLD_": "65536",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
     print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
-    out = subprocess.run(
-        [sys.executable, __file__, "worker", json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
-    result = {"name": name, **json.loads(out.stdout.strip().splitlines()[-1])}
+    # one OpenMP thread, glibc's mmap threshold fixed (tests/cost/_rss_step.py)
+    out = run_worker(f"{Path(__file__).resolve()}:worker", spec, threads=1,
+                     timeout=None, env={"MALLOC_MMAP_THRESHOLD_": "65536"})  # fmt: skip
+    if "error" in out:
+        raise RuntimeError(f"{name} failed: {out['error']}")
+    result = {"name": name, **out}
     RUNS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
@@ -179,48 +178,65 @@ def _common(key: str) -> dict:
     return {k: s[k] for k in ("model", "data", "seq", "batch", "steps", "eval_samples")}
 
 
+def _inputs(key: str, scored: float):
+    """The cost model's inputs of `key`'s runs (`scored`: the share of positions the loss
+    scores, `_table`)."""
+    from edgetune.forecast import StepInputs, model_shape
+
+    s = SETUPS[key]
+    head = "lm" if s["metric"] == "perplexity" else "classifier"
+    return StepInputs(model_shape(s["model"]), s["batch"], s["seq"], head=head,
+                      n_labels=s.get("labels", 0), scored=scored)  # fmt: skip
+
+
+def _planner(key: str, scored: float):
+    """The exact forecast of any sparse scheme of `key`'s runs."""
+    from edgetune.plan.planner import Planner
+
+    return Planner(_inputs(key, scored), "sparse", SETUPS[key]["sparse_options"])
+
+
 def _sparse_spec(key: str, scheme, path: Path | None, scored: float) -> dict:
     """A sparse configuration of `scheme` (saved to `path`, if given) with its forecast
-    (`scored`: the share of positions the loss scores, `ContributionTable.scored`)."""
-    from edgetune.plan.search import forecast, model_shape_of
+    (`scored`: the share of positions the loss scores, `_table`)."""
+    from edgetune.plan.planner import forecast_numbers
 
     s = SETUPS[key]
     if path is not None:
         scheme.save(path)
-    head = "lm" if s["metric"] == "perplexity" else "classifier"
-    n_labels = s.get("labels", 0)
-    shape = model_shape_of(s["model"])
-    fc = forecast(shape, scheme, s["batch"], s["seq"], head, n_labels, scored)
+    fc = forecast_numbers(_planner(key, scored).cost(scheme))
     options = {"scheme": str(path), **s["sparse_options"]}
     spec = {**_common(key), "method": "sparse", "options": options, "lr": s["lr"]}
     return {**spec, "forecast": fc, "lowest_layer": scheme.lowest_layer()}
 
 
 def _table(key: str):
-    """The contribution analysis of `key` (cached in RUNS/cache; measured on first use)."""
-    from edgetune.plan.contribution import AnalysisSettings, analyze
+    """The contribution analysis of `key` (cached in RUNS/cache; measured on first use) on
+    the run loaded through the pipeline: (table, settings, scored share, session)."""
+    from edgetune.pipeline import load
+    from edgetune.plan.analysis import analysis_scored, analyze
+    from edgetune.plan.table import AnalysisSettings
 
     settings = AnalysisSettings(**SETUPS[key]["analysis"])
-    return analyze(_config(key), settings, cache=RUNS / "cache"), settings
+    session = load(_config(key))
+    table = analyze(session, settings, cache=RUNS / "cache")
+    return table, settings, analysis_scored(session, settings), session
 
 
 def refs(key: str) -> None:
     """Full backprop, LoRA and the fixed built-in schemes (an LM's tied head left frozen)."""
-    from edgetune.cost import step_cost
-    from edgetune.plan.scheme import UpdateScheme
-    from edgetune.plan.search import model_shape_of
+    from edgetune.forecast import predict
+    from edgetune.scheme import UpdateScheme
 
     s = SETUPS[key]
     common = _common(key)
-    head = "lm" if s["metric"] == "perplexity" else "classifier"
-    shape = model_shape_of(s["model"])
-    scored = _table(key)[0].scored
-    m = step_cost(shape, "backprop", s["batch"], s["seq"], head=head,
-                  n_labels=max(2, s.get("labels", 0)), scored=scored).memory  # fmt: skip
+    scored = _table(key)[2]
+    inputs = _inputs(key, scored)
+    m = predict(inputs, "backprop").memory
     spec = {**common, "method": "backprop", "options": {}, "lr": s["lr_backprop"]}
     run({**spec, "forecast": {"training_bytes": float(m.peak - m.weights)}}, f"{key}-backprop")
     run({**common, "method": "lora", "options": {}, "lr": s["lr"]}, f"{key}-lora")
-    n = shape.n_layers
+    n = inputs.shape.n_layers
     for name in s["fixed"]:
         scheme = UpdateScheme.builtin(name, n)
         if s["metric"] == "perplexity":
@@ -230,17 +246,19 @@ def refs(key: str) -> None:
 
 
 def _config(key: str):
+    """The analysis' run config of `key` (the sparse method: the analysis plans its scheme)."""
     from edgetune.config import load_config
 
     s = SETUPS[key]
     return load_config(
         None,
-        [
-            f"model.name={s['model']}",
-            f"data.name={s['data']}",
-            f"data.seq_len={s['seq']}",
-            f"train.batch_size={s['batch']}",
-        ],
+        {
+            "model.name": s["model"],
+            "data.name": s["data"],
+            "data.seq_len": s["seq"],
+            "train.batch_size": s["batch"],
+            "train.method": "sparse",
+        },
     )
 
 
@@ -251,33 +269,32 @@ def plans(key: str) -> None:
     import torch
 
     from edgetune.errors import EdgetuneError
-    from edgetune.plan.contribution import measure_schemes, plot_gains, scheme_key
-    from edgetune.plan.search import model_shape_of, plan_from_table, summed_gain
+    from edgetune.plan.analysis import measure_schemes
+    from edgetune.plan.planner import forecast_numbers, plan_from_table
+    from edgetune.plan.table import scheme_key, summed_gain
+    from edgetune.report.figures import plot_gains
 
     torch.set_num_threads(1)
     s = SETUPS[key]
-    cfg = _config(key)
-    table, settings = _table(key)
+    table, settings, scored, session = _table(key)
     plot_gains(table, RESULTS / f"planning-gains-{key}.png")
     bp_path = RUNS / f"{key}-backprop.json"
     while not bp_path.is_file():  # `refs` measures it, maybe in another process
         time.sleep(10)
     bp = json.loads(bp_path.read_text())
-    shape = model_shape_of(s["model"])
+    planner = _planner(key, scored)
 
     judged: list[dict] = []
 
     def judge(schemes):  # the planner's verification, recorded for the report
-        gains = measure_schemes(cfg, schemes, settings, RUNS / "cache")
+        gains = measure_schemes(session, schemes, settings, RUNS / "cache")
         judged.extend(
             {
                 "scheme": sc.name,
                 "lowest_layer": sc.lowest_layer(),
                 "summed_gain": summed_gain(table, sc),
                 "measured_gain": g,
-                "forecast_bytes": _sparse_spec(key, sc, None, table.scored)["forecast"][
-                    "training_bytes"
-                ],
+                "forecast_bytes": forecast_numbers(planner.cost(sc))["training_bytes"],
             }
             for sc, g in zip(schemes, gains, strict=True)
         )
@@ -289,15 +306,15 @@ def plans(key: str) -> None:
             budget = frac * bp["training_bytes"]
             judged.clear()  # what this budget's search judges, its halves' included
             try:
-                plan = plan_from_table(table, shape, budget, s["batch"], s["seq"], max_step,
-                                       judge=judge, top=s["verify"])  # fmt: skip
+                plan = plan_from_table(table, planner, budget, max_step, judge=judge,
+                                       top=s["verify"])  # fmt: skip
             except EdgetuneError as e:  # nothing fits this budget: say so, plan the others
                 print(f"{key} {kind} at {frac:g} of backprop's memory: {e}", flush=True)
                 continue
             name = f"{key}-{kind}-{frac:g}"
             path = RUNS / f"{name}.yaml"
             before = path.read_text() if path.is_file() else None
-            spec = _sparse_spec(key, plan.scheme, path, table.scored)
+            spec = _sparse_spec(key, plan.scheme, path, scored)
             if path.read_text() != before:  # another plan than the cached run's: measure anew
                 (RUNS / f"{name}.json").unlink(missing_ok=True)
             spec.update(budget_bytes=budget, fraction=frac, plan=plan.scheme.name,
@@ -311,12 +328,12 @@ def plans(key: str) -> None:
 
 def compiled(key: str) -> None:
     """The planned 1/4 scheme, 6 steps eager then 6 compiled ahead of time, same process."""
-    from edgetune.plan.scheme import UpdateScheme
+    from edgetune.scheme import UpdateScheme
 
     path = RUNS / f"{key}-planned-0.25.yaml"
     while not (RUNS / f"{key}-planned-0.25.json").is_file():  # `plans` plans and runs it
         time.sleep(10)
-    spec = _sparse_spec(key, UpdateScheme.load(path), path, _table(key)[0].scored)
+    spec = _sparse_spec(key, UpdateScheme.load(path), path, _table(key)[2])
     run({**spec, "steps": 12, "compile": True}, f"{key}-compiled-0.25")
 
 
@@ -548,14 +565,25 @@ def _plot(key: str, r: dict) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "worker":
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
-    elif sys.argv[1] == "report":
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("target", choices=[*SETUPS, "report"], help="a model's runs, or the report")
+    ap.add_argument("parts", nargs="*", metavar="part",
+                    help=f"of a model's runs: {', '.join(PARTS)} (default: refs plans, and "
+                    "compiled for minilm)")  # fmt: skip
+    args = ap.parse_args()
+    if args.target == "report":
         report()
-    else:
-        parts = sys.argv[2:] or ["refs", "plans"] + (
-            ["compiled"] if sys.argv[1] == "minilm" else []
-        )
-        for part in parts:
-            {"refs": refs, "plans": plans, "compiled": compiled}[part](sys.argv[1])
+        return
+    for part in args.parts:
+        if part not in PARTS:
+            ap.error(f"unknown part {part!r}; choose from {', '.join(PARTS)}")
+    parts = args.parts or ["refs", "plans"] + (["compiled"] if args.target == "minilm" else [])
+    for part in parts:
+        {"refs": refs, "plans": plans, "compiled": compiled}[part](args.target)
+
+
+if __name__ == "__main__":
+    main()

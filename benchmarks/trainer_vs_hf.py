@@ -3,9 +3,10 @@
 Same model, same tokenized data in the same order (the Trainer reads edgetune's epoch order
 sequentially: batches are padded to their longest row, so another order means other batch
 widths and other activation memory), batch, sequence length, optimizer (fused AdamW, the
-Trainer's default), schedule and clipping. Each run is a fresh subprocess (so peak RSS is its
-own); the two alternate, and the table reports medians. Memory twice: the peak resident set,
-and the peak live heap (glibc's heap in use, sampled at every module's forward end), which
+Trainer's default), schedule and clipping. Each run is a fresh subprocess
+(`edgetune.bench.worker`, so peak RSS is its own); the two alternate, and the table reports
+medians. Both load model and data through `edgetune.pipeline`. Memory twice: the peak resident
+set, and the peak live heap (glibc's heap in use, sampled at every module's forward end), which
 leaves out the freed blocks the allocator keeps resident. Writes
 benchmarks/results/trainer_vs_hf.{json,md}.
 
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,36 +33,43 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 KEYS = ("step_s_median", "heap_peak_mb", "train_peak_rss_mb", "peak_rss_mb")
+SETUP = ("model", "data", "batch", "seq", "steps", "threads")  # what a worker's spec holds
 
 
-def _config(args):
+def _config(spec: dict):
     from edgetune.config import load_config
 
     return load_config(
         None,
-        [
-            f"model.name={args.model}",
-            f"data.name={args.data}",
-            f"data.seq_len={args.seq}",
-            f"data.train_samples={args.batch * (args.steps + 1)}",
-            f"train.batch_size={args.batch}",
-            f"train.max_steps={args.steps}",
-            "train.lr=1e-4",
-            "train.weight_decay=0.01",
-            "train.warmup_ratio=0.1",
-            "train.final_eval=false",
-            f"train.threads={args.threads}",
-        ],
+        {
+            "model.name": spec["model"],
+            "data.name": spec["data"],
+            "data.seq_len": spec["seq"],
+            "data.train_samples": spec["batch"] * (spec["steps"] + 1),
+            "train.batch_size": spec["batch"],
+            "train.max_steps": spec["steps"],
+            "train.lr": 1e-4,
+            "train.weight_decay": 0.01,
+            "train.warmup_ratio": 0.1,
+            "train.final_eval": False,
+            "train.threads": spec["threads"],
+        },
     )
 
 
-def worker_edgetune(args) -> dict:
+def worker(spec: dict) -> dict:
+    """One run in a fresh interpreter (`edgetune.bench.worker`): spec["loop"] is edgetune or
+    hf, the other keys the setup (`SETUP`)."""
+    return (worker_edgetune if spec["loop"] == "edgetune" else worker_hf)(spec)
+
+
+def worker_edgetune(spec: dict) -> dict:
     from edgetune.measure.memory import HeapPeak, peak_rss_mb
     from edgetune.train import finetune
 
-    cfg = _config(args)
+    cfg = _config(spec)
     with tempfile.TemporaryDirectory() as tmp, HeapPeak() as heap:
-        cfg.out = str(Path(tmp) / "run")
+        cfg = cfg.with_changes({"out": str(Path(tmp) / "run")})
         m = finetune(cfg).metrics
     ends = m["time"]["loop_step_s_median"]
     return {
@@ -74,24 +81,22 @@ def worker_edgetune(args) -> dict:
     }
 
 
-def worker_hf(args) -> dict:
-    import torch
+def worker_hf(spec: dict) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.utils import logging
 
-    from edgetune.data.load import load_data
-    from edgetune.data.tasks import collate, epoch_order, tokenize
+    from edgetune.data.tasks import collate, epoch_order
     from edgetune.measure.memory import HeapPeak, peak_rss_mb
-    from edgetune.models.loader import load_model
+    from edgetune.pipeline import load
 
-    logging.set_verbosity_error()
-    cfg = _config(args)
-    torch.set_num_threads(args.threads)
-    text = load_data(cfg.data)
-    loaded = load_model(cfg.model.name, text.task, num_labels=len(text.labels) or None, seed=0)
-    train = tokenize(text, loaded.tokenizer, cfg.data.seq_len, loaded.kind).splits["train"]
+    cfg = _config(spec)
+    session = load(cfg)  # sets the run's torch threads
+    # hold what the Trainer needs (the model, edgetune's training examples) and the text rows
+    # (held to the end, as always), and let the validation and test tokens go: the Trainer
+    # never sees them
+    loaded, pad, _text = session.loaded, session.pad_id, session.data.raw
+    train = session.data.splits["train"]
+    del session
     train = [train[i] for i in epoch_order(len(train), cfg.train.seed, 0)]  # edgetune's order
-    pad = loaded.tokenizer.pad_token_id
     ends: list[float] = []
 
     class StepEnds(TrainerCallback):
@@ -147,38 +152,32 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mmap-threshold", type=int, help="MALLOC_MMAP_THRESHOLD_ of both workers")
-    ap.add_argument("--worker", choices=["edgetune", "hf"])
     args = ap.parse_args()
-    if args.worker:
-        result = (worker_edgetune if args.worker == "edgetune" else worker_hf)(args)
-        print(json.dumps(result))
-        return
+    from edgetune.bench.worker import run_worker
 
     runs: dict[str, list[dict]] = {"edgetune": [], "hf": []}
-    skip = ("worker", "repeats", "mmap_threshold")
-    passthrough = [f"--{k}={v}" for k, v in vars(args).items() if k not in skip]
-    env = dict(os.environ)
+    setup = {k: getattr(args, k) for k in SETUP}
+    # the workers' environment is this one's: tokenizers' own parallelism default (the
+    # worker helper turns it off unless told), the threads from train.threads, and glibc's
+    # mmap threshold only when asked
+    env = {"TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "true")}
     if args.mmap_threshold:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     stem = "trainer_vs_hf-mmap" if args.mmap_threshold else "trainer_vs_hf"
     for r in range(args.repeats):
         for who in ("edgetune", "hf") if r % 2 == 0 else ("hf", "edgetune"):
-            proc = subprocess.run(
-                [sys.executable, __file__, f"--worker={who}", *passthrough],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                sys.exit(f"{who} worker failed:\n{proc.stderr[-3000:]}")
-            runs[who].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            result = run_worker(f"{Path(__file__).resolve()}:worker", {**setup, "loop": who},
+                                timeout=None, env=env)  # fmt: skip
+            if "error" in result:
+                sys.exit(f"{who} worker failed: {result['error']}")
+            runs[who].append(result)
             print(who, runs[who][-1], file=sys.stderr)
 
     def med(who, key):
         return statistics.median(r[key] for r in runs[who])
 
     summary = {
-        "setup": {k: v for k, v in vars(args).items() if k != "worker"},
+        "setup": vars(args),
         "runs": runs,
         "edgetune": {k: med("edgetune", k) for k in KEYS},
         "hf_trainer": {k: med("hf", k) for k in KEYS},

@@ -27,10 +27,12 @@ def run_worker(
     target: str,
     spec: Mapping[str, Any],
     threads: int | None = None,
-    timeout: float = 3600,
+    timeout: float | None = 3600,
     env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """`target(spec)` in a fresh interpreter (`threads` OpenMP threads, extra `env`)."""
+    """`target(spec)` in a fresh interpreter (`threads` OpenMP threads, extra `env`, at most
+    `timeout` seconds, None: no limit). A failure's `error` is the child's last line of
+    stderr; `stderr` holds its last 3,000 characters."""
     environ = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     if threads:
         environ["OMP_NUM_THREADS"] = str(threads)
@@ -42,7 +44,7 @@ def run_worker(
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0][-300:]}
+        return {"error": tail[0][-300:], "stderr": proc.stderr[-3000:]}
     return json.loads(lines[-1])
 
 

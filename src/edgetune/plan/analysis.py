@@ -25,7 +25,7 @@ from torch import nn
 from edgetune.data.tasks import batches, epoch_order
 from edgetune.errors import EdgetuneError
 from edgetune.io import atomic_write_text
-from edgetune.methods.base import MethodSettings
+from edgetune.methods.base import MethodSettings, scored_share
 from edgetune.methods.registry import build_method, get_method
 from edgetune.models.anatomy import describe
 from edgetune.paths import cache_dir
@@ -132,12 +132,7 @@ def _prepare(session: Session, s: AnalysisSettings, cache: Path | None) -> _Runs
     for layer in [*(s.layers or []), *(s.fraction_layers or [])]:
         if not 0 <= layer < n_layers:
             raise EdgetuneError(f"analysis layer {layer} out of range: the model has {n_layers}")
-    train_ex = data.splits["train"]
-    order = epoch_order(len(train_ex), s.seed, 0)[: s.steps * s.batch_size]
-    if len(order) < s.steps * s.batch_size:
-        order = order * math.ceil(s.steps * s.batch_size / max(1, len(order)))
-        order = order[: s.steps * s.batch_size]
-    train = list(batches(train_ex, s.batch_size, pad, order))
+    train = training_batches(session, s)
     held_out = list(batches(data.splits["validation"][: s.eval_examples], 32, pad))
     head = anatomy.task == "classify" and bool(anatomy.head)
     has_bias = any(
@@ -158,6 +153,22 @@ def _prepare(session: Session, s: AnalysisSettings, cache: Path | None) -> _Runs
     runs = _Runs(model, method, train, held_out, s, table, path)
     runs.save()
     return runs
+
+
+def training_batches(session: Session, s: AnalysisSettings) -> list[dict]:
+    """The batches every candidate trains on: `steps` x `batch_size` examples of the training
+    split in the order of `s.seed` (a short split repeated)."""
+    train, n = session.data.splits["train"], s.steps * s.batch_size
+    order = epoch_order(len(train), s.seed, 0)[:n]
+    if len(order) < n:
+        order = (order * math.ceil(n / max(1, len(order))))[:n]
+    return list(batches(train, s.batch_size, session.pad_id, order))
+
+
+def analysis_scored(session: Session, s: AnalysisSettings) -> float:
+    """Share of the positions of the analysis' training batches that the loss scores (the run's
+    own share is `Session.scored`, over its first batches at its batch size)."""
+    return scored_share(session.model, training_batches(session, s))
 
 
 def _table_path(session: Session, s: AnalysisSettings, cache: Path | None) -> Path:
