@@ -52,7 +52,8 @@ def main() -> None:
         setup = Setup("minilm-l6", "reuters-r8", batch=16, seq=128, steps=100, eval_samples=500)
         variants = minilm_variants(args.schemes.split(","))
     else:
-        setup = Setup("smollm2-135m", "brown", batch=4, seq=128, steps=30, eval_samples=64)
+        # the whole test split: 25 documents, 513 blocks of 128 tokens (lm counts blocks)
+        setup = Setup("smollm2-135m", "brown", batch=4, seq=128, steps=30, eval_samples=1000)
         variants = smollm_variants()
     setup = Setup(
         **{

@@ -23,7 +23,7 @@ from torch.testing import assert_close
 
 from edgetune.config import FederatedConfig as FedSettings
 from edgetune.federated import payload
-from edgetune.federated.ledger import Ledger
+from edgetune.federated.ledger import Ledger, markdown
 from edgetune.federated.network import get_network
 from edgetune.federated.server_app import delta_decoder
 from edgetune.federated.strategies import make_strategy, to_record, wire_bytes
@@ -109,3 +109,23 @@ def test_each_round_is_checkpointed_and_resumable(tmp_path):
 def test_to_record_round_trip():
     rec = to_record(GLOBAL)
     assert set(rec) == set(GLOBAL) and rec["w"].numpy().shape == (2, 3)
+
+
+def test_a_client_that_never_replies_is_recorded_and_reported(tmp_path):
+    """A round whose clients were sent the model but did not reply within federated.timeout
+    (Flower stops waiting) is reported as such: no aggregate, the silent nodes failed, and
+    the per-round report says how many of the sampled clients were aggregated."""
+    strategy, ledger = _strategy(tmp_path)
+    for node in (1, 2, 3):
+        ledger.sent(1, node, 1000)
+    arrays, _ = strategy.aggregate_train(1, [])  # every reply missing
+    assert arrays is None and ledger.rounds[1]["failed"]
+    assert all("no reply within federated.timeout" in f["reason"]
+               for f in ledger.rounds[1]["failed"])  # fmt: skip
+    for node in (1, 2):
+        ledger.sent(2, node, 1000)
+    strategy.aggregate_train(2, [_reply(1, {"w": np.full((2, 3), 0.5), "b": np.ones(3)})])
+    rounds = {r["round"]: r for r in ledger.per_round()}
+    assert (rounds[1]["clients"], rounds[1]["sampled"]) == (0, 3)
+    assert (rounds[2]["clients"], rounds[2]["sampled"]) == (1, 2)
+    assert "| 1 | 0 / 3 |" in markdown({**ledger.to_dict(), "per_round": ledger.per_round()})

@@ -28,7 +28,8 @@ bench_app = typer.Typer(
 )
 PRESETS = {
     "minilm": Setup("minilm-l6", "reuters-r8", batch=16, seq=128, steps=100, eval_samples=500),
-    "smollm2": Setup("smollm2-135m", "brown", batch=4, seq=128, steps=30, eval_samples=64),
+    # brown's whole test split: 513 blocks of 128 tokens (an lm's eval_samples counts blocks)
+    "smollm2": Setup("smollm2-135m", "brown", batch=4, seq=128, steps=30, eval_samples=1000),
 }
 
 

@@ -63,6 +63,15 @@ class Ledger:
         self._row(rnd, node).update(status="failed", reason=reason)
         self._round(rnd)["failed"].append({"node": node, "reason": reason})
 
+    def unanswered(self, rnd: int, timeout: float) -> list[int]:
+        """Mark the clients of round `rnd` that were sent the model but never replied (Flower
+        stops waiting after `federated.timeout`) as failed; their nodes."""
+        r = rnd + self.offset
+        silent = [n for (k, n), row in self.clients.items() if k == r and row["status"] == "sent"]
+        for node in silent:
+            self.failed(rnd, node, f"no reply within federated.timeout ({timeout:g} s)")
+        return silent
+
     def rejected(self, rnd: int, node: int, reason: str) -> None:
         self._row(rnd, node).update(status="rejected", reason=reason)
         self._round(rnd)["rejected"].append({"node": node, "reason": reason})
@@ -106,11 +115,14 @@ class Ledger:
         }
 
     def per_round(self) -> list[dict[str, Any]]:
-        """Means over the clients accepted in each round."""
+        """Per round: the clients sampled and those whose update was aggregated (`clients`),
+        means over the aggregated ones, and the global metric after the round. A round in which
+        no update was aggregated leaves the global model as it was: its metric repeats."""
         out = []
         for r in sorted({k for k, _ in self.clients}):
-            rows = [v for (k, _), v in self.clients.items() if k == r and v["status"] == "accepted"]
-            row: dict[str, Any] = {"round": r, "clients": len(rows)}
+            sampled = [v for (k, _), v in self.clients.items() if k == r]
+            rows = [v for v in sampled if v["status"] == "accepted"]
+            row: dict[str, Any] = {"round": r, "sampled": len(sampled), "clients": len(rows)}
             for key in ("bytes_up", "bytes_down", "compute_s", "comm_s"):
                 row[key] = statistics.fmean(v[key] for v in rows) if rows else 0.0
             row["metric"] = self.rounds.get(r, {}).get("global_eval", {})
@@ -131,13 +143,15 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         f"# Federated run: {data.get('method', '')} on {data.get('model', '')}",
         "",
-        f"| round | clients | up B/client | down B/client | compute s | comm s ({net}) | metric |",
+        f"| round | clients aggregated / sampled | up B/client | down B/client | compute s "
+        f"| comm s ({net}) | metric after the round |",
         "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in data["per_round"]:
         metric = ", ".join(f"{k} {v:.4f}" for k, v in r["metric"].items() if k != "samples")
         lines.append(
-            f"| {r['round']} | {r['clients']} | {r['bytes_up']:,.0f} | {r['bytes_down']:,.0f} "
+            f"| {r['round']} | {r['clients']} / {r.get('sampled', r['clients'])} "
+            f"| {r['bytes_up']:,.0f} | {r['bytes_down']:,.0f} "
             f"| {r['compute_s']:.2f} | {r['comm_s']:.2f} | {metric} |"
         )
     bad = [(r["round"], x) for r in data["rounds"] for x in r["failed"] + r["rejected"]]

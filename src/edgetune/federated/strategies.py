@@ -63,6 +63,7 @@ class EdgeMixin:
     decoder: Decoder
     ledger: Ledger
     max_update_ratio: float
+    timeout: float  # federated.timeout: a client that has not replied by then is recorded failed
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -99,6 +100,10 @@ class EdgeMixin:
                 continue
             msg.content = type(msg.content)({"arrays": to_record(state), "metrics": metrics})
             accepted.append(msg)
+        silent = self.ledger.unanswered(server_round, self.timeout)
+        if silent or not accepted:
+            log(WARNING, "round %s: %s update(s) aggregated; no reply from nodes %s within %s s",
+                server_round, len(accepted), silent, self.timeout)  # fmt: skip
         arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
         if arrays is not None:
             self.ledger.aggregated(server_round, to_state(arrays))
@@ -142,5 +147,5 @@ def make_strategy(fed: FederatedConfig, decoder: Decoder, ledger: Ledger) -> Str
         **strategy_options(fed),
     )
     strategy.decoder, strategy.ledger = decoder, ledger
-    strategy.max_update_ratio = fed.max_update_ratio
+    strategy.max_update_ratio, strategy.timeout = fed.max_update_ratio, fed.timeout
     return strategy
