@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from edgetune.errors import EdgetuneError
-from edgetune.fields import Raw, build, plain
+from edgetune.fields import Raw, build, plain, read
 from edgetune.io import read_yaml
 from edgetune.methods.registry import MethodSpec, get_method
 from edgetune.units import parse_bytes
@@ -211,7 +211,7 @@ class RunConfig:
         spec = get_method(kwargs["train"].method)
         kwargs["method"] = spec.parse(data.get("method") or {})
         if "out" in data:
-            kwargs["out"] = build(_Out, {"out": data["out"]}, "run").out
+            kwargs["out"] = read(data["out"], str, "out")
         return cls(**kwargs)
 
     def with_changes(self, overrides: Mapping[str, Any] | Sequence[str]) -> RunConfig:
@@ -231,11 +231,6 @@ class RunConfig:
         mine, theirs = _flat(self.to_dict()), _flat(other.to_dict())
         return {k: (mine.get(k), theirs.get(k)) for k in sorted({*mine, *theirs})
                 if mine.get(k) != theirs.get(k)}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _Out:
-    out: str
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:

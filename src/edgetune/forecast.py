@@ -18,7 +18,6 @@ about 300-500 MiB of resident memory on a CPU), and the printed line says so. To
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,8 @@ EXCLUDES = "the step's tensors, not the runtime's own memory"
 # -- shapes -----------------------------------------------------------------------------------
 def model_shape(name: str) -> ModelShape:
     """The cost model's shape of a model, without its weights: a named paper shape
-    (`alexatm-20b`), a registry name, a local model folder (its config.json), a .gguf file
-    (its metadata) or a hub id (its config, downloaded)."""
+    (`alexatm-20b`), a registry name, a local model folder or .gguf file, or a hub id (its
+    config is downloaded)."""
     if name in NAMED_SHAPES:
         return NAMED_SHAPES[name]
     from edgetune.models.registry import SPECS  # imports transformers' config classes
@@ -54,25 +53,21 @@ def model_shape(name: str) -> ModelShape:
     if name in SPECS:
         return shape_from_config(SPECS[name].config().to_dict(), name)
     path = Path(name)
-    if (path / "config.json").is_file():
-        try:
-            return shape_from_config(json.loads((path / "config.json").read_text()), name)
-        except json.JSONDecodeError as e:
-            raise EdgetuneError(f"{path / 'config.json'} is not valid JSON: {e}") from None
-    if path.exists() and path.suffix != ".gguf":
+    if path.exists() and not path.is_file() and not (path / "config.json").is_file():
         raise EdgetuneError(f"{path} is not a model folder (no config.json in it)")
     from transformers import AutoConfig
 
-    try:
+    try:  # the full config: a saved config.json leaves out the class's defaults
         if path.suffix == ".gguf":
             config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         else:
             config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
         known = ", ".join(sorted([*SPECS, *NAMED_SHAPES]))
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgetuneError(
             f"unknown model {name!r}: not a registry name ({known}), a local folder or a "
-            f"reachable hub id ({str(e).strip().splitlines()[0] if str(e).strip() else e})"
+            f"reachable hub id ({first})"
         ) from None
     return shape_from_config(config.to_dict(), name)
 

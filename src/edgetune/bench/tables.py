@@ -26,7 +26,8 @@ def methods_table(summary: dict[str, Any]) -> str:
     head = (
         f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']} tokens, "
         f"{s['threads']} threads; accuracy runs: {s['steps']} optimizer steps each, test metric "
-        f"on the first {s['eval_samples']} test rows. Inference (no autograd, eval mode): peak "
+        f"on the first {s['eval_samples']} test examples (lm: blocks of {s['seq']} tokens). "
+        f"Inference (no autograd, eval mode): peak "
         f"RSS {inf['peak_rss_mb']:.0f} MiB, forward {inf['forward_eval_s']:.3f} s "
         f"(train mode, dropout on: {inf['forward_train_s']:.3f} s)."
     )
