@@ -1,14 +1,17 @@
 """Checkpoints of a run, each a folder written atomically:
 
 checkpoints/step-000040/
-  checkpoint.json        format, edgetune version, model, method, step, tensor shapes
+  checkpoint.json        format, edgetune version, model, method, step, tensor shapes, and the
+                         SHA-256 of each file below (verified before a resume reads it)
   trainable.safetensors  the method's trainable state (what changed)
   state.pt               optimizer/schedule state and the torch RNG state (weights_only)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,8 @@ from edgetune.errors import EdgetuneError
 from edgetune.io import atomic_dir
 from edgetune.version import VERSION
 
-FORMAT = 1
+FORMAT = 2  # 2 adds the files' checksums; a format-1 checkpoint is read without them
+FILES = ("trainable.safetensors", "state.pt")
 
 
 @dataclass
@@ -50,10 +54,25 @@ def save_checkpoint(
     with atomic_dir(target) as tmp:
         save_file(tensors, str(tmp / "trainable.safetensors"))
         torch.save(state, tmp / "state.pt")
+        meta["sha256"] = {name: _sha256(tmp / name) for name in FILES}
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=1))
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stale_temporaries(run_dir: Path) -> list[Path]:
+    """Checkpoint folders a killed process left half-written (`.step-*.tmp`)."""
+    folder = run_dir / "checkpoints"
+    return sorted(folder.glob(".step-*.tmp")) if folder.is_dir() else []
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -69,8 +88,14 @@ def load_checkpoint(path: Path, identity: dict[str, str]) -> Checkpoint:
         raise EdgetuneError(
             f"{path} is not an edgetune checkpoint (checkpoint.json missing or corrupt)"
         ) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (1, FORMAT):
         raise EdgetuneError(f"{path} is a checkpoint of an unknown format")
+    for name, digest in (meta.get("sha256") or {}).items():
+        if name not in FILES or not (path / name).is_file() or _sha256(path / name) != digest:
+            raise EdgetuneError(
+                f"checkpoint {path} is corrupt: {name} does not match its checksum; delete "
+                "this checkpoint folder to resume from the one before it"
+            )
     for key, want in identity.items():
         if meta.get(key) != want:
             raise EdgetuneError(
@@ -80,6 +105,11 @@ def load_checkpoint(path: Path, identity: dict[str, str]) -> Checkpoint:
     try:
         trainable = load_file(str(path / "trainable.safetensors"))
         state = torch.load(path / "state.pt", weights_only=True)
+    except pickle.UnpicklingError:
+        raise EdgetuneError(
+            f"checkpoint {path}: state.pt holds objects other than tensors and plain values; "
+            "refused (edgetune loads checkpoints with weights_only)"
+        ) from None
     except (OSError, SafetensorError, RuntimeError, EOFError) as e:
         raise EdgetuneError(f"checkpoint {path} is corrupt: {str(e).splitlines()[0]}") from None
     shapes = {k: list(v.shape) for k, v in trainable.items()}

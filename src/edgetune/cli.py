@@ -3,6 +3,7 @@ verb, and turns bad input into one line on stderr and exit status 1, without a t
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Annotated
 
@@ -63,9 +64,30 @@ def main() -> None:
     except EdgetuneError as e:
         err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except (MemoryError, RuntimeError, OSError) as e:
+        if not out_of_memory(e):
+            raise
+        err.print(
+            "[red]error:[/] out of memory: the process could not allocate what the run needs "
+            "(a memory limit, or the device's memory); a smaller batch, a shorter sequence or a "
+            "leaner method (`edgetune cost` compares them) needs less",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether an exception says an allocation failed (Python's, torch's CPU allocator's, or
+    the kernel's ENOMEM through a library)."""
+    if isinstance(e, MemoryError) or getattr(e, "errno", None) == errno.ENOMEM:
+        return True
+    text = str(e).lower()
+    return any(s in text for s in ("can't allocate memory", "cannot allocate memory",
+                                   "out of memory"))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ so a model folder written by one user can be served by another.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -50,6 +51,29 @@ def read_yaml(path: Path, what: str) -> Any:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise EdgetuneError(f"{what} {path} is not valid YAML: {e}") from None
+
+
+@contextmanager
+def exclusive(folder: Path, what: str = "run"):
+    """Hold `folder/.lock` (an exclusive, non-blocking `flock`) while the block runs: a second
+    process asking for the same folder is refused at once, naming the holder's pid. The lock
+    goes with the process, however it ends (kill -9 included)."""
+    path = folder / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise EdgetuneError(
+                f"another edgetune {what} (pid {holder}) is writing to {folder}; wait for it "
+                "to end, or give another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:

@@ -141,6 +141,18 @@ class Session:
         return replace(self, cfg=cfg)
 
 
+def _check_length(cfg: RunConfig, model: nn.Module) -> None:
+    """Refuse a sequence longer than the positions the model has (a learned position table
+    has no row for it; a rotary model was never trained that far)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and cfg.data.seq_len > limit:
+        raise EdgetuneError(
+            f"data.seq_len {cfg.data.seq_len} is longer than the {limit} positions of "
+            f"{cfg.model.name}; give --seq-len {limit} or less"
+        )
+
+
 def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
     """Load `cfg`'s data, model and tokenized splits (all, or those named), validating every
     input. New weights (a classifier head, or all with `random_init`) are drawn from the run's
@@ -156,6 +168,7 @@ def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
         random_init=cfg.model.random_init,
         seed=cfg.train.seed,
     )
+    _check_length(cfg, loaded.model)
     data = tokenize(text, loaded.tokenizer, cfg.data, loaded.kind, splits)
     if data.labels:  # the classifier head learns the labels' names
         config: Any = loaded.model.config

@@ -21,12 +21,17 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from edgetune.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from edgetune.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    stale_temporaries,
+)
 from edgetune.config import RunConfig, load_config
 from edgetune.data.tasks import collate, epoch_order
 from edgetune.errors import EdgetuneError
 from edgetune.evaluate import evaluate
-from edgetune.io import atomic_dir, atomic_write_text
+from edgetune.io import atomic_dir, atomic_write_text, exclusive
 from edgetune.measure.memory import peak_rss_mb
 from edgetune.methods.base import Method
 from edgetune.pipeline import Session, load
@@ -52,29 +57,51 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise EdgetuneError(f"--out {out} is a file; give a folder for the run")
-    changes = _check_resume(cfg, out) if resume else {}
-    if not resume and out.exists() and any(out.iterdir()):
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out):  # a second run on the same folder is refused, not mixed in
+        try:
+            for tmp in stale_temporaries(out):  # left by a process killed mid-write
+                shutil.rmtree(tmp, ignore_errors=True)
+            changes = _check_resume(cfg, out) if resume else _check_fresh(out, console)
+            session = _planned(load(cfg), console)
+            forecast = session.forecast()
+            console.print(forecast.line(), highlight=False)
+            method = session.build_method()
+            return _run(session, method, out, resume, changes, console)
+        except BaseException:
+            if created and not list_checkpoints(out):
+                shutil.rmtree(out, ignore_errors=True)  # leave no half-written run folder
+            raise
+
+
+def _check_fresh(out: Path, console: Console) -> dict[str, Any]:
+    """A new run may start in an empty folder, or in one a run was killed in before its first
+    checkpoint (its config.yaml is all it left: it starts again); not over another run."""
+    entries = {p.name for p in out.iterdir()} - {".lock"}
+    if not entries:
+        return {}
+    if list_checkpoints(out) or (out / "metrics.json").exists():
         raise EdgetuneError(
             f"{out} already holds a run: pass --resume to continue it, or another --out"
         )
-    session = _planned(load(cfg), console)
-    forecast = session.forecast()
-    console.print(forecast.line(), highlight=False)
-    method = session.build_method()
-    created = not out.exists()
-    try:
-        return _run(session, method, out, resume, changes, console)
-    except BaseException:
-        if created and not list_checkpoints(out):
-            shutil.rmtree(out, ignore_errors=True)  # leave no half-written run folder
-        raise
+    if entries <= {"config.yaml", "checkpoints"}:
+        console.print(f"{out} holds a run that ended before its first checkpoint: starting again")
+        (out / "config.yaml").unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        return {}
+    shown = ", ".join(sorted(entries)[:5])
+    raise EdgetuneError(f"{out} holds files that are not an edgetune run ({shown}); give another "
+                        "--out")  # fmt: skip
 
 
 def _check_resume(cfg: RunConfig, out: Path) -> dict[str, Any]:
     """The run's own settings that `cfg` changes, all of them `RESUMABLE`; anything else is
     refused with each difference named (and config.yaml left as it is)."""
     if not list_checkpoints(out):
-        raise EdgetuneError(f"nothing to resume in {out}: it has no checkpoint")
+        raise EdgetuneError(
+            f"nothing to resume in {out}: it has no checkpoint; start it again without --resume"
+        )
     if not (out / "config.yaml").is_file():
         raise EdgetuneError(f"{out} has no config.yaml: it is not an edgetune run folder")
     before = load_config(out / "config.yaml")
