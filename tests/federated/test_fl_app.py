@@ -69,3 +69,11 @@ def test_network_transfer_times():
     assert NETWORKS["3g"].up_s(10**6) > NETWORKS["ethernet"].up_s(10**6)
     with pytest.raises(EdgetuneError, match="unknown network"):
         get_network("lte-advanced")
+
+
+def test_more_clients_than_rows_is_refused_before_any_client_starts(fl_config):
+    from edgetune.federated.simulate import simulate
+
+    with pytest.raises(EdgetuneError, match=r"cannot give 1000 clients a row.*at most"):
+        simulate({**fl_config, "federated.clients": 1000})
+    assert not Path(fl_config["out"]).exists()

@@ -4,13 +4,34 @@
 from __future__ import annotations
 
 import signal
+import stat
+import tempfile
 import time
+from pathlib import Path
 
-from edgetune.federated.deploy import Processes, deploy_local
+import pytest
+
+from edgetune.federated.deploy import Processes, deploy_local, make_certificates
+
+
+def test_the_tls_key_is_private_and_never_written_through_a_link(tmp_path):
+    paths = make_certificates(tmp_path / "certs")
+    assert stat.S_IMODE(paths["key"].stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "certs").stat().st_mode) == 0o700
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "server.key").symlink_to(tmp_path / "stolen.key")
+    with pytest.raises(FileExistsError):  # an existing folder (or file) is not reused
+        make_certificates(planted)
+    assert not (tmp_path / "stolen.key").exists()
 
 
 def test_deployed_run_over_tls_end_to_end(fl_config):
+    before = set(Path(tempfile.gettempdir()).glob("edgetune-tls-*"))
     result = deploy_local(fl_config, tls=True, timeout=400)
+    # the keys lived in a fresh private folder, removed at the end
+    assert set(Path(tempfile.gettempdir()).glob("edgetune-tls-*")) == before
+    assert not list(Path(fl_config["out"]).rglob("server.key"))
     r1 = next(r for r in result["rounds"] if r["round"] == 1)
     assert r1["clients_aggregated"] == 2 and not r1["failed"] and not r1["rejected"]
     assert len(r1["client_eval"]) == 2 and "accuracy" in r1["global_eval"]

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.errors import EdgetuneError
-from edgetune.federated.task import settings
+from edgetune.federated.task import check_partition, settings
 
 APP_ID = ("edgetune", "edgetune-federated")
 
@@ -65,7 +67,10 @@ def write_app(folder: Path, run_config: Mapping[str, Any]) -> Path:
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:
-    """A self-signed CA and a server certificate/key for 127.0.0.1 and localhost (PEM)."""
+    """A self-signed CA and a server certificate/key for 127.0.0.1 and localhost (PEM), in
+    `folder`, which must not exist yet: it is made private (0700) and the key is written 0600
+    by a call that refuses to follow a link or reuse a file, so nobody else reads the key and
+    nothing planted at its path is written through."""
     import datetime
     import ipaddress
 
@@ -74,7 +79,7 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True)  # FileExistsError for anything already there
     now = datetime.datetime.now(datetime.UTC)
 
     def cert(subject: str, key, issuer_name, issuer_key, ca: bool):
@@ -103,9 +108,11 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))  # fmt: skip
+    key = server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption())  # fmt: skip
+    fd = os.open(paths["key"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
     return paths
 
 
@@ -159,6 +166,7 @@ def deploy_local(
     `during(processes)` (optional) is called once the run is submitted: a test uses it to
     kill a SuperNode mid-round."""
     cfg, fed = settings(run_config)
+    check_partition(cfg)  # before any process starts
     out = Path(cfg.out).resolve()
     work = out / "deploy"
     config = {**run_config, "out": str(out)}  # the ServerApp runs in another folder
@@ -170,55 +178,59 @@ def deploy_local(
     security = ["--insecure"]
     client_security = ["--insecure"]
     connection = f'[superlink.edgetune-local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    if tls:
-        certs = make_certificates(work / "certs")
-        security = ["--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile", str(certs["cert"]),
-                    "--ssl-keyfile", str(certs["key"])]  # fmt: skip
-        client_security = ["--root-certificates", str(certs["ca"])]
-        connection = (f'[superlink.edgetune-local]\naddress = "127.0.0.1:{port}"\n'
-                      f'root-certificates = "{certs["ca"]}"\n')  # fmt: skip
-    home = Path(env["FLWR_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text('[superlink]\ndefault = "edgetune-local"\n\n' + connection)
-    app = write_app(work / "app", config)
-    (out / "federated.json").unlink(missing_ok=True)
-    with Processes(work / "logs", env) as procs:
-        procs.start(
-            "superlink",
-            [
-                _bin("flower-superlink"),
-                *security,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--disable-runtime-dependency-installation",
-            ],
+    with ExitStack() as cleanup:
+        if tls:  # a fresh private folder, removed when the run ends
+            certs = make_certificates(Path(tempfile.mkdtemp(prefix="edgetune-tls-")) / "certs")
+            cleanup.callback(shutil.rmtree, certs["key"].parents[1], True)
+            security = ["--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile", str(certs["cert"]),
+                        "--ssl-keyfile", str(certs["key"])]  # fmt: skip
+            client_security = ["--root-certificates", str(certs["ca"])]
+            connection = (f'[superlink.edgetune-local]\naddress = "127.0.0.1:{port}"\n'
+                          f'root-certificates = "{certs["ca"]}"\n')  # fmt: skip
+        home = Path(env["FLWR_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "edgetune-local"\n\n' + connection
         )
-        _wait_for_port(port, procs)
-        for i in range(fed.clients):
-            procs.start(f"supernode-{i}", [
-                _bin("flower-supernode"), *client_security, "--superlink", f"127.0.0.1:{port}",
-                "--host", "127.0.0.1", "--port", str(free_port()),
-                "--node-config", f"partition-id={i} num-partitions={fed.clients}",
-                "--max-retries", "20", "--max-wait-time", "60"])  # fmt: skip
-        runner = procs.start(
-            "flwr-run", [_bin("flwr"), "run", str(app), "edgetune-local", "--stream"]
-        )
-        if during is not None:
-            during(procs)
-        try:
-            runner.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise EdgetuneError(f"the deployed run did not finish in {timeout:.0f} s; logs in "
-                                f"{work / 'logs'}") from None  # fmt: skip
-        result = out / "federated.json"
-        deadline = time.monotonic() + 30  # the ServerApp may still be writing after the stream
-        while not result.is_file() and time.monotonic() < deadline:
-            time.sleep(0.5)
-    if not result.is_file():
-        raise EdgetuneError(f"the deployed run ended without a result; logs in {work / 'logs'}")
-    return json.loads(result.read_text())
+        app = write_app(work / "app", config)
+        (out / "federated.json").unlink(missing_ok=True)
+        with Processes(work / "logs", env) as procs:
+            procs.start(
+                "superlink",
+                [
+                    _bin("flower-superlink"),
+                    *security,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--disable-runtime-dependency-installation",
+                ],
+            )
+            _wait_for_port(port, procs)
+            for i in range(fed.clients):
+                procs.start(f"supernode-{i}", [
+                    _bin("flower-supernode"), *client_security, "--superlink", f"127.0.0.1:{port}",
+                    "--host", "127.0.0.1", "--port", str(free_port()),
+                    "--node-config", f"partition-id={i} num-partitions={fed.clients}",
+                    "--max-retries", "20", "--max-wait-time", "60"])  # fmt: skip
+            runner = procs.start(
+                "flwr-run", [_bin("flwr"), "run", str(app), "edgetune-local", "--stream"]
+            )
+            if during is not None:
+                during(procs)
+            try:
+                runner.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise EdgetuneError(f"the deployed run did not finish in {timeout:.0f} s; logs in "
+                                    f"{work / 'logs'}") from None  # fmt: skip
+            result = out / "federated.json"
+            deadline = time.monotonic() + 30  # the ServerApp may still be writing after the stream
+            while not result.is_file() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        if not result.is_file():
+            raise EdgetuneError(f"the deployed run ended without a result; logs in {work / 'logs'}")
+        return json.loads(result.read_text())
 
 
 def _wait_for_port(port: int, procs: Processes, limit: float = 30.0) -> None:

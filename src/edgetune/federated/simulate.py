@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.errors import EdgetuneError
-from edgetune.federated.task import settings
+from edgetune.federated.task import check_partition, settings
 
 
 def simulate(run_config: Mapping[str, Any], cpus: int = 2, verbose: bool = False) -> dict:
@@ -25,6 +25,7 @@ def simulate(run_config: Mapping[str, Any], cpus: int = 2, verbose: bool = False
     from edgetune.federated import client_app, server_app
 
     cfg, fed = settings(run_config)  # fail early, before Ray starts, on a bad config
+    check_partition(cfg)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     threads = cfg.train.threads or 1
     backend: dict[str, dict[str, Any]] = {

@@ -90,6 +90,19 @@ def client_rows(cfg: RunConfig, pid: int) -> tuple[list[int], list[int]]:
     return split_holdout(parts[pid], fed.holdout, cfg.train.seed + pid)
 
 
+def check_partition(cfg: RunConfig) -> None:
+    """Refuse, before any client starts, a federation whose training split cannot give every
+    client rows to train on (`--clients 1000` on 400 rows)."""
+    fed = cfg.federated
+    rows = len(session(cfg).data.splits["train"])
+    if rows < 2 * fed.clients:
+        raise EdgetuneError(
+            f"{rows} training rows cannot give {fed.clients} clients a row to train on and one "
+            f"to evaluate on; use at most {rows // 2} clients"
+        )
+    client_rows(cfg, 0)  # the partition itself, as the clients will make it
+
+
 def round_seed(cfg: RunConfig, rnd: int, pid: int) -> int:
     """A different stream of randomness per (run seed, round, client): MeZO's z, dropout."""
     return mix_seed(mix_seed(cfg.train.seed, rnd), pid) % (2**31)
