@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.errors import EdgetuneError
-from edgetune.federated.task import check_partition, settings
+from edgetune.federated.task import check_partition, forget_sessions, settings
 
 APP_ID = ("edgetune", "edgetune-federated")
 
@@ -167,6 +167,7 @@ def deploy_local(
     kill a SuperNode mid-round."""
     cfg, fed = settings(run_config)
     check_partition(cfg)  # before any process starts
+    forget_sessions()  # the server and clients load in their own processes, not this one
     out = Path(cfg.out).resolve()
     work = out / "deploy"
     config = {**run_config, "out": str(out)}  # the ServerApp runs in another folder

@@ -63,6 +63,12 @@ def session(cfg: RunConfig) -> Session:
     return _session(cfg.to_yaml())
 
 
+def forget_sessions() -> None:
+    """Let go of the loaded runs this process holds (a deployment's launcher, whose server and
+    clients are other processes)."""
+    _session.cache_clear()
+
+
 def new_method(cfg: RunConfig, rnd: int, seed: int) -> Method:
     """A fresh copy of the pristine model and the run's method for round `rnd` (1-based): the
     learning rate follows the run's schedule over all rounds, constant within a round."""
