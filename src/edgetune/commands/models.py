@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgetune.commands import out
+from edgetune.commands import wide_console
 
 
 def models() -> None:
@@ -24,7 +24,7 @@ def models() -> None:
             params = sum(p.numel() for p in AutoModel.from_config(spec.config()).parameters())
         weights = "bundled" if bundled_available(name) else ("hub" if spec.hub_id else "none")
         table.add_row(name, spec.kind, f"{params / 1e6:.1f}M", weights, spec.hub_id or "-")
-    out.print(table)
+    wide_console().print(table)
 
 
 def methods() -> None:
@@ -39,4 +39,4 @@ def methods() -> None:
         step = f"{rule.update}, trains {rule.trains}" + (", lockstep" if rule.lockstep else "")
         options = ", ".join(f.name for f in dataclasses.fields(spec.options)) or "-"
         table.add_row(spec.name, spec.summary, step, options)
-    out.print(table)
+    wide_console().print(table)
