@@ -181,6 +181,11 @@ class RunConfig:
         object.__setattr__(self, "method", self.spec.parse(self.method))
 
     @property
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint of this run must match: model, method and data."""
+        return {"model": self.model.name, "method": self.train.method, "data": self.data.name}
+
+    @property
     def spec(self) -> MethodSpec:
         """The registry entry of `train.method`."""
         return get_method(self.train.method)
@@ -219,10 +224,8 @@ class RunConfig:
         another `train.method` without `method.*` keys starts from that method's defaults."""
         data = self.to_dict()
         before = data["train"]["method"]
-        _apply(data, overrides)
-        if data["train"]["method"] != before and not any(
-            str(k).startswith("method.") for k in _keys(overrides)
-        ):
+        keys = _apply(data, overrides)
+        if data["train"]["method"] != before and not any(k.startswith("method.") for k in keys):
             data["method"] = {}
         return RunConfig.from_dict(data)
 
@@ -251,14 +254,8 @@ def load_config(
     return RunConfig.from_dict(data)
 
 
-def _keys(overrides: Mapping[str, Any] | Sequence[str]) -> list[str]:
-    if isinstance(overrides, Mapping):
-        return [str(k) for k in overrides]
-    return [item.partition("=")[0].strip() for item in overrides]
-
-
-def _apply(data: dict[str, Any], overrides: Mapping[str, Any] | Sequence[str]) -> None:
-    """Set each `section.key` of `overrides` in the nested mapping `data`."""
+def _apply(data: dict[str, Any], overrides: Mapping[str, Any] | Sequence[str]) -> list[str]:
+    """Set each `section.key` of `overrides` in the nested mapping `data`; the keys set."""
     if isinstance(overrides, Mapping):
         items = list(overrides.items())
     else:
@@ -283,6 +280,7 @@ def _apply(data: dict[str, Any], overrides: Mapping[str, Any] | Sequence[str]) -
         if not isinstance(node, dict):
             raise EdgetuneError(f"cannot set {key}: {section} is not a section")
         node[name] = value
+    return [key.strip() for key, _ in items]
 
 
 def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -134,10 +134,6 @@ def _planned(session: Session, console: Console) -> Session:
     return session.with_config(cfg.with_changes({f"method.{option}": plan.scheme}))
 
 
-def _identity(cfg: RunConfig) -> dict[str, str]:
-    return {"model": cfg.model.name, "method": cfg.train.method, "data": cfg.data.name}
-
-
 def _run(
     session: Session,
     method: Method,
@@ -149,11 +145,11 @@ def _run(
     cfg, data, t = session.cfg, session.data, session.cfg.train
     tokenizer, pad_id, total = session.loaded.tokenizer, session.pad_id, session.total_steps
     out.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {"run": {"total_steps": total, **_identity(cfg)}}
+    metrics: dict[str, Any] = {"run": {"total_steps": total, **cfg.identity}}
 
     step, history, step_times, step_ends = 0, [], [], []
     if resume:
-        ckpt = load_checkpoint(list_checkpoints(out)[-1], _identity(cfg))
+        ckpt = load_checkpoint(list_checkpoints(out)[-1], cfg.identity)
         method.load_trainable_state(ckpt.trainable)
         method.load_state_dict(ckpt.state["method"])
         torch.set_rng_state(ckpt.state["torch_rng"])
@@ -210,7 +206,7 @@ def _run(
                     "metrics": json.dumps(kept),
                 }
                 save_checkpoint(
-                    out, step, _identity(cfg), method.trainable_state(), state, t.keep_checkpoints
+                    out, step, cfg.identity, method.trainable_state(), state, t.keep_checkpoints
                 )
         progress.remove_task(bar)
         train_peak = peak_rss_mb()  # before evaluation and saving

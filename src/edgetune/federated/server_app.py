@@ -62,7 +62,7 @@ def delta_decoder(codec: str):
 def run(grid: Grid, context: Context, overrides: Mapping[str, Any]) -> dict[str, Any]:
     cfg, fed = settings({**context.run_config, **overrides})
     out = Path(cfg.out)
-    identity = {"model": cfg.model.name, "method": cfg.train.method, "data": cfg.data.name}
+    identity = cfg.identity
     method = new_method(cfg, 1, cfg.train.seed)
     ledger = Ledger(out, identity, get_network(fed.network), peak_flops(fed.device))
     state = method.trainable_state()

@@ -19,7 +19,7 @@ from typing import Any, cast
 import torch
 import yaml
 
-from edgetune.config import FederatedConfig, RunConfig, load_config, read_yaml_mapping
+from edgetune.config import FederatedConfig, RunConfig, load_config
 from edgetune.data.tasks import collate, epoch_order
 from edgetune.errors import EdgetuneError
 from edgetune.federated.partition import partition, split_holdout
@@ -34,17 +34,12 @@ def settings(run_config: Mapping[str, Any]) -> tuple[RunConfig, FederatedConfig]
     """The run config and its federated section from a flat Flower run config. A YAML file
     under `config` (edgetune's sections, `federated:` among them) comes first; the other keys
     override it (`federated.local-steps` and `federated.local_steps` are the same key)."""
-    base = None
-    if run_config.get("config"):
-        base = Path(str(run_config["config"]))
-        read_yaml_mapping(base)  # one clear error for a missing or garbled file
-    changes: dict[str, Any] = {}
-    for key, value in run_config.items():
-        if key == "config":
-            continue
-        section, _, name = str(key).partition(".")
-        changes[key if section == "method" else f"{section}.{name.replace('-', '_')}".strip(".")
-                ] = value  # fmt: skip
+    base = Path(str(run_config["config"])) if run_config.get("config") else None
+    changes = {
+        (key if key.startswith("method.") else key.replace("-", "_")): value
+        for key, value in ((str(k), v) for k, v in run_config.items())
+        if key != "config"
+    }
     cfg = load_config(base, changes)
     return cfg, cfg.federated
 
