@@ -26,6 +26,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.fields import Raw, build, plain, read
 from edgetune.io import read_yaml
 from edgetune.methods.registry import MethodSpec, get_method
+from edgetune.precision import ACCELERATORS, COMPUTE_DTYPES, check_choice, check_weights
 from edgetune.units import parse_bytes
 
 TASKS = ("classify", "lm", "summarize", "chat")
@@ -38,6 +39,13 @@ CODECS = ("fp32", "fp16", "int8", "topk")
 class ModelConfig:
     name: str = "minilm-l6"  # registry name, local folder, .gguf file or hub id
     random_init: bool = False  # build from the registry spec with random weights
+    weights: str = "fp32"  # format the frozen base is held in (edgetune.precision): fp32,
+    # bf16, fp16, q8_0, q4_0, q4_1, int8, or gguf (a GGUF file's own blocks)
+    adapter: str | None = None  # a PEFT adapter folder applied over the model (merged into an
+    # fp32 base, kept beside a held one)
+
+    def __post_init__(self) -> None:
+        check_weights(self.weights)
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,10 @@ class TrainConfig:
     budget: str | None = None  # memory a step may use, weights included (e.g. 256MB): refuse
     # to start beyond it
     device: str | None = None  # device profile: its memory is the budget, latency is forecast
+    dtype: str = "fp32"  # compute dtype: fp32 | bf16 | fp16 (autocast) | auto (bf16 where the
+    # processor has native bf16, else fp32)
+    accelerator: str = "auto"  # where the run computes: auto (cuda, else mps, else cpu) | cpu |
+    # cuda | mps
 
     def __post_init__(self) -> None:
         get_method(self.method)
@@ -117,6 +129,8 @@ class TrainConfig:
             from edgetune.cost import load_device
 
             load_device(self.device)
+        check_choice("train.dtype", self.dtype, COMPUTE_DTYPES)
+        check_choice("train.accelerator", self.accelerator, ACCELERATORS)
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,14 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", self.spec.parse(self.method))
+        trains = self.spec.rule.trains
+        if self.model.weights != "fp32" and trains in ("all", "linears"):
+            raise EdgetuneError(
+                f"{self.train.method} changes every weight of the model, and model.weights="
+                f"{self.model.weights} holds the base frozen in a low-precision format: train "
+                "it with lora or sparse, or keep model.weights=fp32 (train.dtype=bf16 computes "
+                "in bf16 over fp32 weights)"
+            )
 
     @property
     def identity(self) -> dict[str, str]:

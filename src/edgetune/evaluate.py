@@ -57,7 +57,7 @@ def _classify(model, examples, pad_id, batch_size, n_classes, progress, task_id)
     pred, gold = [], []
     for batch in batches(examples, batch_size, pad_id):
         labels = batch.pop("labels")
-        pred += model(**batch).logits.argmax(-1).tolist()
+        pred += model(**_on(model, batch)).logits.argmax(-1).tolist()
         gold += labels.tolist()
         if progress:
             progress.advance(task_id, len(labels))
@@ -68,7 +68,7 @@ def _classify(model, examples, pad_id, batch_size, n_classes, progress, task_id)
 def _perplexity(model, examples, pad_id, batch_size, progress, task_id):
     nll, tokens = 0.0, 0
     for batch in batches(examples, batch_size, pad_id):
-        out = model(**batch)
+        out = model(**_on(model, batch))
         labels = batch["labels"]
         # HF causal LMs shift labels inside; count the predicted positions the same way
         is_seq2seq = getattr(model.config, "is_encoder_decoder", False)
@@ -81,6 +81,12 @@ def _perplexity(model, examples, pad_id, batch_size, progress, task_id):
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
 
 
+def _on(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`batch` on the model's device (no copy on the CPU)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def generate(
     model, tokenizer, row: dict, task: str, max_new_tokens: int = 24, seq_len: int = 512
 ) -> str:
@@ -91,7 +97,7 @@ def generate(
         ]
     else:
         ids = prompt_ids(row, task, tokenizer, seq_len - max_new_tokens)
-    input_ids = torch.tensor([ids])
+    input_ids = torch.tensor([ids], device=next(model.parameters()).device)
     out = model.generate(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),

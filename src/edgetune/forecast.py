@@ -36,6 +36,7 @@ from edgetune.cost import (
 from edgetune.errors import EdgetuneError
 from edgetune.families import ENCODER_DECODER
 from edgetune.methods.registry import METHODS, get_method
+from edgetune.precision import WEIGHT_BYTES
 from edgetune.units import human, parse_bytes, seconds
 
 EXCLUDES = "the step's tensors, not the runtime's own memory"
@@ -87,6 +88,7 @@ class StepInputs:
     scored: float = 1.0
     precision: Precision = field(default_factory=Precision)
     optimizer: str | None = None  # the method's own unless set (a cost-model experiment)
+    held_bytes: float | None = None  # bytes per weight of a base held low (`model.weights`)
 
 
 def predict(inputs: StepInputs, method: str, options: Any = None) -> StepCost:
@@ -106,6 +108,7 @@ def predict(inputs: StepInputs, method: str, options: Any = None) -> StepCost:
         optimizer=inputs.optimizer or spec.optimizer(opts),
         scored=inputs.scored,
         label=spec.label(opts),
+        held_bytes=inputs.held_bytes,
         **spec.cost_inputs(opts, inputs.shape),
     )
 
@@ -167,10 +170,33 @@ def alternatives(inputs: StepInputs, exclude: str) -> dict[str, StepCost]:
     except `exclude` (the run's own label)."""
     out = {}
     for spec in METHODS.values():
+        if inputs.held_bytes is not None and not runs_held(spec.rule.trains):
+            continue
         for options in spec.suggestions:
             cost = predict(inputs, spec.name, options)
             if cost.method != exclude:
                 out[cost.method] = cost
+    return out
+
+
+def runs_held(trains: str) -> bool:
+    """Whether a rule that trains `trains` can run over a base held in a low-precision format
+    (it must leave the base's matrices frozen: adapters or a scheme's units)."""
+    return trains in ("adapters", "scheme")
+
+
+def held_alternatives(inputs: StepInputs, method: str, options: Any, limit: float) -> list[str]:
+    """The lower-precision bases (`model.weights`) under which this method's step fits in
+    `limit` bytes, with their peaks (none for a method that changes every weight)."""
+    if not runs_held(get_method(method).rule.trains):
+        return []
+    out = []
+    for fmt in ("q8_0", "q4_0"):
+        if inputs.held_bytes is not None and WEIGHT_BYTES[fmt] >= inputs.held_bytes:
+            continue
+        cost = predict(replace(inputs, held_bytes=WEIGHT_BYTES[fmt]), method, options)
+        if cost.memory.peak <= limit:
+            out.append(f"model.weights={fmt} ({human(cost.memory.peak, 'B', 1024)})")
     return out
 
 
@@ -180,9 +206,11 @@ def check_budget(
     budget: str | float | None,
     device: str | None,
     steps: int | None = None,
+    run: tuple[str, Any] | None = None,
 ) -> Forecast:
     """A forecast against the budget (explicit bytes, else the device's memory). A step that
-    does not fit is refused, naming the methods' suggested alternatives that would."""
+    does not fit is refused, naming the methods' suggested alternatives that would, and the
+    lower-precision bases under which the run itself (`run`: its method and options) would."""
     dev = load_device(device) if device else None
     limit = budget_bytes(budget, device)
     latency = roofline(cost, dev, inputs.precision.activations).latency_s if dev else None
@@ -199,6 +227,9 @@ def check_budget(
             if dev and budget is None
             else human(limit, "B", 1024)
         )
+        held = held_alternatives(inputs, *run, limit) if run is not None else []
+        if held:
+            fitting = [f"this run with {h}" for h in held] + fitting
         hint = (
             ("what would fit: " + ", ".join(fitting))
             if fitting

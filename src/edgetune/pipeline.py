@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from edgetune.config import RunConfig
-from edgetune.cost import shape_from_config
+from edgetune.cost import Precision, shape_from_config
 from edgetune.data.load import load_data
 from edgetune.data.tasks import TaskData, batches, epoch_order, tokenize
 from edgetune.errors import EdgetuneError
@@ -30,6 +30,8 @@ from edgetune.forecast import Forecast, StepInputs, check_budget, predict
 from edgetune.methods.base import Method, MethodSettings, scored_share
 from edgetune.methods.registry import build_method
 from edgetune.models.loader import LoadedModel, load_model
+from edgetune.models.quantized import bytes_per_weight
+from edgetune.placement import Placement, place
 
 
 def quiet_libraries() -> None:
@@ -77,6 +79,11 @@ class Session:
         return t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
 
     @cached_property
+    def placement(self) -> Placement:
+        """Where the run computes and in which dtype (`train.accelerator`, `train.dtype`)."""
+        return place(self.cfg.train.accelerator, self.cfg.train.dtype)
+
+    @cached_property
     def scored(self) -> float:
         """Share of the positions of the run's first training batches that the loss scores
         (a causal LM forms logits there only), for the forecast."""
@@ -97,6 +104,7 @@ class Session:
             max_grad_norm=t.max_grad_norm,
             seed=t.seed,
             options=self.cfg.method,
+            loss_scale=self.placement.dtype == "fp16",
         )
         return replace(settings, **changes)
 
@@ -120,6 +128,8 @@ class Session:
             n_labels=len(self.data.labels),
             tgt_seq=cfg.data.target_tokens,
             scored=self.scored,
+            precision=Precision(activations=self.placement.dtype),
+            held_bytes=bytes_per_weight(self.model),
         )
 
     def forecast(self) -> Forecast:
@@ -128,7 +138,8 @@ class Session:
         cfg = self.cfg
         inputs = self.step_inputs()
         cost = predict(inputs, cfg.train.method, cfg.method)
-        return check_budget(cost, inputs, cfg.train.budget, cfg.train.device, self.total_steps)
+        return check_budget(cost, inputs, cfg.train.budget, cfg.train.device, self.total_steps,
+                            run=(cfg.train.method, cfg.method))  # fmt: skip
 
     def with_config(self, cfg: RunConfig) -> Session:
         """This session under another config of the same model and data (another method, its
@@ -167,6 +178,8 @@ def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
         num_labels=len(text.labels) or None,
         random_init=cfg.model.random_init,
         seed=cfg.train.seed,
+        weights=cfg.model.weights,
+        adapter=cfg.model.adapter,
     )
     _check_length(cfg, loaded.model)
     data = tokenize(text, loaded.tokenizer, cfg.data, loaded.kind, splits)
@@ -174,4 +187,8 @@ def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
         config: Any = loaded.model.config
         config.id2label = dict(enumerate(data.labels))
         config.label2id = {n: i for i, n in enumerate(data.labels)}
-    return Session(cfg, loaded, data)
+    session = Session(cfg, loaded, data)
+    device = session.placement.device
+    if device.type != "cpu":
+        loaded.model.to(device)
+    return session

@@ -41,7 +41,7 @@ from edgetune.report.summary import write_metrics, write_summary
 # settings a resume may change (recorded in metrics.json); any other difference is refused
 RESUMABLE = ("train.max_steps", "train.epochs", "train.eval_every", "train.save_every",
              "train.keep_checkpoints", "train.final_eval", "train.threads", "train.budget",
-             "train.device", "out")  # fmt: skip
+             "train.device", "train.accelerator", "out")  # fmt: skip
 
 
 @dataclass
@@ -163,9 +163,13 @@ def _run(
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
     progress = progress_bar(console)
+    placement = session.placement
+    console.print(f"computing on {placement.describe()}", highlight=False)
 
     def evaluated(split: str) -> dict[str, float]:
-        return evaluate(method.model, data, split, pad_id, progress=progress, tokenizer=tokenizer)
+        with placement.compute():
+            return evaluate(method.model, data, split, pad_id, progress=progress,
+                            tokenizer=tokenizer)  # fmt: skip
 
     with progress:
         if t.eval_before and not resume:
@@ -181,10 +185,12 @@ def _run(
                 if epoch not in orders:
                     orders = {epoch: epoch_order(len(data.splits["train"]), t.seed, epoch)}
                 idx = orders[epoch][within * t.batch_size : (within + 1) * t.batch_size]
-                micro.append(collate([data.splits["train"][i] for i in idx], pad_id))
+                micro.append(placement.batch(collate([data.splits["train"][i] for i in idx],
+                                                     pad_id)))  # fmt: skip
             # -- the method's step
             start = time.perf_counter()
-            result = method.step(micro)
+            with placement.compute():
+                result = method.step(micro)
             step_ends.append(time.perf_counter())
             step_times.append(step_ends[-1] - start)
             step += 1

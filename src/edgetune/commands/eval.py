@@ -48,7 +48,12 @@ def eval_(
     changes: dict[str, Any] = {"model.name": model, "model.random_init": False}
     base = None
     if (run / "config.yaml").is_file() and (run / "model").is_dir():
-        base, changes["model.name"] = run / "config.yaml", str(run / "model")
+        base = run / "config.yaml"
+        if (run / "model" / "adapter_config.json").is_file():  # an adapter over the run's base
+            del changes["model.name"], changes["model.random_init"]
+            changes["model.adapter"] = str(run / "model")
+        else:
+            changes["model.name"] = str(run / "model")
     if data is not None:
         changes.update({"data.name": data, "data.task": task})
     elif task is not None:

@@ -131,6 +131,10 @@ class Tape:
         # elements of the trained rows split off a partly trained weight (sparse channel
         # fractions): the runtime trains them as a copy, beside the frozen original
         self.split_copies = 0.0
+        # weight matrices (linears, embedding tables) by key, each once: (out, in, trained
+        # whole); a held base (`model.weights`) keeps the frozen ones in its format
+        self.matrices: dict[str, tuple[int, int, bool]] = {}
+        self._matrix_ordinal = 0
 
     # -- bookkeeping ------------------------------------------------------------------------
     def begin(self, name: str) -> Segment:
@@ -145,7 +149,7 @@ class Tape:
         """From here on, the trained tensors met are the same as those met after the previous
         call with this `scope` (ALBERT runs one set of block weights in every layer): the k-th
         one gets the key (scope, k). None ends it."""
-        self._scope, self._ordinal = scope, 0
+        self._scope, self._ordinal, self._matrix_ordinal = scope, 0, 0
 
     def count_params(self, n: float, key: str | None = None) -> None:
         """One trained tensor of `n` elements in the current op (its backward forms the
@@ -161,6 +165,16 @@ class Tape:
             self._counted.add(key)
         self.seg.trained_params += n
         self.largest_param = max(self.largest_param, n)
+
+    def matrix(self, rows: int, cols: int, trained: bool, key: str | None = None) -> None:
+        """One weight matrix (rows, cols) read by the current op; a shared one (`key`, or the
+        k-th of a `share_params` scope) is counted once."""
+        if key is None:
+            scope = self._scope or "op"
+            key = f"matrix:{scope}:{self._matrix_ordinal if self._scope else len(self.matrices)}"
+            self._matrix_ordinal += 1
+        old = self.matrices.get(key)
+        self.matrices[key] = (rows, cols, trained or (old is not None and old[2]))
 
     def save(self, node: Node) -> None:
         """Autograd keeps `node` for backward. A storage saved twice (the input of q, k and v;
@@ -285,6 +299,7 @@ class Tape:
         names a weight shared with another op (a tied LM head: the embedding matrix)."""
         s = self.seg
         macs = rows * d_in * d_out
+        self.matrix(d_out, d_in, t.weight >= 1, key)
         s.fwd_macs += macs
         if x.rg:
             s.bwd_input_macs += macs
@@ -404,6 +419,7 @@ class Tape:
     ) -> Node:
         """A table lookup: no MACs; its backward saves the int64 indices. `key` names a table
         shared with another op (T5's stacks, a tied LM head)."""
+        self.matrix(vocab, width, trained, key)
         if trained:
             self.save(self.new(rows, nbytes_el=8))
             self.count_params(vocab * width, key)

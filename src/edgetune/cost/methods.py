@@ -39,6 +39,7 @@ from edgetune.cost.graph import FROZEN, FULL, Tape, Train
 from edgetune.cost.shapes import ModelShape, n_params
 from edgetune.errors import EdgetuneError
 from edgetune.families import ENCODER_DECODER
+from edgetune.precision import dense_chunk
 from edgetune.scheme import UpdateScheme
 
 UPDATES = ("backward", "zeroth-order", "forward-only")
@@ -212,12 +213,16 @@ def step_cost(
     softmax_jacobian: bool = False,
     scored: float = 1.0,
     label: str = "",
+    held_bytes: float | None = None,
 ) -> StepCost:
     """Predict one training step of `rule` on `s` (`label` names it in the result).
     `softmax_jacobian` switches to the seed paper's convention of a full softmax Jacobian
     product in the backward. `scored`: the share of positions the loss scores; a decoder's LM
     head forms logits there only (a prompt's positions and padding are skipped,
-    `edgetune.methods.base.forward_loss`)."""
+    `edgetune.methods.base.forward_loss`). `held_bytes`: bytes per weight of a frozen base held
+    in a low-precision format (`edgetune.precision`): its frozen matrices take that many, and a
+    step adds one dequantized chunk in the activations' dtype (the chunk, and the two halves
+    of 4-bit codes unpacked beside it)."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if not 0 < scored <= 1:
@@ -246,6 +251,11 @@ def step_cost(
     if rule.trains == "adapters":
         params += trained  # adapters are extra parameters
     w = params * p.nbytes("weights")
+    dequant = 0.0
+    frozen = [(r, c) for r, c, whole in tape.matrices.values() if not whole]
+    if held_bytes is not None and frozen:
+        w -= sum(r * c for r, c in frozen) * (p.nbytes("weights") - held_bytes)
+        dequant = max(dense_chunk(r, c) for r, c in frozen) * (2 * act + 1)
     opt_states = OPTIMIZER_STATES[optimizer]
     e_rows = batch * (inp.tgt_seq or seq) if head == "lm" else batch
     e_width = s.vocab if head == "lm" else n_labels
@@ -261,9 +271,9 @@ def step_cost(
         # backward op's gradient buffers, the step's temporaries; the peak holds weights,
         # optimizer state and the largest phase (gradients and saved activations never all
         # coexist)
-        work = max(fwd_peak - acts, bwd_transient, step)
+        work = max(fwd_peak - acts, bwd_transient, step) + dequant
         copies = tape.split_copies * p.nbytes("weights")
-        peak = w + copies + opt + max(fwd_peak, bwd_peak, grads + step)
+        peak = w + copies + opt + max(fwd_peak, bwd_peak, grads + step) + dequant
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, fwd, bwd, 0.0, elem_f, elem_b,
             Memory(w, grads, opt, acts, work, peak, copies), params, trained, rule.passes,

@@ -13,6 +13,8 @@ from torch import nn
 from edgetune.methods.base import Batch, MethodSettings, StepResult, backward_step
 from edgetune.methods.optim import lr_lambda, make_adamw
 from edgetune.methods.state import load_named, named_trainable
+from edgetune.models.quantized import is_held
+from edgetune.placement import loss_scaler
 
 
 class Backprop:
@@ -24,6 +26,7 @@ class Backprop:
         self.eval_modules: list[nn.Module] = []
         self.optimizer = make_adamw(model, settings)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(settings))
+        self.scaler = loss_scaler(model, settings.loss_scale)
 
     def step(self, batches: Sequence[Batch]) -> StepResult:
         return backward_step(self, batches)
@@ -35,14 +38,20 @@ class Backprop:
         load_named(self.model, state)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
     def export_model(self) -> nn.Module:
         """The model; a PEFT model (`lora`) merges its adapters into its base weights, in
-        place."""
+        place, unless the base is held in a low-precision format: then the PEFT model itself,
+        whose `save_pretrained` writes the adapter."""
         merge = getattr(self.model, "merge_and_unload", None)
-        return merge() if merge is not None else self.model
+        return merge() if merge is not None and not is_held(self.model) else self.model

@@ -44,6 +44,7 @@ class MethodSettings:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     options: Any = field(default_factory=dict)
+    loss_scale: bool = False  # fp16 compute: scale the loss so small gradients survive
 
 
 @dataclass
@@ -189,20 +190,27 @@ def train_mode(method) -> None:
 
 def backward_step(method, batches: Sequence[Batch]) -> StepResult:
     """Forward, backward, clip, optimizer step, schedule step, zero_grad, for any method that
-    has `model`, `params`, `eval_modules`, `optimizer`, `scheduler` and `settings` (backprop,
-    sparse, lora)."""
+    has `model`, `params`, `eval_modules`, `optimizer`, `scheduler`, `scaler` and `settings`
+    (backprop, sparse, lora)."""
     train_mode(method)
     total = 0.0
+    scaler = method.scaler  # fp16 compute: a dynamic loss scaler (None otherwise)
     for batch in batches:
         loss = forward_loss(method.model, batch) / len(batches)
-        loss.backward()
+        (loss if scaler is None else scaler.scale(loss)).backward()
         total += loss.item()
     check_finite(total)
     metrics = {"lr": method.scheduler.get_last_lr()[0]}
+    if scaler is not None:
+        scaler.unscale_(method.optimizer)
     if method.settings.max_grad_norm:
         norm = torch.nn.utils.clip_grad_norm_(method.params, method.settings.max_grad_norm)
         metrics["grad_norm"] = float(norm)
-    method.optimizer.step()
+    if scaler is None:
+        method.optimizer.step()
+    else:  # skips the step when a gradient overflowed, and adapts the scale
+        scaler.step(method.optimizer)
+        scaler.update()
     method.scheduler.step()
     method.optimizer.zero_grad(set_to_none=True)
     return StepResult(total, metrics)

@@ -7,11 +7,14 @@ frozen. Targets default to the qkv projections of every block (names from
 The step is backprop's (`edgetune.methods.backprop`) on the PEFT model, whose only trainable
 parameters are the adapters and the head: `trainable_state()` is those; `export_model()` merges
 the adapters into the model's weights in place (`merge_and_unload`) so the saved model is a
-plain transformers model.
+plain transformers model. Over a base held in a low-precision format (`model.weights`, QLoRA's
+setting) the adapters wrap the `QuantLinear`s and the run saves the PEFT adapter itself
+(`adapter_config.json`, `adapter_model.safetensors`): merging would need the fp32 base.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 from torch import nn
@@ -21,6 +24,7 @@ from edgetune.methods.backprop import Backprop
 from edgetune.methods.base import MethodSettings, options_of
 from edgetune.methods.options import LoraOptions
 from edgetune.models.anatomy import describe
+from edgetune.models.quantized import QuantLinear, is_held
 from edgetune.scheme import UNITS
 
 
@@ -29,6 +33,7 @@ def lora(model: nn.Module, settings: MethodSettings) -> Backprop:
     (and the head, for classification): the same AdamW step, state and resume; its export
     merges the adapters into the base weights in place."""
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import Linear as LoraLinear
 
     options = options_of(settings, LoraOptions, "lora")
     anatomy = describe(model)
@@ -52,8 +57,12 @@ def lora(model: nn.Module, settings: MethodSettings) -> Backprop:
         modules_to_save=to_save,
         fan_in_fan_out=anatomy.family == "gpt2",  # GPT-2's Conv1D stores W as (in, out)
     )
+    if is_held(model):  # PEFT's LoRA Linear over a QuantLinear base (it calls the base)
+        config._register_custom_module({QuantLinear: LoraLinear})
     try:
-        adapted = get_peft_model(model, config)
+        with warnings.catch_warnings():  # PEFT warns of every layer type it does not ship
+            warnings.filterwarnings("ignore", "Unsupported layer type", UserWarning)
+            adapted = get_peft_model(model, config)
     except ValueError as e:
         raise EdgetuneError(f"lora: {e}") from None
     return Backprop(adapted, replace(settings, options=options), name="lora")

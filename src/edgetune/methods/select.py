@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from edgetune.models.anatomy import Anatomy, is_linear, linear_shape
+from edgetune.models.quantized import Packed
 from edgetune.scheme import UpdateScheme
 
 
@@ -84,8 +85,12 @@ def freeze_all(model: nn.Module) -> None:
 
 
 def shared_parameters(model: nn.Module) -> set[int]:
-    """ids of parameters that appear under more than one name (tied weights)."""
+    """ids of parameters, and of held matrices (`Packed`), that appear under more than one
+    name (tied weights)."""
     counts: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         counts[id(p)] = counts.get(id(p), 0) + 1
+    for _, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, Packed):
+            counts[id(m)] = counts.get(id(m), 0) + 1
     return {i for i, c in counts.items() if c > 1}

@@ -4,7 +4,10 @@ Only what the scheme names trains; every other parameter (embeddings included) h
 requires_grad off, so autograd builds no graph below the lowest trainable module and never forms
 a gradient the scheme does not need. A weight trained at a fraction of its output channels is
 replaced by a `SplitLinear` that holds the trained rows as a Parameter and the frozen rows as a
-buffer, so only the trained rows' dW is ever formed. With `in_place`, each parameter's AdamW
+buffer, so only the trained rows' dW is ever formed. Over a base held in a low-precision format
+(`model.weights`), the trained rows are dequantized into an fp32 Parameter and the frozen rows
+stay held (a `QuantLinear` over the same blocks); a held weight trained whole becomes an fp32
+Linear; the exported model is dense fp32 again. With `in_place`, each parameter's AdamW
 update runs inside its post-accumulate-grad hook and frees the gradient at once, so gradients of
 different parameters never coexist (PockEngine's operator reordering).
 
@@ -42,6 +45,8 @@ from edgetune.methods.select import (
 )
 from edgetune.methods.state import copy_checked, parse_key, row_key
 from edgetune.models.anatomy import describe, is_conv1d, linear_weight
+from edgetune.models.quantized import QuantLinear, densify
+from edgetune.placement import loss_scaler
 from edgetune.scheme import resolve_scheme
 
 
@@ -55,27 +60,42 @@ class SplitLinear(nn.Module):
     is memory-mapped or not.
     """
 
-    weight_frozen: torch.Tensor  # a buffer (register_buffer)
+    weight_frozen: torch.Tensor | None  # a buffer (register_buffer); None when held
 
     def __init__(self, module: nn.Module, rows: int, train_bias: bool) -> None:
         super().__init__()
-        w = linear_weight(module).detach()  # (out, in)
         self.rows, self.conv1d = rows, is_conv1d(module)
-        self.weight_train = nn.Parameter(w[:rows].clone())
-        frozen = w[rows:]
-        self.register_buffer("weight_frozen", frozen if frozen.is_contiguous() else frozen.clone())
+        self.held: QuantLinear | None = None
+        if isinstance(module, QuantLinear):  # the frozen rows stay held, as they were
+            out = module.out_features
+            self.weight_train = nn.Parameter(module.packed.dense(0, rows))
+            self.held = QuantLinear(module.rows(rows, out).packed, None)
+            self.register_buffer("weight_frozen", None)
+        else:
+            w = linear_weight(module).detach()  # (out, in)
+            self.weight_train = nn.Parameter(w[:rows].clone())
+            frozen = w[rows:]
+            self.register_buffer("weight_frozen",
+                                 frozen if frozen.is_contiguous() else frozen.clone())  # fmt: skip
         b = cast("torch.Tensor | None", module.bias)
         self.bias = None if b is None else nn.Parameter(b.detach().clone(), train_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, k = self.bias, self.rows
         trained = F.linear(x, self.weight_train, None if b is None else b[:k])
-        frozen = F.linear(x, self.weight_frozen, None if b is None else b[k:])
-        return torch.cat([trained, frozen], dim=-1)  # (..., out)
+        if self.held is not None:
+            frozen = self.held(x)
+            frozen = frozen if b is None else frozen + b[k:].to(frozen.dtype)
+        else:
+            assert self.weight_frozen is not None  # dense frozen rows
+            frozen = F.linear(x, self.weight_frozen, None if b is None else b[k:])
+        return torch.cat([trained.to(frozen.dtype), frozen], dim=-1)  # (..., out)
 
     def merged(self) -> nn.Module:
         """A plain nn.Linear (or Conv1D) with the trained and frozen rows put back together."""
-        w = torch.cat([self.weight_train.detach(), self.weight_frozen], 0)  # (out, in)
+        rest = self.held.packed.dense() if self.held is not None else self.weight_frozen
+        assert rest is not None
+        w = torch.cat([self.weight_train.detach(), rest], 0)  # (out, in)
         if self.conv1d:
             from transformers.pytorch_utils import Conv1D
 
@@ -89,8 +109,16 @@ class SplitLinear(nn.Module):
         return m.to(w.dtype)
 
     def extra_repr(self) -> str:
-        out = self.rows + self.weight_frozen.shape[0]
+        frozen = self.held.qweight if self.held is not None else self.weight_frozen
+        out = self.rows + (0 if frozen is None else frozen.shape[0])
         return f"trained rows {self.rows}/{out}, in={self.weight_train.shape[1]}"
+
+
+def _tied(module: nn.Module, shared: set[int]) -> bool:
+    """Whether the module's weight is also another module's (a tied LM head)."""
+    if isinstance(module, QuantLinear):
+        return id(module.packed) in shared
+    return id(module.weight) in shared
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -110,6 +138,10 @@ class Sparse:
         self.plans = plan_modules(model, anatomy, self.scheme)
         if not self.plans:
             raise EdgetuneError(f"scheme {self.scheme.name!r} trains nothing in this model")
+        for plan in self.plans:  # a held weight that trains whole trains as an fp32 Linear
+            if isinstance(plan.module, QuantLinear) and plan.rows == plan.out:
+                plan.module = plan.module.dense_linear()
+                _set_module(model, plan.name, plan.module)
         shared = shared_parameters(model)
         freeze_all(model)
         self.split: dict[str, SplitLinear] = {}
@@ -117,7 +149,7 @@ class Sparse:
             for _, p in plan_parameters(plan):
                 p.requires_grad_(True)
             if plan.split:
-                if id(plan.module.weight) in shared:
+                if _tied(plan.module, shared):
                     raise EdgetuneError(
                         f"{plan.name} shares its weight with another module (tied); train it "
                         "whole or not at all, not a fraction of its channels"
@@ -141,11 +173,17 @@ class Sparse:
                     "sparse in_place updates each parameter as soon as its gradient exists, so "
                     "it cannot clip the global gradient norm: set max_grad_norm to null"
                 )
+            if settings.loss_scale:
+                raise EdgetuneError(
+                    "sparse in_place updates each parameter inside its backward, before an "
+                    "fp16 loss scale could be checked for overflow: use train.dtype=bf16 or fp32"
+                )
             self.steppers = ParamSteppers(self.params, settings, adamw_factory(settings))
             self._apply_now = False
         else:
             self.optimizer = make_adamw(model, settings)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(settings))
+        self.scaler = loss_scaler(model, settings.loss_scale)
 
     # -- hooks ----------------------------------------------------------------------------
     def _register_hooks(self) -> None:
@@ -213,7 +251,10 @@ class Sparse:
     def state_dict(self) -> dict[str, Any]:
         if self.options.in_place:
             return {"steppers": self.steppers.state_dict()}
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.options.in_place:
@@ -221,6 +262,8 @@ class Sparse:
         else:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None:
+                self.scaler.load_state_dict(state["scaler"])
 
     def export_model(self) -> nn.Module:
         """The model with every SplitLinear merged back into a plain Linear (Conv1D), so
@@ -231,4 +274,4 @@ class Sparse:
         for name, s in self.split.items():
             _set_module(self.model, name, s.merged())
         self.split = {}
-        return self.model
+        return densify(self.model)

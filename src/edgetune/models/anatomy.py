@@ -32,6 +32,7 @@ from torch import nn
 
 from edgetune.errors import EdgetuneError
 from edgetune.families import FAMILIES, MODEL_TYPES
+from edgetune.models.quantized import QuantLinear
 from edgetune.scheme import UNITS
 
 _BACKBONE_CHILDREN = ("shared", "encoder", "decoder")
@@ -166,11 +167,14 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_conv1d(module)
+    """A Linear, a GPT-2 Conv1D, or a Linear held in a low-precision format (`QuantLinear`)."""
+    return isinstance(module, nn.Linear | QuantLinear) or is_conv1d(module)
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of a Linear-like module."""
+    if isinstance(module, QuantLinear):
+        return module.out_features, module.in_features
     w = cast(torch.Tensor, module.weight)
     return (w.shape[1], w.shape[0]) if is_conv1d(module) else (w.shape[0], w.shape[1])
 

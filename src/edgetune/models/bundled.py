@@ -51,6 +51,26 @@ def bundled_path(name: str) -> Path:
     return target
 
 
+def bundled_file(name: str) -> Path | None:
+    """The bundled GGUF file of `name` (None: its weights ship as a folder, or not at all)."""
+    found = _locate(name) if name in BUNDLED else None
+    return found if found is not None and found.suffix == ".gguf" else None
+
+
+def gguf_meta(gguf: Path, target: Path) -> Path:
+    """A folder with the config and tokenizer of a GGUF file, no weights: read once from the
+    file's metadata (slow: transformers parses the whole vocabulary) and cached."""
+    if not (target / "config.json").exists():
+        from transformers import AutoConfig, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with atomic_dir(target) as tmp:
+            config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return target
+
+
 def convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF file through transformers and save a plain fp32 HF folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
