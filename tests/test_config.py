@@ -31,6 +31,7 @@ def test_defaults_then_file_then_overrides(tmp_path):
         (["train.batchsize=4"], "unknown key"),
         (["train.batch_size=0"], "batch_size must be >= 1"),
         (["train.lr=-1"], "lr must be positive"),
+        (["train.log_every=-1"], "log_every must be 0 or more"),
         (["nonsense"], "section.key=value"),
         (["optim.lr=1"], "unknown config section"),
         (["train.batch_size=four"], "train.batch_size must be a number"),

@@ -86,16 +86,20 @@ def test_a_second_run_on_the_same_folder_is_refused(tiny_bert, topics_jsonl, tmp
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_again(tiny_bert, topics_jsonl, tmp_path):
-    """What a kill -9 in the middle of the first checkpoint leaves (config.yaml and a
-    half-written `.step-*.tmp` folder) neither blocks a new start nor survives it."""
+    """What a kill -9 in the middle of the first checkpoint leaves (config.yaml, the record of
+    the first steps and a half-written `.step-*.tmp` folder) neither blocks a new start nor
+    survives it."""
     out = tmp_path / "r"
     (out / "checkpoints" / ".step-000002.abc123.tmp").mkdir(parents=True)
     (out / "checkpoints" / ".step-000002.abc123.tmp" / "state.pt").write_bytes(b"half")
     (out / "config.yaml").write_text("out: r\n")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "lo')
     with pytest.raises(EdgetuneError, match="start it again without --resume"):
         finetune(_cfg(tiny_bert, topics_jsonl, out), resume=True)
     result = finetune(_cfg(tiny_bert, topics_jsonl, out))
     assert result.metrics["train"]["steps"] == 4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in records] == result.metrics["train"]["loss_history"]
     assert not list(out.rglob("*.tmp"))
     (out / "checkpoints" / ".step-000009.dead.tmp").mkdir()  # a later write killed
     finetune(_cfg(tiny_bert, topics_jsonl, out, "train.max_steps=6"), resume=True)

@@ -91,6 +91,7 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps; overrides epochs
     eval_every: int = 0  # steps between validation runs (and after the last); 0: none
     save_every: int = 0  # optimizer steps between checkpoints; 0: at the end only
+    log_every: int = 10  # steps between log lines when stderr is not a terminal; 0: none
     keep_checkpoints: int = 2
     seed: int = 0
     threads: int | None = None  # torch threads; None leaves torch's default
@@ -109,7 +110,7 @@ class TrainConfig:
         for key in ("batch_size", "grad_accum", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise EdgetuneError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("eval_every", "save_every"):
+        for key in ("eval_every", "save_every", "log_every"):
             if getattr(self, key) < 0:
                 raise EdgetuneError(f"train.{key} must be 0 or more, got {getattr(self, key)}")
         if self.lr <= 0:

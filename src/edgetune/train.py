@@ -4,7 +4,7 @@ finetune(cfg):  load the run's inputs once (`edgetune.pipeline`; nothing on disk
     [plan a scheme for the budget, on the loaded model] -> the forecast, refused over budget ->
     run folder -> [resume from the newest checkpoint] -> for each optimizer step:
         batches of this step (order is a function of seed and epoch) -> method.step ->
-        log -> periodic validation -> periodic checkpoint
+        log (`edgetune.report.watch`) -> periodic validation -> periodic checkpoint
     -> test metrics -> model, metrics.json, summary.md
 """
 
@@ -31,17 +31,19 @@ from edgetune.config import RunConfig, load_config
 from edgetune.data.tasks import collate, epoch_order
 from edgetune.errors import EdgetuneError
 from edgetune.evaluate import evaluate
+from edgetune.forecast import Forecast
 from edgetune.io import atomic_dir, atomic_write_text, exclusive
 from edgetune.measure.memory import peak_rss_mb
 from edgetune.methods.base import Method
 from edgetune.pipeline import Session, load
 from edgetune.progress import progress_bar
 from edgetune.report.summary import write_metrics, write_summary
+from edgetune.report.watch import STARTED, Watch
 
 # settings a resume may change (recorded in metrics.json); any other difference is refused
 RESUMABLE = ("train.max_steps", "train.epochs", "train.eval_every", "train.save_every",
-             "train.keep_checkpoints", "train.final_eval", "train.threads", "train.budget",
-             "train.device", "train.accelerator", "out")  # fmt: skip
+             "train.log_every", "train.keep_checkpoints", "train.final_eval", "train.threads",
+             "train.budget", "train.device", "train.accelerator", "out")  # fmt: skip
 
 
 @dataclass
@@ -68,7 +70,7 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
             forecast = session.forecast()
             console.print(forecast.line(), highlight=False)
             method = session.build_method()
-            return _run(session, method, out, resume, changes, console)
+            return _run(session, method, out, resume, changes, console, forecast)
         except BaseException:
             if created and not list_checkpoints(out):
                 shutil.rmtree(out, ignore_errors=True)  # leave no half-written run folder
@@ -77,7 +79,8 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
 
 def _check_fresh(out: Path, console: Console) -> dict[str, Any]:
     """A new run may start in an empty folder, or in one a run was killed in before its first
-    checkpoint (its config.yaml is all it left: it starts again); not over another run."""
+    checkpoint (its config.yaml and the record of its first steps are all it left: it starts
+    again); not over another run."""
     entries = {p.name for p in out.iterdir()} - {".lock"}
     if not entries:
         return {}
@@ -85,10 +88,13 @@ def _check_fresh(out: Path, console: Console) -> dict[str, Any]:
         raise EdgetuneError(
             f"{out} already holds a run: pass --resume to continue it, or another --out"
         )
-    if entries <= {"config.yaml", "checkpoints"}:
+    if entries <= {"config.yaml", "checkpoints", *STARTED}:
         console.print(f"{out} holds a run that ended before its first checkpoint: starting again")
-        (out / "config.yaml").unlink(missing_ok=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for path in (out / name for name in entries):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         return {}
     shown = ", ".join(sorted(entries)[:5])
     raise EdgetuneError(f"{out} holds files that are not an edgetune run ({shown}); give another "
@@ -141,6 +147,7 @@ def _run(
     resume: bool,
     changes: dict[str, Any],
     console: Console,
+    forecast: Forecast,
 ) -> RunResult:
     cfg, data, t = session.cfg, session.data, session.cfg.train
     tokenizer, pad_id, total = session.loaded.tokenizer, session.pad_id, session.total_steps
@@ -162,7 +169,7 @@ def _run(
                          if changes else ""))  # fmt: skip
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
-    progress = progress_bar(console)
+    progress = progress_bar(console, keep=True)
     placement = session.placement
     console.print(f"computing on {placement.describe()}", highlight=False)
 
@@ -171,7 +178,7 @@ def _run(
             return evaluate(method.model, data, split, pad_id, progress=progress,
                             tokenizer=tokenizer)  # fmt: skip
 
-    with progress:
+    with progress, Watch(cfg, console, total, step, forecast) as watch:
         if t.eval_before and not resume:
             metrics["test_before"] = evaluated("test")
             console.print(f"before training, test: {_fmt(metrics['test_before'])}")
@@ -195,12 +202,12 @@ def _run(
             step_times.append(step_ends[-1] - start)
             step += 1
             history.append(result.loss)
-            rate = 1.0 / statistics.median(step_times[-20:])
-            progress.update(bar, advance=1, info=f"loss {result.loss:.4f}  {rate:.2f} step/s")
+            progress.update(bar, advance=1, **watch.step(step, result, step_times[-1]))
             # -- validation, checkpoint
             if t.eval_every and (step % t.eval_every == 0 or step == total):
                 val = evaluated("validation")
                 metrics.setdefault("validation_history", []).append({"step": step, **val})
+                watch.validation(step, val)
                 console.print(f"step {step}: validation {_fmt(val)}")
             if (t.save_every and step % t.save_every == 0) or step == total:
                 kept = {k: metrics[k] for k in ("test_before", "validation_history", "resumed")
@@ -214,7 +221,7 @@ def _run(
                 save_checkpoint(
                     out, step, cfg.identity, method.trainable_state(), state, t.keep_checkpoints
                 )
-        progress.remove_task(bar)
+                watch.plot()
         train_peak = peak_rss_mb()  # before evaluation and saving
         if t.final_eval:
             metrics["eval"] = evaluated("test")

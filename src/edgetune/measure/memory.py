@@ -1,4 +1,5 @@
-"""Process memory: peak resident set size, the number a device's memory limit is about."""
+"""Process memory: peak and current resident set size, the number a device's memory limit is
+about."""
 
 import functools
 import gc
@@ -6,6 +7,8 @@ import resource
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import psutil
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
@@ -15,6 +18,11 @@ def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (ru_maxrss: KiB on Linux)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MiB."""
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def _status_bytes(field: str) -> int:

@@ -3,11 +3,13 @@
 - `plot_gains`: the contribution analysis, gain per layer and unit (`edgetune plan --plot`);
 - `plot_sweep`: MACs and memory against context length (`edgetune cost --plot`);
 - `plot_methods`: a methods comparison (`edgetune bench methods`, `benchmarks/methods.py`);
-- `plot_federated`: metric, bytes and time per round of a federated run.
+- `plot_federated`: metric, bytes and time per round of a federated run;
+- `plot_curves`: a training run's loss and validation curves (`curves.png` in the run folder).
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 from typing import Any
@@ -170,3 +172,34 @@ def plot_federated(data: dict[str, Any], out: Path) -> None:
         ax.legend()
         fig.tight_layout()
         _save(fig, out / name)
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Training loss per step (the raw points under their moving mean over a twentieth of the
+    steps) and, in a second panel where the run validated, the validation metric per
+    evaluation: the records of a run's metrics.jsonl (`edgetune.report.watch`)."""
+    plt = _pyplot()
+    steps = [r["step"] for r in records if "loss" in r]
+    losses = [r["loss"] for r in records if "loss" in r]
+    evals = [(r["step"], r["validation"]) for r in records if "validation" in r]
+    key = next((k for k in ("accuracy", "perplexity", "rougeL") if evals and k in evals[-1][1]),
+               None)  # fmt: skip
+    fig, axes = plt.subplots(1, 2 if key else 1, figsize=(11 if key else 6, 3.6), squeeze=False)
+    ax = axes[0][0]
+    window = max(1, len(losses) // 20)
+    sums = list(itertools.accumulate(losses, initial=0.0))
+    mean = [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window)
+            for i in range(len(losses))]  # fmt: skip
+    ax.plot(steps, losses, ".", ms=4, alpha=0.35, color="tab:blue", label="per step")
+    ax.plot(steps, mean, color="tab:blue", label=f"moving mean, {window}-step window")
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if key:
+        bx = axes[0][1]
+        xs = [step for step, m in evals if key in m]
+        bx.plot(xs, [m[key] for _, m in evals if key in m], marker="o", color="tab:orange")
+        bx.set(xlabel="optimizer step", ylabel=f"validation {key}", title="validation")
+        bx.grid(alpha=0.3)
+    fig.tight_layout()  # cheaper than a constrained layout: this runs at every checkpoint
+    _save(fig, Path(path))
