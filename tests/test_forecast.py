@@ -133,3 +133,24 @@ def test_session_inputs_measure_the_scored_share(tiny_llama, tmp_path):
     )
     inputs = load(cfg).step_inputs()
     assert 0 < inputs.scored < 0.5
+
+
+def test_a_refusal_names_a_lower_precision_base_that_would_fit():
+    inputs = StepInputs(model_shape("smollm2-135m"), batch=1, seq=64)
+    need = predict(inputs, "lora").memory.peak
+    held = predict(replace(inputs, held_bytes=18 / 32), "lora").memory.peak
+    budget = (need + held) / 2
+    fc_inputs = replace(inputs)
+    with pytest.raises(EdgetuneError, match=r"this run with model.weights=q4_0") as err:
+        from edgetune.forecast import check_budget
+
+        check_budget(predict(fc_inputs, "lora"), fc_inputs, budget, None, run=("lora", None))
+    assert "q8_0" in str(err.value) or held < budget
+
+
+def test_the_session_forecast_counts_what_the_loaded_model_holds(tiny_llama, tmp_path):
+    common = ["model.name=" + str(tiny_llama), "data.name=brown", "train.method=lora",
+              "data.seq_len=32", "train.batch_size=2", "data.eval_samples=2"]  # fmt: skip
+    dense = load(load_config(None, common)).forecast().cost.memory.weights
+    held = load(load_config(None, [*common, "model.weights=q4_1"])).forecast().cost.memory
+    assert held.weights < dense / 3

@@ -104,10 +104,15 @@ class TrainConfig:
     # processor has native bf16, else fp32)
     accelerator: str = "auto"  # where the run computes: auto (cuda, else mps, else cpu) | cpu |
     # cuda | mps
+    checkpointing: bool = False  # recompute each block's activations in the backward
+    chunked_loss: bool = False  # a causal LM's loss a vocabulary chunk at a time (frozen head)
+    lean_allocator: bool = False  # return freed buffers to the system at once (resident memory
+    # tracks live tensors; steps may run slower)
+    eval_batch_size: int = 32  # examples per evaluation batch
 
     def __post_init__(self) -> None:
         get_method(self.method)
-        for key in ("batch_size", "grad_accum", "keep_checkpoints"):
+        for key in ("batch_size", "grad_accum", "keep_checkpoints", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise EdgetuneError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("eval_every", "save_every", "log_every"):

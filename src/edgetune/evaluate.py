@@ -11,6 +11,7 @@ from rich.progress import Progress
 from torch import nn
 
 from edgetune.data.tasks import IGNORE, Example, TaskData, batches, prompt_ids
+from edgetune.methods.base import forward_loss
 
 
 def macro_f1(pred: Sequence[int], gold: Sequence[int], n_classes: int) -> float:
@@ -35,8 +36,10 @@ def evaluate(
     tokenizer=None,
     generate_samples: int = 32,
     progress: Progress | None = None,
+    chunked: bool = False,
 ) -> dict[str, float]:
-    """Metrics of `model` on one split; generation metrics on its first `generate_samples`."""
+    """Metrics of `model` on one split; generation metrics on its first `generate_samples`.
+    `chunked`: a causal LM's loss a vocabulary chunk at a time (`train.chunked_loss`)."""
     was_training = model.training
     model.eval()
     examples = data.splits[split]
@@ -44,7 +47,7 @@ def evaluate(
     if data.task == "classify":
         out = _classify(model, examples, pad_id, batch_size, len(data.labels), progress, task_id)
     else:
-        out = _perplexity(model, examples, pad_id, batch_size, progress, task_id)
+        out = _perplexity(model, examples, pad_id, batch_size, progress, task_id, chunked)
         if data.task in ("summarize", "chat") and tokenizer is not None and generate_samples:
             out.update(rouge(model, tokenizer, data, split, generate_samples))
     if progress is not None and task_id is not None:  # a task_id wherever there is a progress
@@ -65,15 +68,15 @@ def _classify(model, examples, pad_id, batch_size, n_classes, progress, task_id)
     return {"accuracy": acc, "macro_f1": macro_f1(pred, gold, n_classes), "samples": len(gold)}
 
 
-def _perplexity(model, examples, pad_id, batch_size, progress, task_id):
+def _perplexity(model, examples, pad_id, batch_size, progress, task_id, chunked):
     nll, tokens = 0.0, 0
     for batch in batches(examples, batch_size, pad_id):
-        out = model(**_on(model, batch))
+        loss = forward_loss(model, _on(model, batch), chunked)
         labels = batch["labels"]
         # HF causal LMs shift labels inside; count the predicted positions the same way
         is_seq2seq = getattr(model.config, "is_encoder_decoder", False)
         n = int((labels != IGNORE).sum() if is_seq2seq else (labels[:, 1:] != IGNORE).sum())
-        nll += out.loss.item() * n
+        nll += loss.item() * n
         tokens += n
         if progress:
             progress.advance(task_id, len(labels))

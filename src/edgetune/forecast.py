@@ -89,6 +89,8 @@ class StepInputs:
     precision: Precision = field(default_factory=Precision)
     optimizer: str | None = None  # the method's own unless set (a cost-model experiment)
     held_bytes: float | None = None  # bytes per weight of a base held low (`model.weights`)
+    checkpointing: bool = False  # blocks recompute their activations in the backward
+    chunked_loss: bool = False  # a causal LM's logits formed a vocabulary chunk at a time
 
 
 def predict(inputs: StepInputs, method: str, options: Any = None) -> StepCost:
@@ -109,6 +111,8 @@ def predict(inputs: StepInputs, method: str, options: Any = None) -> StepCost:
         scored=inputs.scored,
         label=spec.label(opts),
         held_bytes=inputs.held_bytes,
+        checkpointing=inputs.checkpointing,
+        chunked_loss=inputs.chunked_loss,
         **spec.cost_inputs(opts, inputs.shape),
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -27,6 +28,7 @@ from edgetune.data.load import load_data
 from edgetune.data.tasks import TaskData, batches, epoch_order, tokenize
 from edgetune.errors import EdgetuneError
 from edgetune.forecast import Forecast, StepInputs, check_budget, predict
+from edgetune.measure.memory import lean_allocator, trim_heap
 from edgetune.methods.base import Method, MethodSettings, scored_share
 from edgetune.methods.registry import build_method
 from edgetune.models.loader import LoadedModel, load_model
@@ -44,6 +46,8 @@ def quiet_libraries() -> None:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     datasets.disable_progress_bars()
+    # PEFT still asks transformers 5 for `is_gradient_checkpointing` (deprecated, same meaning)
+    warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Session:
             seed=t.seed,
             options=self.cfg.method,
             loss_scale=self.placement.dtype == "fp16",
+            chunked_loss=t.chunked_loss,
         )
         return replace(settings, **changes)
 
@@ -112,6 +117,8 @@ class Session:
         """The configured method on `model` (default: the loaded model itself, which it then
         trains), with `method_settings(**changes)`."""
         model = self.model if model is None else model
+        if self.cfg.train.checkpointing:
+            checkpoint_blocks(model)
         return build_method(self.cfg.train.method, model, self.method_settings(**changes))
 
     def step_inputs(self) -> StepInputs:
@@ -130,6 +137,8 @@ class Session:
             scored=self.scored,
             precision=Precision(activations=self.placement.dtype),
             held_bytes=bytes_per_weight(self.model),
+            checkpointing=cfg.train.checkpointing,
+            chunked_loss=cfg.train.chunked_loss,
         )
 
     def forecast(self) -> Forecast:
@@ -152,6 +161,16 @@ class Session:
         return replace(self, cfg=cfg)
 
 
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Activation checkpointing: each block keeps only its input for the backward and runs its
+    forward again there (transformers' own, non-reentrant)."""
+    inner: Any = model
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        raise EdgetuneError(f"train.checkpointing: {type(model).__name__} cannot recompute its "
+                            "blocks (transformers does not support it for this model)")  # fmt: skip
+    inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _check_length(cfg: RunConfig, model: nn.Module) -> None:
     """Refuse a sequence longer than the positions the model has (a learned position table
     has no row for it; a rotary model was never trained that far)."""
@@ -169,6 +188,8 @@ def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
     input. New weights (a classifier head, or all with `random_init`) are drawn from the run's
     seed, so a resumed run rebuilds the same model."""
     quiet_libraries()
+    if cfg.train.lean_allocator:
+        lean_allocator()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     text = load_data(cfg.data)
@@ -183,11 +204,13 @@ def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
     )
     _check_length(cfg, loaded.model)
     data = tokenize(text, loaded.tokenizer, cfg.data, loaded.kind, splits)
+    del text  # the rows live on in `data.raw` only where evaluation generates from them
     if data.labels:  # the classifier head learns the labels' names
         config: Any = loaded.model.config
         config.id2label = dict(enumerate(data.labels))
         config.label2id = {n: i for i, n in enumerate(data.labels)}
     session = Session(cfg, loaded, data)
+    trim_heap()  # the transients of loading and tokenizing are freed: give their pages back
     device = session.placement.device
     if device.type != "cpu":
         loaded.model.to(device)

@@ -100,6 +100,8 @@ def place(accelerator: str, dtype: str) -> Placement:
     if dtype == "auto":
         native = chosen != "fp32"
         reason = f"auto: {'native ' + chosen if native else 'no native bf16 on this processor'}"
+    elif chosen == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        reason = "no native bf16 on this processor: emulated, slower than fp32"
     return Placement(device, chosen, reason)
 
 

@@ -34,9 +34,9 @@ WEIGHT_FORMATS = (*WEIGHT_BYTES, "gguf")
 QUANTIZED = ("q8_0", "q4_0", "q4_1", "int8")  # formats dequantized layer by layer
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "auto")
 ACCELERATORS = ("auto", "cpu", "cuda", "mps")
-# elements of dense weight a quantized layer forms at once (16 MiB in fp32): its forward and
+# elements of dense weight a quantized layer forms at once (8 MiB in fp32): its forward and
 # backward dequantize a matrix in row chunks of at most this size
-CHUNK = 1 << 22
+CHUNK = 1 << 21
 
 
 def dense_chunk(rows: int, cols: int) -> int:

@@ -35,6 +35,7 @@ from edgetune.forecast import Forecast
 from edgetune.io import atomic_dir, atomic_write_text, exclusive
 from edgetune.measure.memory import peak_rss_mb
 from edgetune.methods.base import Method
+from edgetune.models.quantized import held_bytes
 from edgetune.pipeline import Session, load
 from edgetune.progress import progress_bar
 from edgetune.report.summary import write_metrics, write_summary
@@ -43,7 +44,8 @@ from edgetune.report.watch import STARTED, Watch
 # settings a resume may change (recorded in metrics.json); any other difference is refused
 RESUMABLE = ("train.max_steps", "train.epochs", "train.eval_every", "train.save_every",
              "train.log_every", "train.keep_checkpoints", "train.final_eval", "train.threads",
-             "train.budget", "train.device", "train.accelerator", "out")  # fmt: skip
+             "train.budget", "train.device", "train.accelerator", "train.eval_batch_size",
+             "train.lean_allocator", "out")  # fmt: skip
 
 
 @dataclass
@@ -171,12 +173,14 @@ def _run(
 
     progress = progress_bar(console, keep=True)
     placement = session.placement
+    held = held_bytes(session.model)  # the weights as they train (before any export merge)
     console.print(f"computing on {placement.describe()}", highlight=False)
 
     def evaluated(split: str) -> dict[str, float]:
         with placement.compute():
-            return evaluate(method.model, data, split, pad_id, progress=progress,
-                            tokenizer=tokenizer)  # fmt: skip
+            return evaluate(method.model, data, split, pad_id, t.eval_batch_size,
+                            tokenizer=tokenizer, progress=progress,
+                            chunked=t.chunked_loss)  # fmt: skip
 
     with progress, Watch(cfg, console, total, step, forecast) as watch:
         if t.eval_before and not resume:
@@ -249,7 +253,12 @@ def _run(
         model.save_pretrained(tmp)  # type: ignore[operator]  # a transformers model
         tokenizer.save_pretrained(tmp)
     # the whole run's peak, the end (evaluation, export, saving) included
-    metrics["memory"] = {"peak_rss_mb": peak_rss_mb(), "train_peak_rss_mb": train_peak}
+    metrics["memory"] = {"peak_rss_mb": peak_rss_mb(), "train_peak_rss_mb": train_peak,
+                         "weights_mb": (held["packed"] + held["dense"]) / 2**20}  # fmt: skip
+    m = forecast.cost.memory
+    metrics["forecast"] = {"peak_mb": m.peak / 2**20, "weights_mb": m.weights / 2**20,
+                           "flops": forecast.cost.flops,
+                           "compute": placement.describe()}  # fmt: skip
     write_metrics(out / "metrics.json", metrics)
     write_summary(out / "summary.md", cfg, metrics)
     return RunResult(out, metrics)

@@ -199,3 +199,35 @@ def test_a_decoder_scoring_few_positions_forms_few_logits():
     )
     with pytest.raises(EdgetuneError, match="scored share"):
         step_cost(shape, RULES["backprop"], 2, 64, scored=0.0)
+
+
+def test_a_held_base_counts_its_frozen_matrices_at_the_held_bytes():
+    """LoRA over a 4-bit base: every matrix frozen, so the weights fall by exactly the matrices'
+    elements times (4 - held bytes); one dequantized chunk joins the working memory."""
+    dense = step_cost(SMOL, RULES["lora"], 4, 128)
+    held = step_cost(SMOL, RULES["lora"], 4, 128, held_bytes=20 / 32)
+    blocks = 30 * (D * 9 * 64 + 2 * D * 3 * 64 + 9 * 64 * D + 3 * D * 1536)
+    matrices = V * D + blocks  # the tied head is the embedding table, counted once
+    assert dense.memory.weights - held.memory.weights == pytest.approx(matrices * (4 - 20 / 32))
+    assert held.memory.workspace > dense.memory.workspace
+    assert held.flops == dense.flops
+
+
+def test_checkpointing_trades_activations_for_a_forward_and_chunking_drops_the_logits():
+    base = step_cost(SMOL, RULES["lora"], 4, 128)
+    ckpt = step_cost(SMOL, RULES["lora"], 4, 128, checkpointing=True)
+    chunk = step_cost(SMOL, RULES["lora"], 4, 128, chunked_loss=True)
+    assert ckpt.memory.activations < base.memory.activations / 3
+    assert ckpt.memory.peak < base.memory.peak
+    blocks_fwd = base.fwd_macs - 4 * 128 * D * V  # every block runs its forward again
+    assert ckpt.bwd_macs - base.bwd_macs == pytest.approx(blocks_fwd, rel=0.01)
+    logits = 4 * 128 * V * 4
+    assert base.memory.peak - chunk.memory.peak > logits  # logits and their log-softmax
+    assert chunk.macs > base.macs  # the backward forms each chunk's logits again
+
+
+def test_a_trained_head_is_not_chunked():
+    scheme = UpdateScheme((UnitUpdate("head"),))
+    plain = step_cost(SMOL, RULES["sparse"], 4, 128, scheme=scheme)
+    asked = step_cost(SMOL, RULES["sparse"], 4, 128, scheme=scheme, chunked_loss=True)
+    assert asked.memory.peak == plain.memory.peak

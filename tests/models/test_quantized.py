@@ -197,8 +197,23 @@ def test_random_init_held_is_seeded_and_drawn_by_the_model_initializer():
     a, b = _random_held(3), _random_held(3)
     pa = a.get_submodule("model.layers.0.mlp.up_proj").packed
     assert pa.fmt == "q4_0" and torch.equal(
-        pa.q, b.get_submodule("model.layers.0.mlp.up_proj").packed.q
+        pa.data, b.get_submodule("model.layers.0.mlp.up_proj").packed.data
     )
     std = pa.dense().std().item()
     assert std == pytest.approx(a.config.initializer_range, rel=0.2)
     assert torch.equal(a.model.norm.weight, torch.ones_like(a.model.norm.weight))
+
+
+def test_a_classifier_head_stays_fp32_and_trains_with_lora(tmp_path):
+    folder = tiny.folder("bert", tmp_path / "bert")
+    model = load_model(str(folder), "classify", num_labels=3, weights="q8_0").model
+    modules = dict(model.named_modules())
+    assert isinstance(modules["bert.encoder.layer.0.attention.self.query"], QuantLinear)
+    assert isinstance(modules["classifier"], torch.nn.Linear)
+    assert isinstance(modules["bert.pooler.dense"], torch.nn.Linear)
+    method = build_method("lora", model, MethodSettings(lr=1e-2, total_steps=3,
+                                                        options=LoraOptions()))  # fmt: skip
+    trained = [n for n, p in method.model.named_parameters() if p.requires_grad]
+    assert any("classifier" in n for n in trained) and any("lora_A" in n for n in trained)
+    batch = tiny.batch("bert")
+    assert method.step([batch]).loss > 0

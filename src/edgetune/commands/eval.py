@@ -25,8 +25,9 @@ def eval_(
 ) -> None:
     """Evaluate a model on a data split and print its metrics as JSON.
 
-    A run folder is evaluated as it was trained (its config.yaml: data, sequence length), on
-    its saved model.
+    A run folder is evaluated as it was trained (its config.yaml: data, sequence length,
+    weights format, compute dtype), on its saved model: for a LoRA run over a held base
+    (model.weights), its adapter over that base.
 
     Examples:
 
@@ -64,6 +65,9 @@ def eval_(
     examples = session.data.splits[split]
     if samples:
         session.data.splits[split] = examples[:samples]
-    metrics = evaluate(session.model, session.data, split, session.pad_id,
-                       tokenizer=session.loaded.tokenizer)  # fmt: skip
+    t = session.cfg.train
+    with session.placement.compute():
+        metrics = evaluate(session.model, session.data, split, session.pad_id,
+                           t.eval_batch_size, tokenizer=session.loaded.tokenizer,
+                           chunked=t.chunked_loss)  # fmt: skip
     out.print_json(json.dumps(metrics))

@@ -48,6 +48,11 @@ def finetune(
     device: Annotated[
         str | None, Opt(help="Device profile (see `edgetune devices`): budget and latency.")
     ] = None,
+    weights: Annotated[
+        str | None,
+        Opt(help="Format of the frozen base: fp32, bf16, fp16, q8_0, q4_0, q4_1, int8, gguf."),
+    ] = None,
+    dtype: Annotated[str | None, Opt(help="Compute dtype: fp32, bf16, fp16 or auto.")] = None,
 ) -> None:
     """Fine-tune a model. Extra `section.key=value` arguments override the config.
 
@@ -69,6 +74,9 @@ def finetune(
         edgetune finetune --model smollm2-135m --data brown --method sparse --scheme last-2
 
         edgetune finetune --config configs/demo.yaml --device rpi4 --budget 256MB
+
+        edgetune finetune --model smollm2-135m --data brown --method lora --weights gguf
+        train.checkpointing=true train.chunked_loss=true
     """
     from edgetune.config import load_config
 
@@ -78,7 +86,8 @@ def finetune(
         "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
         "data.seq_len": seq_len, "data.text_column": text_column,
         "data.label_column": label_column, "data.target_column": target_column,
-        "train.budget": budget, "train.device": device,
+        "train.budget": budget, "train.device": device, "model.weights": weights,
+        "train.dtype": dtype,
     }  # fmt: skip
     settings = overrides(flags, ctx.args, "finetune")
     if resume and config is None and out_dir and (Path(out_dir) / "config.yaml").is_file():

@@ -18,6 +18,7 @@ from edgetune.cost.graph import FROZEN, Node, Tape, Train
 from edgetune.cost.shapes import ModelShape
 from edgetune.errors import EdgetuneError
 from edgetune.families import DECODER, ENCODER, ENCODER_DECODER
+from edgetune.precision import dense_chunk
 
 TOKENS = "tokens"  # key of the token embedding table (shared by T5's stacks, tied LM heads)
 
@@ -43,6 +44,7 @@ class Inputs:
     head: str = "lm"  # lm | classifier | none
     n_labels: int = 2
     scored: float = 1.0  # share of positions the loss scores: a causal LM forms logits there only
+    chunked: bool = False  # a causal LM's frozen head and loss a vocabulary chunk at a time
 
 
 def record(s: ModelShape, tape: Tape, tr: Trainability, inp: Inputs) -> None:
@@ -85,6 +87,12 @@ def record(s: ModelShape, tape: Tape, tr: Trainability, inp: Inputs) -> None:
         x = tape.norm(x, rows, s.norm, tr.unit("norm", n_blocks - 1))
     tape.release(emb)
     tape.held.append(x)  # the base model's output object holds its last hidden state
+    if inp.chunked and inp.head == "lm" and s.kind == DECODER and not head_trains:
+        keep = max(1, round(rows * inp.scored))
+        chunk = dense_chunk(s.vocab, s.emb_width) // s.emb_width
+        tape.chunked_head(x, keep, s.emb_width, s.vocab, chunk, TOKENS if s.tied else None)
+        tape.release(*tape.held)
+        return
     scored = _head(s, tape, x, rows, b, inp, head_trains)
     if scored is not None:
         tape.begin("loss")

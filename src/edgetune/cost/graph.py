@@ -211,6 +211,7 @@ class Tape:
         stop_at: str | None = None,
         extra: Callable[[int, Event], float] | None = None,
         kept: set[int] | None = None,
+        checkpointed: bool = False,
     ) -> tuple[float, float, float]:
         """Activation-side peaks of one step, by replaying the ops: (forward, backward).
 
@@ -220,7 +221,9 @@ class Tape:
         method's runtime holds at that op (called once per op, in order; MeZO's perturbed
         copy of the op's weights, PEPITA's local updates). `kept`: indices of ops whose output
         a method keeps to the end of the replayed forward (PEPITA's stored clean outputs).
-        `stop_at`: a forward that ends where that segment begins.
+        `stop_at`: a forward that ends where that segment begins. `checkpointed`: every block
+        (a `layer.i` segment) saves only its input in the forward; the backward runs the
+        block's forward again and holds what it saves while it goes back through the block.
 
         Backward, ops in reverse: the activations still saved, the parameter gradients formed
         so far, and the op's output gradient and input gradients; an op's saved tensors are
@@ -237,6 +240,15 @@ class Tape:
         saved: dict[int, float] = {}
         live_total = outside = fwd = 0.0  # outside: saved bytes not in `live`
 
+        def block(e: Event) -> bool:
+            return checkpointed and e.segment.startswith("layer.")
+
+        recomputed: dict[str, float] = {}  # a checkpointed block's saved bytes, by segment
+        for e in self.events:
+            if block(e):
+                recomputed[e.segment] = recomputed.get(e.segment, 0.0) + sum(v for _, v in e.saved)
+        entered: set[str] = set()
+
         def drop(sid: int) -> None:
             nonlocal live_total, outside
             v = live.pop(sid, None)
@@ -247,7 +259,11 @@ class Tape:
         for i, e in enumerate(self.events):
             if stop_at is not None and e.segment == stop_at:
                 break
-            for sid, v in [] if no_grad else e.saved:
+            keeps = list(e.saved)
+            if block(e):  # only the block's input is kept
+                keeps = [] if e.segment in entered else e.inputs[:1]
+                entered.add(e.segment)
+            for sid, v in [] if no_grad else keeps:
                 if sid not in saved:
                     saved[sid] = v
                     outside += 0.0 if sid in live else v
@@ -268,7 +284,11 @@ class Tape:
         remaining = sum(saved.values())
         bwd = grads = transient = 0.0
         formed: set[str] = set()  # shared parameters whose gradient exists
+        back: set[str] = set()
         for e in reversed(self.events):
+            if block(e) and e.segment not in back:  # the block's forward again
+                back.add(e.segment)
+                remaining += recomputed[e.segment]
             new = added = 0.0
             for key, n in e.params:
                 if key is not None and key in formed:
@@ -467,6 +487,28 @@ class Tape:
         y = self.new(max(a.numel, b.numel), a.rg or b.rg)
         self._op(y, a, b, flops=y.numel)
         return y
+
+    def chunked_head(self, x: Node, rows: int, width: int, vocab: int, chunk: int,
+                     key: str | None) -> None:  # fmt: skip
+        """A frozen LM head and its cross-entropy a vocabulary chunk at a time
+        (`edgetune.methods.chunked_loss`): logits h W^T of `chunk` rows at once, folded into a
+        log-sum-exp; h, the log-sum-exp and the targets are saved; the backward forms each
+        chunk's logits again (forward MACs once more) and their product with W."""
+        s = self.seg
+        macs = rows * width * vocab
+        self.matrix(vocab, width, False, key)
+        s.fwd_macs += macs
+        s.fwd_elementwise += 5 * rows * vocab
+        if x.rg:
+            s.bwd_input_macs += 2 * macs  # the logits again, then (p - y) W
+            s.bwd_elementwise += 5 * rows * vocab
+            self.save(x)
+            self.save(self.new(rows, nbytes_el=4))  # log-sum-exp
+            self.save(self.new(rows, nbytes_el=8))  # targets
+        logits = self.new(2 * rows * min(chunk, vocab), False, nbytes_el=4)  # and its exp
+        self._op(logits, x, weights=vocab * width, kind="linear")
+        loss = self.new(1, x.rg, nbytes_el=4)
+        self._op(loss, logits)
 
     def cross_entropy(self, logits: Node, rows: int) -> None:
         """log_softmax saves its output (fp32: transformers upcasts logits for the loss),

@@ -214,6 +214,8 @@ def step_cost(
     scored: float = 1.0,
     label: str = "",
     held_bytes: float | None = None,
+    checkpointing: bool = False,
+    chunked_loss: bool = False,
 ) -> StepCost:
     """Predict one training step of `rule` on `s` (`label` names it in the result).
     `softmax_jacobian` switches to the seed paper's convention of a full softmax Jacobian
@@ -222,7 +224,9 @@ def step_cost(
     `edgetune.methods.base.forward_loss`). `held_bytes`: bytes per weight of a frozen base held
     in a low-precision format (`edgetune.precision`): its frozen matrices take that many, and a
     step adds one dequantized chunk in the activations' dtype (the chunk, and the two halves
-    of 4-bit codes unpacked beside it)."""
+    of 4-bit codes unpacked beside it). `checkpointing`: blocks keep only their inputs and run
+    their forward again in the backward. `chunked_loss`: a causal LM's frozen head and loss
+    run a vocabulary chunk at a time (`Tape.chunked_head`)."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if not 0 < scored <= 1:
@@ -236,7 +240,10 @@ def step_cost(
                             "classifier): its updates start from the output error")  # fmt: skip
     p = precision or Precision()
     act = p.nbytes("activations")
-    inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels, scored)
+    if checkpointing:  # transformers turns the KV cache off under activation checkpointing
+        s = replace(s, kv_cache=False)
+    inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels, scored,
+                 chunked_loss)  # fmt: skip
     tr = _trainability(rule, head, scheme, lora_rank, lora_units)
     tape = Tape(act, softmax_jacobian)
     record(s, tape, tr, inp)
@@ -264,7 +271,14 @@ def step_cost(
     if rule.update == "backward":
         grads = trained * g_bytes
         acts = sum(g.saved_bytes for g in segs)
-        fwd_peak, bwd_peak, bwd_transient = tape.peak_bytes(g_bytes)
+        fwd_peak, bwd_peak, bwd_transient = tape.peak_bytes(g_bytes, checkpointed=checkpointing)
+        if checkpointing:  # block inputs kept, one block's saved tensors at a time
+            blocks = [g for g in segs if g.name.startswith("layer.")]
+            inputs = {e.segment: e.inputs[0][1] for e in reversed(tape.events)
+                      if e.segment.startswith("layer.") and e.inputs}  # fmt: skip
+            acts += sum(inputs.values()) + max((g.saved_bytes for g in blocks), default=0.0)
+            acts -= sum(g.saved_bytes for g in blocks)
+            bwd += sum(g.fwd_macs for g in blocks if g.bwd_input_macs or g.bwd_weight_macs)
         # the optimizer step: every gradient, and its temporaries for one parameter at a time
         step = OPTIMIZER_TEMPORARIES[optimizer] * tape.largest_param * p.nbytes("optimizer")
         # transient beyond saved activations and gradients: the forward's live tensors, one

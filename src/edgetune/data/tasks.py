@@ -40,7 +40,8 @@ class TaskData:
     task: str
     splits: dict[str, list[Example]]
     labels: list[str]  # class names (classify), else empty
-    raw: DatasetDict  # the text rows, for generation-based evaluation
+    raw: DatasetDict  # the text rows, for generation-based evaluation (summarize, chat; else
+    # empty: a large corpus is not held twice)
 
 
 def tokenize(
@@ -57,40 +58,48 @@ def tokenize(
     for split, ds in data.items():
         if splits is not None and split not in splits:
             continue
-        rows = list(ds)
-        if task == "classify":
+        if task == "lm":  # documents read and tokenized a slice at a time
+            examples = _lm_blocks(ds, tokenizer, seq_len)
+        elif task == "classify":
+            rows = list(ds)
             index = {name: i for i, name in enumerate(labels)}
             enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=seq_len)
             examples = [
                 {"input_ids": ids, "labels": index[r["label"]]}
                 for ids, r in zip(enc["input_ids"], rows, strict=True)
             ]
-        elif task == "lm":
-            examples = _lm_blocks([r["text"] for r in rows], tokenizer, seq_len)
         elif kind == ENCODER_DECODER:
-            examples = [_seq2seq(r, tokenizer, seq_len, cfg.target_tokens) for r in rows]
+            examples = [_seq2seq(r, tokenizer, seq_len, cfg.target_tokens) for r in ds]
         else:
-            examples = [_prompted(r, task, tokenizer, seq_len, cfg.target_tokens) for r in rows]
+            examples = [_prompted(r, task, tokenizer, seq_len, cfg.target_tokens) for r in ds]
         if split != "train" and cfg.eval_samples:
             examples = examples[: cfg.eval_samples]
         if not examples:
             raise EdgetuneError(f"the {split} split is empty after tokenization")
         out[split] = [_compact(e) for e in examples]
-    return TaskData(task, out, labels, data)
+    # the text rows stay only where evaluation generates from them
+    return TaskData(task, out, labels, data if task in ("summarize", "chat") else DatasetDict())
 
 
 def _compact(example: dict) -> Example:
-    """Token lists as int32 arrays; class ids stay ints."""
+    """Token lists as int32 arrays (arrays as they are); class ids stay ints."""
     return {
         k: np.asarray(v, dtype=np.int32) if isinstance(v, list) else v for k, v in example.items()
     }
 
 
-def _lm_blocks(texts: list[str], tokenizer, seq_len: int) -> list[dict]:
+def _lm_blocks(ds, tokenizer, seq_len: int, slice_rows: int = 512) -> list[dict]:
+    """Every document ended by EOS, concatenated into one int32 stream and cut into blocks of
+    `seq_len` (views of the stream). Documents are tokenized `slice_rows` at a time, so the
+    Python lists of a tokenizer's output never hold more than a slice."""
     eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        stream += ids + ([eos] if eos is not None else [])
+    end = [eos] if eos is not None else []
+    parts = []
+    for start in range(0, len(ds), slice_rows):
+        texts = ds[start : start + slice_rows]["text"]
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            parts.append(np.asarray(ids + end, dtype=np.int32))
+    stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
     n = len(stream) // seq_len
     return [{"input_ids": stream[i * seq_len : (i + 1) * seq_len]} for i in range(n)]
 

@@ -1,6 +1,7 @@
 """Process memory: peak and current resident set size, the number a device's memory limit is
 about."""
 
+import contextlib
 import functools
 import gc
 import resource
@@ -112,3 +113,29 @@ def _mallinfo2_function():
 def _mallinfo2():
     fn = _mallinfo2_function()
     return None if fn is None else fn()
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim): what a load's
+    transients (a tokenizer's output, a GGUF file's parsed metadata) freed stays resident in
+    the allocator's arenas otherwise. No-op without glibc."""
+    import ctypes
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def lean_allocator() -> bool:
+    """Have glibc's malloc serve every buffer of 128 KiB or more by its own mapping, returned
+    to the system when freed (M_MMAP_THRESHOLD; by default the threshold grows to 32 MiB as
+    large buffers are freed, and freed buffers below it stay resident). Resident memory then
+    tracks the live tensors; each large allocation costs fresh pages. False without glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3
+    return bool(mallopt(m_mmap_threshold, 128 * 1024))

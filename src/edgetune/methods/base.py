@@ -21,6 +21,7 @@ from torch import nn
 
 from edgetune.errors import EdgetuneError
 from edgetune.fields import build
+from edgetune.methods.chunked_loss import chunked_cross_entropy, plain_frozen_head
 
 T = TypeVar("T")
 
@@ -45,6 +46,7 @@ class MethodSettings:
     seed: int = 0
     options: Any = field(default_factory=dict)
     loss_scale: bool = False  # fp16 compute: scale the loss so small gradients survive
+    chunked_loss: bool = False  # a causal LM's loss chunk by chunk over the vocabulary
 
 
 @dataclass
@@ -113,11 +115,23 @@ def options_of(settings: MethodSettings, cls: type[T], method: str) -> T:
     return build(cls, settings.options or {}, "method", f"{method} option")
 
 
-def forward_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+def forward_loss(model: nn.Module, batch: Batch, chunked: bool = False) -> torch.Tensor:
     """The model's loss on a batch: its own (HF models compute it from `labels`) or, for a
     causal LM whose loss skips positions (a prompt's, padding), the same mean cross-entropy
     with logits formed only where a label is: the head over the vocabulary runs on the
-    scored rows, forward and backward, and the (rows, vocab) logits of the rest never exist."""
+    scored rows, forward and backward, and the (rows, vocab) logits of the rest never exist.
+    `chunked`: a causal LM with a frozen plain head forms its logits a vocabulary chunk at a
+    time (`edgetune.methods.chunked_loss`), never whole."""
+    labels = batch.get("labels")
+    head = plain_frozen_head(model) if chunked and labels is not None and labels.ndim == 2 else None
+    if head is not None:
+        assert labels is not None
+        peft: Any = model  # a PEFT model's base model, or the model
+        inner: Any = peft.get_base_model() if hasattr(model, "get_base_model") else model
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        hidden = inner.get_decoder()(**inputs).last_hidden_state  # (batch, seq, width)
+        keep = labels[:, 1:] != -100  # position t predicts token t + 1
+        return chunked_cross_entropy(hidden[:, :-1][keep], labels[:, 1:][keep], head)
     mask = scored_positions(model, batch)
     if mask is None:
         return model(**batch).loss
@@ -195,8 +209,9 @@ def backward_step(method, batches: Sequence[Batch]) -> StepResult:
     train_mode(method)
     total = 0.0
     scaler = method.scaler  # fp16 compute: a dynamic loss scaler (None otherwise)
+    chunked = method.settings.chunked_loss
     for batch in batches:
-        loss = forward_loss(method.model, batch) / len(batches)
+        loss = forward_loss(method.model, batch, chunked) / len(batches)
         (loss if scaler is None else scaler.scale(loss)).backward()
         total += loss.item()
     check_finite(total)

@@ -204,7 +204,8 @@ class Mezo:
         with torch.no_grad():
             for scale in (eps, -eps):
                 with self.perturbed(seed, scale):
-                    total = sum(float(forward_loss(self.model, b)) for b in batches)
+                    chunked = self.settings.chunked_loss
+                    total = sum(float(forward_loss(self.model, b, chunked)) for b in batches)
                 losses.append(total / len(batches))
         loss_plus, loss_minus = losses
         check_finite(loss_plus + loss_minus)

@@ -208,7 +208,7 @@ class Sparse:
         self.steppers.begin()
         lr, total = self.steppers.lr, 0.0
         for i, batch in enumerate(batches):
-            loss = forward_loss(self.model, batch) / len(batches)
+            loss = forward_loss(self.model, batch, self.settings.chunked_loss) / len(batches)
             check_finite(loss.item())
             self._apply_now = i == len(batches) - 1
             loss.backward()

@@ -3,6 +3,7 @@ or a hub id; or build it from the spec with random weights (`random_init`)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def apply_adapter(model: nn.Module, folder: Path) -> nn.Module:
     if held and hasattr(config, "_register_custom_module"):
         config._register_custom_module({QuantLinear: LoraLinear})
     try:
-        adapted = PeftModel.from_pretrained(model, str(folder), config=config)
+        with warnings.catch_warnings():  # PEFT warns of every layer type it does not ship
+            warnings.filterwarnings("ignore", "Unsupported layer type", UserWarning)
+            adapted = PeftModel.from_pretrained(model, str(folder), config=config)
     except (ValueError, RuntimeError, KeyError) as e:
         raise EdgetuneError(f"cannot apply the adapter in {folder}: {_first_line(e)}") from None
     return adapted if held else adapted.merge_and_unload()

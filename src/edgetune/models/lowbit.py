@@ -12,7 +12,8 @@ Sources:
   edgetune does not compute with (the K-quants), is dequantized one tensor at a time and
   quantized again.
 - `SafetensorsSource`: a transformers folder, read tensor by tensor (`safe_open`).
-- no source (`random_init`): each module drawn by the model's own initializer, then held.
+- no source (`random_init`): each matrix drawn as transformers draws it (normal, the config's
+  `initializer_range`) a slice at a time and held; the rest by the model's own initializer.
 
 Weights the source lacks (a new classifier head) are drawn from the run's seed and stay fp32:
 they train.
@@ -20,6 +21,7 @@ they train.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +30,17 @@ import torch
 from torch import nn
 
 from edgetune.errors import EdgetuneError
-from edgetune.models.quantized import Packed, QuantEmbedding, QuantLinear, holds, quantize
+from edgetune.models.quantized import (
+    BLOCK_BYTES,
+    Packed,
+    QuantEmbedding,
+    QuantLinear,
+    holds,
+    join,
+    quantize,
+    requantize,
+)
+from edgetune.precision import dense_chunk
 
 PERMUTED = ("llama",)  # GGUF architectures whose q and k rows llama.cpp's converter permuted
 KEPT = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "F16": "fp16", "BF16": "bf16"}
@@ -127,41 +139,41 @@ class GGUFSource:
         elif kind in KEPT:
             return self._packed(name, t).dense()
         else:
-            w = torch.from_numpy(gguf.quants.dequantize(np.array(t.data), t.tensor_type))
+            try:
+                w = torch.from_numpy(gguf.quants.dequantize(np.array(t.data), t.tensor_type))
+            except NotImplementedError:
+                raise EdgetuneError(
+                    f"{name}: GGUF type {kind} cannot be read (the gguf package has no "
+                    f"dequantizer for it); edgetune reads {', '.join(KEPT)}, F32 and the "
+                    "K-quants: convert the file with llama-quantize"
+                ) from None
         w = w.reshape(*reversed([int(n) for n in t.shape]))
         order = self._order(name, w.shape[0]) if w.dim() == 2 else None
         return w if order is None else w[order]
 
     def _packed(self, name: str, t) -> Packed:
-        """The tensor's blocks as they are in the file, rows in transformers' order."""
+        """The tensor's blocks as they are in the file (a view of the memory-mapped file, or
+        a reordered copy for Llama's q and k), rows in transformers' order."""
         cols, rows = (int(n) for n in t.shape)
-        raw = torch.from_numpy(np.array(t.data)).reshape(rows, -1)  # (rows, bytes per row)
+        with warnings.catch_warnings():  # the map is read-only, and nothing writes to it
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            raw = torch.from_numpy(t.data).reshape(rows, -1)  # (rows, bytes per row)
         fmt = KEPT[t.tensor_type.name]
         if fmt in ("fp16", "bf16"):
             dtype = torch.float16 if fmt == "fp16" else torch.bfloat16
-            p = Packed(fmt, rows, cols, raw.view(dtype).reshape(rows, cols))
+            p = Packed(fmt, rows, cols, raw.view(dtype))
         else:
-            size = {"q8_0": 34, "q4_0": 18, "q4_1": 20}[fmt]
-            blocks = raw.reshape(rows, cols // 32, size)
-            scale = blocks[..., 0:2].contiguous().view(torch.float16).squeeze(-1)
-            if fmt == "q8_0":
-                p = Packed(fmt, rows, cols, blocks[..., 2:].contiguous().view(torch.int8), scale)
-            elif fmt == "q4_0":
-                p = Packed(fmt, rows, cols, blocks[..., 2:].contiguous(), scale)
-            else:
-                low = blocks[..., 2:4].contiguous().view(torch.float16).squeeze(-1)
-                p = Packed(fmt, rows, cols, blocks[..., 4:].contiguous(), scale, low)
+            p = Packed(fmt, rows, cols, raw.reshape(rows, cols // 32, BLOCK_BYTES[fmt]))
         order = self._order(name, rows)
-        if order is None:
-            return p
-        return Packed(p.fmt, rows, cols, p.q[order], None if p.scale is None else p.scale[order],
-                      None if p.minimum is None else p.minimum[order])  # fmt: skip
+        return p if order is None else p.reordered(order)
 
     def packed(self, name: str, fmt: str) -> Packed:
         t = self._tensor(name)
-        if fmt == "gguf" and t.tensor_type.name in KEPT:
-            return self._packed(name, t)
-        return quantize(self.dense(name), "q8_0" if fmt == "gguf" else fmt)
+        target = "q8_0" if fmt == "gguf" else fmt  # a block type edgetune does not compute with
+        if t.tensor_type.name not in KEPT:
+            return quantize(self.dense(name), target)
+        blocks = self._packed(name, t)
+        return blocks if fmt == "gguf" else requantize(blocks, target)
 
 
 def _is_matrix(module: nn.Module) -> bool:
@@ -170,15 +182,33 @@ def _is_matrix(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear | nn.Embedding | Conv1D)
 
 
+def _task_head(model: nn.Module) -> set[str]:
+    """Modules of a classification head and the pooler that feeds it: they train (LoRA's
+    `modules_to_save`, a scheme's head), so they are never held. An LM head is not among them:
+    frozen (or tied to the embedding table), it is held."""
+    from edgetune.models.anatomy import describe
+
+    try:
+        anatomy = describe(model)
+    except EdgetuneError:  # a family edgetune has no layout for: hold what the source has
+        return set()
+    if anatomy.task != "classify":
+        return set()
+    return {n for n, _ in model.named_modules()
+            if any(n == h or n.startswith(h + ".") for h in anatomy.head)}  # fmt: skip
+
+
 def materialize(model: nn.Module, fmt: str, source: Source | None, seed: int) -> dict[str, int]:
     """Give every meta parameter of `model` its value from `source` (or the model's initializer),
     holding the linear and embedding matrices the source provides in `fmt` (all of them with no
-    source). Returns counts: matrices held, matrices left fp32 (rows not whole blocks), new."""
+    source), except a classifier's head. Returns counts: matrices held, matrices left fp32 (rows
+    not whole blocks), new."""
     from transformers.pytorch_utils import Conv1D
 
     counts = {"held": 0, "fp32": 0, "new": 0}
     done: dict[int, Any] = {}  # id of a meta parameter -> its Packed or its new Parameter
     init = getattr(model, "_init_weights", None)
+    task_head = _task_head(model)
     torch.manual_seed(seed)
     for name, module in list(model.named_modules()):
         own = dict(module.named_parameters(recurse=False))
@@ -188,10 +218,11 @@ def materialize(model: nn.Module, fmt: str, source: Source | None, seed: int) ->
         wname = f"{name}.weight" if name else "weight"
         from_source = source is not None and source.has(wname)
         tied = weight is not None and id(weight) in done
-        if _is_matrix(module) and weight is not None and (from_source or tied or source is None):
+        holdable = from_source or tied or source is None
+        if _is_matrix(module) and weight is not None and name not in task_head and holdable:
             cols = weight.shape[0] if isinstance(module, Conv1D) else weight.shape[1]
             if holds(fmt, cols):
-                _hold(model, name, module, fmt, source, done, init)
+                _hold(model, name, module, fmt, source, done)
                 counts["held"] += 1
                 continue
             counts["fp32"] += 1
@@ -224,7 +255,21 @@ def _fill(module: nn.Module, name: str, source, done: dict[int, Any], init) -> N
         init(module)
 
 
-def _hold(model, name, module, fmt, source, done, init) -> None:
+def _random_packed(model: nn.Module, module: nn.Module, fmt: str) -> Packed:
+    """A random matrix as transformers initializes a linear or embedding weight (normal, the
+    config's `initializer_range`), held in `fmt`; drawn `CHUNK` elements at a time, so a large
+    embedding table never exists whole in fp32."""
+    from transformers.pytorch_utils import Conv1D
+
+    weight: Any = module.weight
+    rows, cols = weight.shape[::-1] if isinstance(module, Conv1D) else weight.shape
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    step = max(1, dense_chunk(rows, cols) // cols)
+    return join([quantize(torch.randn(min(step, rows - r), cols) * std, fmt)
+                 for r in range(0, rows, step)])  # fmt: skip
+
+
+def _hold(model, name, module, fmt, source, done) -> None:
     """Replace a linear, Conv1D or embedding module by its held twin."""
     from transformers.pytorch_utils import Conv1D
 
@@ -236,12 +281,8 @@ def _hold(model, name, module, fmt, source, done, init) -> None:
             packed = source.packed(wname, fmt)
             if isinstance(module, Conv1D):  # stored (in, out)
                 packed = quantize(source.dense(wname).t(), fmt)
-        else:  # random init: draw the dense matrix, hold it, drop it
-            module.to_empty(device="cpu", recurse=False)
-            if init is not None:
-                init(module)
-            dense = module.weight.detach()
-            packed = quantize(dense.t() if isinstance(module, Conv1D) else dense, fmt)
+        else:  # random init: drawn and held a slice of rows at a time
+            packed = _random_packed(model, module, fmt)
         done[id(weight)] = packed
     bias = getattr(module, "bias", None)
     if bias is not None:

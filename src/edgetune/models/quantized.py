@@ -29,54 +29,62 @@ DENSE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 HELD = (*QUANTIZED, "bf16", "fp16")  # formats a Quant module holds (fp32 stays nn.Linear)
 
 
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}  # GGUF's bytes per block of 32
+
+
 class Packed(nn.Module):
     """One frozen matrix (rows, cols) in `fmt`, as buffers that slice by row.
 
-    q8_0 / int8: `q` int8 (rows, blocks, block), `scale` (rows, blocks) fp16 / fp32.
-    q4_0 / q4_1: `q` uint8 (rows, blocks, 16): value j of a block in the low nibble of byte
-        j, value j + 16 in the high nibble (GGUF's order); `scale`, `minimum` fp16.
-    bf16 / fp16: `q` the dense matrix in that dtype.
+    q8_0 / q4_0 / q4_1: `data` uint8 (rows, blocks, block bytes), GGUF's blocks byte for
+        byte: an fp16 scale d, for q4_1 an fp16 minimum m, then the 32 values (int8 for q8_0;
+        4-bit for the others, value j in the low nibble of byte j and value j + 16 in its high
+        nibble). A value is d q, d (q - 8) or d q + m. Read from a GGUF file, `data` is a view
+        of the memory-mapped file itself: no copy.
+    int8: `data` int8 (rows, cols) and `scale` fp32 (rows, 1): a value is scale q.
+    bf16 / fp16: `data` the dense matrix in that dtype.
     """
 
-    q: torch.Tensor  # buffers (register_buffer)
+    data: torch.Tensor  # buffers (register_buffer)
     scale: torch.Tensor | None
-    minimum: torch.Tensor | None
 
-    def __init__(self, fmt: str, rows: int, cols: int, q, scale=None, minimum=None) -> None:
+    def __init__(self, fmt: str, rows: int, cols: int, data, scale=None) -> None:
         super().__init__()
         self.fmt, self.rows, self.cols = fmt, rows, cols
-        self.register_buffer("q", q)
+        self.register_buffer("data", data)
         self.register_buffer("scale", scale)
-        self.register_buffer("minimum", minimum)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.q, self.scale, self.minimum)
+        return sum(t.numel() * t.element_size() for t in (self.data, self.scale)
                    if t is not None)  # fmt: skip
 
     def dense(self, start: int = 0, stop: int | None = None, dtype=torch.float32) -> torch.Tensor:
         """Rows [start, stop) as a dense (rows, cols) tensor of `dtype`."""
         stop = self.rows if stop is None else stop
-        return dequantize(self.fmt, self.q[start:stop], _rows(self.scale, start, stop),
-                          _rows(self.minimum, start, stop), dtype)  # fmt: skip
+        scale = None if self.scale is None else self.scale[start:stop]
+        return dequantize(self.fmt, self.data[start:stop], scale, dtype)
 
     def gather(self, index: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """The rows at `index` (any shape) as (*index.shape, cols)."""
         flat = index.reshape(-1)
-        pick = None if self.scale is None else self.scale[flat]
-        low = None if self.minimum is None else self.minimum[flat]
-        rows = dequantize(self.fmt, self.q[flat], pick, low, dtype)
-        return rows.reshape(*index.shape, self.cols)
+        scale = None if self.scale is None else self.scale[flat]
+        return dequantize(self.fmt, self.data[flat], scale, dtype).reshape(*index.shape, self.cols)
+
+    def rows_of(self, start: int, stop: int) -> Packed:
+        """Rows [start, stop) over the same storage (no copy)."""
+        scale = None if self.scale is None else self.scale[start:stop]
+        return Packed(self.fmt, stop - start, self.cols, self.data[start:stop], scale)
+
+    def reordered(self, order: torch.Tensor) -> Packed:
+        """The rows in `order` (a copy)."""
+        scale = None if self.scale is None else self.scale[order]
+        return Packed(self.fmt, self.rows, self.cols, self.data[order], scale)
 
     def chunk_rows(self) -> int:
         return dense_chunk(self.rows, self.cols) // self.cols
 
     def extra_repr(self) -> str:
         return f"{self.fmt}, ({self.rows}, {self.cols})"
-
-
-def _rows(t: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
-    return None if t is None else t[start:stop]
 
 
 def quantize(w: torch.Tensor, fmt: str) -> Packed:
@@ -89,26 +97,46 @@ def quantize(w: torch.Tensor, fmt: str) -> Packed:
         raise EdgetuneError(f"cannot hold weights as {fmt!r}; choose from {', '.join(HELD)}")
     x = w.detach().float()
     if fmt == "int8":
-        amax = x.abs().amax(dim=1, keepdim=True)
-        d = amax / 127
+        d = x.abs().amax(dim=1, keepdim=True) / 127
         q = _roundf(x * torch.where(d == 0, 0, 1 / d)).to(torch.int8)
-        return Packed(fmt, rows, cols, q.reshape(rows, 1, cols), d)
+        return Packed(fmt, rows, cols, q, d)
     if cols % BLOCK:
         raise EdgetuneError(f"{fmt} needs rows of a multiple of {BLOCK} values, not {cols}")
     b = x.reshape(rows, cols // BLOCK, BLOCK)
     if fmt == "q8_0":
         d = b.abs().amax(dim=-1, keepdim=True) / 127
-        q = _roundf(b * torch.where(d == 0, 0, 1 / d)).to(torch.int8)
-        return Packed(fmt, rows, cols, q, d.squeeze(-1).half())
+        q = _roundf(b * torch.where(d == 0, 0, 1 / d)).to(torch.int8).view(torch.uint8)
+        return Packed(fmt, rows, cols, torch.cat([_half_bytes(d), q], -1))
     if fmt == "q4_0":
         imax = b.abs().argmax(dim=-1, keepdim=True)
         d = torch.gather(b, -1, imax) / -8
         v = torch.trunc(b * torch.where(d == 0, 0, 1 / d) + 8.5).clamp(0, 15)
-        return Packed(fmt, rows, cols, _pack4(v), d.squeeze(-1).half())
+        return Packed(fmt, rows, cols, torch.cat([_half_bytes(d), _pack4(v)], -1))
     low, high = b.amin(dim=-1, keepdim=True), b.amax(dim=-1, keepdim=True)
     d = (high - low) / 15
     v = torch.trunc((b - low) * torch.where(d == 0, 0, 1 / d) + 0.5).clamp(0, 15)
-    return Packed(fmt, rows, cols, _pack4(v), d.squeeze(-1).half(), low.squeeze(-1).half())
+    return Packed(fmt, rows, cols, torch.cat([_half_bytes(d), _half_bytes(low), _pack4(v)], -1))
+
+
+def join(parts: list[Packed]) -> Packed:
+    """Row slices of one matrix, held in one format, as one `Packed`."""
+    first = parts[0]
+    scales = [p.scale for p in parts if p.scale is not None]
+    data = torch.cat([p.data for p in parts])
+    rows = sum(p.rows for p in parts)
+    return Packed(first.fmt, rows, first.cols, data, torch.cat(scales) if scales else None)
+
+
+def requantize(packed: Packed, fmt: str) -> Packed:
+    """`packed` in another format, a slice of rows at a time (never whole in fp32)."""
+    step = packed.chunk_rows()
+    return join([quantize(packed.dense(r, min(packed.rows, r + step)), fmt)
+                 for r in range(0, packed.rows, step)])  # fmt: skip
+
+
+def _half_bytes(x: torch.Tensor) -> torch.Tensor:
+    """(..., 1) float -> (..., 2) uint8: the fp16 value's bytes."""
+    return x.half().view(torch.uint8)
 
 
 def _roundf(x: torch.Tensor) -> torch.Tensor:
@@ -121,17 +149,24 @@ def _pack4(v: torch.Tensor) -> torch.Tensor:
     return u[..., : BLOCK // 2] | (u[..., BLOCK // 2 :] << 4)
 
 
-def dequantize(fmt, q, scale, minimum, dtype=torch.float32) -> torch.Tensor:
+def dequantize(fmt: str, data: torch.Tensor, scale: torch.Tensor | None,
+               dtype=torch.float32) -> torch.Tensor:  # fmt: skip
     """Dense (rows, cols) of `dtype` from a format's buffers (rows first). The arithmetic runs
-    in `dtype` (one fused multiply-add per value: v * d + m, or (v - 8) * d as v * d - 8 d)."""
+    in `dtype`: one fused multiply-add per value (d q + m, or d (q - 8) as d q - 8 d)."""
     if fmt in ("bf16", "fp16"):
-        return q.to(dtype)
-    rows = q.shape[0]
-    d = scale.to(dtype).unsqueeze(-1)
-    if fmt in ("q8_0", "int8"):
-        return (q.to(dtype) * d).reshape(rows, -1)
-    base = minimum.to(dtype).unsqueeze(-1) if fmt == "q4_1" else d * -8
-    out = torch.empty(*q.shape[:-1], BLOCK, dtype=dtype, device=q.device)
+        return data.to(dtype)
+    rows = data.shape[0]
+    if fmt == "int8":
+        assert scale is not None
+        return data.to(dtype) * scale.to(dtype)
+    d = data[..., 0:2].view(torch.float16).to(dtype)  # (rows, blocks, 1)
+    if fmt == "q8_0":
+        return (data[..., 2:].view(torch.int8).to(dtype) * d).reshape(rows, -1)
+    if fmt == "q4_0":
+        base, q = d * -8, data[..., 2:]
+    else:
+        base, q = data[..., 2:4].view(torch.float16).to(dtype), data[..., 4:]
+    out = torch.empty(*q.shape[:-1], BLOCK, dtype=dtype, device=data.device)
     half = BLOCK // 2
     torch.addcmul(base, (q & 0x0F).to(dtype), d, out=out[..., :half])
     torch.addcmul(base, (q >> 4).to(dtype), d, out=out[..., half:])
@@ -193,7 +228,7 @@ class QuantLinear(nn.Module):
     @property
     def qweight(self) -> torch.Tensor:
         """The held codes (where PEFT looks for a quantized layer's device)."""
-        return self.packed.q
+        return self.packed.data
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _FrozenLinear.apply(x, self.packed)
@@ -201,11 +236,8 @@ class QuantLinear(nn.Module):
 
     def rows(self, start: int, stop: int) -> QuantLinear:
         """Output rows [start, stop) as a QuantLinear over the same storage (no copy)."""
-        p = self.packed
-        part = Packed(p.fmt, stop - start, p.cols, p.q[start:stop],
-                      _rows(p.scale, start, stop), _rows(p.minimum, start, stop))  # fmt: skip
         b = None if self.bias is None else self.bias.detach()[start:stop]
-        return QuantLinear(part, b)
+        return QuantLinear(self.packed.rows_of(start, stop), b)
 
     def dense_linear(self) -> nn.Linear:
         """A plain fp32 nn.Linear of the same weight (to merge into, or to save)."""
@@ -286,7 +318,7 @@ def held_bytes(model: nn.Module) -> dict[str, int]:
             seen.add(id(m))
             packed += m.nbytes
     packed_ids = {id(t) for m in model.modules() if isinstance(m, Packed)
-                  for t in (m.q, m.scale, m.minimum) if t is not None}  # fmt: skip
+                  for t in (m.data, m.scale) if t is not None}  # fmt: skip
     dense = sum(p.numel() * p.element_size() for p in model.parameters())
     dense += sum(b.numel() * b.element_size() for b in model.buffers() if id(b) not in packed_ids)
     return {"packed": packed, "dense": dense}
