@@ -274,11 +274,13 @@ def table(r: dict) -> str:
         lines += ["## MiniLM on Reuters-R8, backprop, batch 16 x 64", ""]
         if "error" not in alt:
             lines.append(f"Alternated in one process: fp32 {alt['fp32']:.3f} s/step, bf16 "
-                         f"{alt['bf16']:.3f} s/step: bf16 {alt['fp32'] / alt['bf16']:.2f}x "
-                         "faster (medians).")  # fmt: skip
+                         f"{alt['bf16']:.3f} s/step: bf16 speed-up {alt['fp32'] / alt['bf16']:.2f}"
+                         " (medians; below 1: slower).")  # fmt: skip
         for k in ("demo fp32", "demo bf16"):
             run = m[k]
-            if "error" not in run:
+            if "error" in run:
+                lines.append(f"- {k}: not finished ({run['error'][:120]})")
+            else:
                 lines.append(f"- {k}: test accuracy {run['eval']['accuracy']:.4f}, "
                              f"{run['time']['step_s_median']:.3f} s/step, peak "
                              f"{run['memory']['peak_rss_mb']:.0f} MiB")  # fmt: skip
