@@ -15,13 +15,12 @@ from edgetune.methods.base import MethodSettings
 from edgetune.methods.options import LoraOptions, SparseOptions
 from edgetune.methods.registry import build_method
 from edgetune.models.loader import apply_adapter, load_model
-from edgetune.models.lowbit import materialize
+from edgetune.models.lowbit import densify, materialize
 from edgetune.models.quantized import (
     Packed,
     QuantEmbedding,
     QuantLinear,
     bytes_per_weight,
-    densify,
     quantize,
 )
 

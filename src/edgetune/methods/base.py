@@ -22,6 +22,7 @@ from torch import nn
 from edgetune.errors import EdgetuneError
 from edgetune.fields import build
 from edgetune.methods.chunked_loss import chunked_cross_entropy, plain_frozen_head
+from edgetune.models.anatomy import inner_model
 
 T = TypeVar("T")
 
@@ -126,10 +127,9 @@ def forward_loss(model: nn.Module, batch: Batch, chunked: bool = False) -> torch
     head = plain_frozen_head(model) if chunked and labels is not None and labels.ndim == 2 else None
     if head is not None:
         assert labels is not None
-        peft: Any = model  # a PEFT model's base model, or the model
-        inner: Any = peft.get_base_model() if hasattr(model, "get_base_model") else model
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        hidden = inner.get_decoder()(**inputs).last_hidden_state  # (batch, seq, width)
+        decoder = inner_model(model).get_decoder()
+        hidden = decoder(**inputs).last_hidden_state  # (batch, seq, width)
         keep = labels[:, 1:] != -100  # position t predicts token t + 1
         return chunked_cross_entropy(hidden[:, :-1][keep], labels[:, 1:][keep], head)
     mask = scored_positions(model, batch)
@@ -169,11 +169,7 @@ def scored_share(model: nn.Module, batches: Iterable[Batch]) -> float:
 def _keeps_logits(model: nn.Module) -> bool:
     """Whether `model` (or the model a PEFT wrapper holds) is a causal LM that takes
     `logits_to_keep`."""
-    inner: nn.Module = (
-        model.get_base_model()  # type: ignore[operator]  # PEFT's method
-        if hasattr(model, "get_base_model")
-        else model
-    )
+    inner: nn.Module = inner_model(model)
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return False

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgetune.models.anatomy import inner_model
 from edgetune.models.quantized import QuantLinear, compute_dtype
 from edgetune.precision import dense_chunk
 
@@ -91,8 +92,7 @@ def chunked_cross_entropy(h: torch.Tensor, targets: torch.Tensor, head: nn.Modul
 def plain_frozen_head(model: nn.Module) -> nn.Module | None:
     """The LM head of a causal LM (PEFT-wrapped or not) when the chunked loss can replace it:
     frozen, no bias, logits = h W^T; else None."""
-    peft: Any = model  # a PEFT model's base model, or the model
-    inner: Any = peft.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = inner_model(model)
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return None

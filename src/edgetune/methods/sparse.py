@@ -44,8 +44,9 @@ from edgetune.methods.select import (
     shared_parameters,
 )
 from edgetune.methods.state import copy_checked, parse_key, row_key
-from edgetune.models.anatomy import describe, is_conv1d, linear_weight
-from edgetune.models.quantized import QuantLinear, densify
+from edgetune.models.anatomy import describe, is_conv1d, linear_weight, set_module
+from edgetune.models.lowbit import densify
+from edgetune.models.quantized import QuantLinear
 from edgetune.placement import loss_scaler
 from edgetune.scheme import resolve_scheme
 
@@ -121,11 +122,6 @@ def _tied(module: nn.Module, shared: set[int]) -> bool:
     return id(module.weight) in shared
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
-
-
 class Sparse:
     name = "sparse"
 
@@ -141,7 +137,7 @@ class Sparse:
         for plan in self.plans:  # a held weight that trains whole trains as an fp32 Linear
             if isinstance(plan.module, QuantLinear) and plan.rows == plan.out:
                 plan.module = plan.module.dense_linear()
-                _set_module(model, plan.name, plan.module)
+                set_module(model, plan.name, plan.module)
         shared = shared_parameters(model)
         freeze_all(model)
         self.split: dict[str, SplitLinear] = {}
@@ -155,7 +151,7 @@ class Sparse:
                         "whole or not at all, not a fraction of its channels"
                     )
                 self.split[plan.name] = SplitLinear(plan.module, plan.rows, plan.bias)
-                _set_module(model, plan.name, self.split[plan.name])
+                set_module(model, plan.name, self.split[plan.name])
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.options.dropout:
             self.eval_modules = [model]
@@ -272,6 +268,6 @@ class Sparse:
             h.remove()
         self._handles = []
         for name, s in self.split.items():
-            _set_module(self.model, name, s.merged())
+            set_module(self.model, name, s.merged())
         self.split = {}
         return densify(self.model)

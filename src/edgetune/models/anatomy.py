@@ -166,6 +166,18 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
+def inner_model(model: nn.Module) -> Any:
+    """The transformers model inside a PEFT wrapper (the model itself when there is none)."""
+    peft: Any = model
+    return peft.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` in `model` at the dotted `name` (replacing what is there)."""
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
 def is_linear(module: nn.Module) -> bool:
     """A Linear, a GPT-2 Conv1D, or a Linear held in a low-precision format (`QuantLinear`)."""
     return isinstance(module, nn.Linear | QuantLinear) or is_conv1d(module)

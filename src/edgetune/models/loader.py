@@ -91,15 +91,10 @@ def _load(name, task, num_labels, random_init, seed, weights) -> LoadedModel:
     if weights != "fp32":
         return _load_held(name, task, num_labels, random_init, seed, weights)
     if random_init:
-        if spec is None:
-            raise EdgetuneError(f"--random-init needs a registry model name, got {name!r}")
-        tokenizer = _tokenizer(bundled_path(spec.tokenizer_from))
-        config = spec.config()
-        if getattr(config, "vocab_size", 0) < len(tokenizer):
-            config.vocab_size = len(tokenizer)  # the stand-in tokenizer must fit the embedding
+        config, tokenizer, kind = _random_init(name, spec)
         torch.manual_seed(seed)
         return LoadedModel(
-            _from_config(config, task, num_labels, tokenizer), tokenizer, spec.kind, "random-init"
+            _from_config(config, task, num_labels, tokenizer), tokenizer, kind, "random-init"
         )
 
     if spec is not None and bundled_available(name):
@@ -142,6 +137,17 @@ def _load(name, task, num_labels, random_init, seed, weights) -> LoadedModel:
     return LoadedModel(model, tokenizer, kind, source)
 
 
+def _random_init(name: str, spec) -> tuple[PretrainedConfig, PreTrainedTokenizerBase, str]:
+    """The registry spec's config, its stand-in tokenizer and its kind, for random weights."""
+    if spec is None:
+        raise EdgetuneError(f"--random-init needs a registry model name, got {name!r}")
+    tokenizer = _tokenizer(bundled_path(spec.tokenizer_from))
+    config = spec.config()
+    if getattr(config, "vocab_size", 0) < len(tokenizer):
+        config.vocab_size = len(tokenizer)  # the stand-in tokenizer must fit the embedding
+    return config, tokenizer, spec.kind
+
+
 def _load_held(name, task, num_labels, random_init, seed, fmt) -> LoadedModel:
     """A model whose frozen base is held in `fmt`, built module by module from its source
     (`edgetune.models.lowbit`): never the whole model in fp32."""
@@ -154,12 +160,8 @@ def _load_held(name, task, num_labels, random_init, seed, fmt) -> LoadedModel:
     folder = None
     gguf_file = bundled_file(name) if spec is not None else None
     if random_init:
-        if spec is None:
-            raise EdgetuneError(f"--random-init needs a registry model name, got {name!r}")
-        tokenizer = _tokenizer(bundled_path(spec.tokenizer_from))
-        config, kind, origin = spec.config(), spec.kind, "random-init"
-        if getattr(config, "vocab_size", 0) < len(tokenizer):
-            config.vocab_size = len(tokenizer)
+        config, tokenizer, kind = _random_init(name, spec)
+        origin = "random-init"
     elif gguf_file is not None or (Path(name).is_file() and Path(name).suffix == ".gguf"):
         path = gguf_file or Path(name)
         meta = (cache_dir() / "models" / f"{name}-gguf-meta") if gguf_file else path.parent

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgetune.errors import EdgetuneError
+from edgetune.models.anatomy import describe, set_module
 from edgetune.models.quantized import (
     BLOCK_BYTES,
     Packed,
@@ -133,9 +134,8 @@ class GGUFSource:
         t = self._tensor(name)
         kind = t.tensor_type.name
         if kind in ("F32", "F16", "BF16"):
-            data = np.array(t.data)
-            w = torch.from_numpy(data.view(np.uint16).astype(np.int32) << 16).view(torch.float32) \
-                if kind == "BF16" else torch.from_numpy(data).float()  # fmt: skip
+            data = torch.from_numpy(np.array(t.data))
+            w = (data.view(torch.bfloat16) if kind == "BF16" else data).float()
         elif kind in KEPT:
             return self._packed(name, t).dense()
         else:
@@ -186,8 +186,6 @@ def _task_head(model: nn.Module) -> set[str]:
     """Modules of a classification head and the pooler that feeds it: they train (LoRA's
     `modules_to_save`, a scheme's head), so they are never held. An LM head is not among them:
     frozen (or tied to the embedding table), it is held."""
-    from edgetune.models.anatomy import describe
-
     try:
         anatomy = describe(model)
     except EdgetuneError:  # a family edgetune has no layout for: hold what the source has
@@ -198,14 +196,12 @@ def _task_head(model: nn.Module) -> set[str]:
             if any(n == h or n.startswith(h + ".") for h in anatomy.head)}  # fmt: skip
 
 
-def materialize(model: nn.Module, fmt: str, source: Source | None, seed: int) -> dict[str, int]:
+def materialize(model: nn.Module, fmt: str, source: Source | None, seed: int) -> None:
     """Give every meta parameter of `model` its value from `source` (or the model's initializer),
     holding the linear and embedding matrices the source provides in `fmt` (all of them with no
-    source), except a classifier's head. Returns counts: matrices held, matrices left fp32 (rows
-    not whole blocks), new."""
+    source), except a classifier's head; a matrix whose rows are not whole blocks stays fp32."""
     from transformers.pytorch_utils import Conv1D
 
-    counts = {"held": 0, "fp32": 0, "new": 0}
     done: dict[int, Any] = {}  # id of a meta parameter -> its Packed or its new Parameter
     init = getattr(model, "_init_weights", None)
     task_head = _task_head(model)
@@ -223,16 +219,11 @@ def materialize(model: nn.Module, fmt: str, source: Source | None, seed: int) ->
             cols = weight.shape[0] if isinstance(module, Conv1D) else weight.shape[1]
             if holds(fmt, cols):
                 _hold(model, name, module, fmt, source, done)
-                counts["held"] += 1
                 continue
-            counts["fp32"] += 1
-        elif not from_source and not tied:
-            counts["new"] += 1
         _fill(module, name, source, done, init)
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:
         raise EdgetuneError(f"the model's weights lack {', '.join(left[:3])}")
-    return counts
 
 
 def _fill(module: nn.Module, name: str, source, done: dict[int, Any], init) -> None:
@@ -277,10 +268,10 @@ def _hold(model, name, module, fmt, source, done) -> None:
     wname = f"{name}.weight" if name else "weight"
     packed = done.get(id(weight))
     if not isinstance(packed, Packed):
-        if source is not None and source.has(wname):
+        if source is not None and source.has(wname) and isinstance(module, Conv1D):
+            packed = quantize(source.dense(wname).t(), fmt)  # stored (in, out)
+        elif source is not None and source.has(wname):
             packed = source.packed(wname, fmt)
-            if isinstance(module, Conv1D):  # stored (in, out)
-                packed = quantize(source.dense(wname).t(), fmt)
         else:  # random init: drawn and held a slice of rows at a time
             packed = _random_packed(model, module, fmt)
         done[id(weight)] = packed
@@ -292,8 +283,25 @@ def _hold(model, name, module, fmt, source, done) -> None:
         else:
             bias = torch.zeros(bias.shape)
     if isinstance(module, nn.Embedding):
-        new: nn.Module = QuantEmbedding(packed, module.padding_idx)
+        set_module(model, name, QuantEmbedding(packed, module.padding_idx))
     else:
-        new = QuantLinear(packed, bias)
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+        set_module(model, name, QuantLinear(packed, bias))
+
+
+def densify(model: nn.Module) -> nn.Module:
+    """`model` with every held module replaced by its fp32 twin, in place, one at a time (tied
+    matrices stay tied): a plain transformers model again, to save."""
+    dense: dict[int, nn.Parameter] = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantLinear):
+            twin: nn.Module = module.dense_linear()
+        elif isinstance(module, QuantEmbedding):
+            twin = module.dense_embedding()
+        else:
+            continue
+        key = id(module.packed)
+        if key in dense:
+            twin.weight = dense[key]
+        dense[key] = cast(nn.Parameter, twin.weight)
+        set_module(model, name, twin)
+    return model

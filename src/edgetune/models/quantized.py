@@ -15,8 +15,6 @@ The whole model is never dequantized at once: the transient is one chunk. Whatev
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -275,50 +273,29 @@ def holds(fmt: str, cols: int) -> bool:
     return fmt in ("int8", "bf16", "fp16") or cols % BLOCK == 0
 
 
-def densify(model: nn.Module) -> nn.Module:
-    """`model` with every held module replaced by its fp32 twin, in place, one at a time (tied
-    matrices stay tied): a plain transformers model again, to save."""
-    dense: dict[int, nn.Parameter] = {}
-    for name, module in list(model.named_modules()):
-        if isinstance(module, QuantLinear):
-            twin: nn.Module = module.dense_linear()
-        elif isinstance(module, QuantEmbedding):
-            twin = module.dense_embedding()
-        else:
-            continue
-        key = id(module.packed)
-        if key in dense:
-            twin.weight = dense[key]
-        dense[key] = cast(nn.Parameter, twin.weight)
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, twin)
-    return model
+def held_matrices(model: nn.Module) -> list[Packed]:
+    """The model's held matrices, each once (a tied pair shares one)."""
+    return list({id(m): m for m in model.modules() if isinstance(m, Packed)}.values())
 
 
 def is_held(model: nn.Module) -> bool:
     """Whether any matrix of `model` is held in a low-precision format."""
-    return any(isinstance(m, Packed) for m in model.modules())
+    return bool(held_matrices(model))
 
 
 def bytes_per_weight(model: nn.Module) -> float | None:
     """Mean bytes per weight of the model's held matrices (None: nothing is held)."""
-    packed = {id(m): m for m in model.modules() if isinstance(m, Packed)}
+    packed = held_matrices(model)
     if not packed:
         return None
-    return sum(m.nbytes for m in packed.values()) / sum(m.rows * m.cols for m in packed.values())
+    return sum(m.nbytes for m in packed) / sum(m.rows * m.cols for m in packed)
 
 
 def held_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes of the model's weights by holding: `packed` (low-precision matrices, shared ones
     once) and `dense` (parameters and other buffers)."""
-    seen: set[int] = set()
-    packed = 0
-    for m in model.modules():
-        if isinstance(m, Packed) and id(m) not in seen:
-            seen.add(id(m))
-            packed += m.nbytes
-    packed_ids = {id(t) for m in model.modules() if isinstance(m, Packed)
-                  for t in (m.data, m.scale) if t is not None}  # fmt: skip
+    packed = held_matrices(model)
+    packed_ids = {id(t) for m in packed for t in (m.data, m.scale) if t is not None}
     dense = sum(p.numel() * p.element_size() for p in model.parameters())
     dense += sum(b.numel() * b.element_size() for b in model.buffers() if id(b) not in packed_ids)
-    return {"packed": packed, "dense": dense}
+    return {"packed": sum(m.nbytes for m in packed), "dense": dense}
