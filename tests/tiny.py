@@ -29,6 +29,28 @@ _KINDS = {
               max_position_embeddings=64, tie_word_embeddings=False, num_labels=3,
               pad_token_id=0), T.LlamaForCausalLM),
     "llama_cls": (T.LlamaConfig, {}, T.LlamaForSequenceClassification),
+    # Llama's kin: head_dim apart from hidden / heads (Qwen3, Gemma 3), GQA, sliding-window
+    # layers (Qwen2's top layer, every Mistral layer, Gemma 3's first), untied heads but
+    # Gemma's
+    "qwen2": (T.Qwen2Config, dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=64, use_sliding_window=True, sliding_window=8,
+              max_window_layers=1, pad_token_id=0), T.Qwen2ForCausalLM),
+    "qwen3": (T.Qwen3Config, dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+              max_position_embeddings=64, pad_token_id=0), T.Qwen3ForCausalLM),
+    "gemma3": (T.Gemma3TextConfig, dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+               query_pre_attn_scalar=16, max_position_embeddings=64, sliding_window=8,
+               layer_types=["sliding_attention", "full_attention"]), T.Gemma3ForCausalLM),
+    "mistral": (T.MistralConfig, dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=64, sliding_window=8, pad_token_id=0),
+                T.MistralForCausalLM),
+    "phi3": (T.Phi3Config, dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=1),
+             T.Phi3ForCausalLM),
     "t5": (T.T5Config, dict(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=16, num_layers=2,
            num_heads=2, dropout_rate=0.0, num_labels=3, feed_forward_proj="gated-gelu",
            tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
@@ -54,6 +76,8 @@ CLASSES = {kind: cls for kind, (_c, _kw, cls) in _KINDS.items()}
 COST = {
     "bert": dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_attention_heads=4),
     "llama": dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_attention_heads=4),
+    **{k: dict(vocab_size=64, hidden_size=64, intermediate_size=128)
+       for k in ("qwen2", "qwen3", "gemma3", "mistral", "phi3")},
     "gpt2": dict(vocab_size=64, n_embd=64, n_head=4),
     "distilbert": dict(vocab_size=64, dim=64, n_heads=4, hidden_dim=128, seq_classif_dropout=0.0),
     "albert": dict(vocab_size=64, embedding_size=32, hidden_size=64, num_hidden_layers=2,
@@ -91,13 +115,15 @@ def batch(kind: str, seed: int = 0, rows: int = B) -> dict[str, torch.Tensor]:
 
 
 def folder(kind: str, path: Path, **changes) -> Path:
-    """A tiny model of `kind` saved as a local HF folder with a bundled tokenizer (MiniLM's
-    for BERT, SmolLM2's for Llama), its vocabulary the tokenizer's."""
+    """A tiny model of `kind` saved as a local HF folder with a bundled tokenizer (SmolLM2's for
+    the decoders, MiniLM's for the others), its vocabulary the tokenizer's."""
     from transformers import AutoTokenizer
 
+    from edgetune.families import FAMILIES, MODEL_TYPES
     from edgetune.models.bundled import bundled_path
 
-    source = "smollm2-135m" if kind.startswith("llama") else "minilm-l6"
+    decoder = FAMILIES[MODEL_TYPES[config(kind).model_type]].decoder
+    source = "smollm2-135m" if decoder else "minilm-l6"
     tokenizer = AutoTokenizer.from_pretrained(bundled_path(source))
     torch.manual_seed(0)
     cfg = config(kind, vocab_size=len(tokenizer), **changes)

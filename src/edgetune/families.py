@@ -7,7 +7,7 @@ forecast maps LoRA targets given as module names to the cost model's units with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ENCODER, DECODER, ENCODER_DECODER = "encoder", "decoder", "encoder-decoder"
 KINDS = (ENCODER, DECODER, ENCODER_DECODER)
@@ -19,6 +19,7 @@ class Layout:
     units: dict[str, tuple[str, ...]]  # unit -> module names relative to a block (missing: skip)
     final_norms: tuple[str, ...] = ()  # stack final norms, relative to the stack's parent
     embeddings: str = "input"  # "input": get_input_embeddings(); "module": <prefix>.embeddings
+    decoder: bool = False  # decoder-only: its LM is causal (logits at t predict t + 1)
 
 
 BERT = Layout(
@@ -54,6 +55,7 @@ ALBERT = Layout(
     },
     embeddings="module",
 )
+# Llama, Mistral, Qwen2 (q, k, v biases) and Qwen3 (an RMSNorm over each head of q and k)
 LLAMA = Layout(
     r"(^|\.)layers$",
     {
@@ -61,9 +63,40 @@ LLAMA = Layout(
         "attn_out": ("self_attn.o_proj",),
         "ffn1": ("mlp.gate_proj", "mlp.up_proj"),
         "ffn2": ("mlp.down_proj",),
-        "norm": ("input_layernorm", "post_attention_layernorm"),
+        "norm": (
+            "input_layernorm",
+            "post_attention_layernorm",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+        ),
     },
     final_norms=("norm",),
+    decoder=True,
+)
+# Gemma 3 (text): Llama's linears; norms after the attention and the FFN as well as before
+GEMMA3 = replace(
+    LLAMA,
+    units={
+        **LLAMA.units,
+        "norm": (
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+            "self_attn.q_norm",
+            "self_attn.k_norm",
+        ),
+    },
+)
+# Phi-3: q, k, v in one linear, gate and up in another
+PHI3 = replace(
+    LLAMA,
+    units={
+        **LLAMA.units,
+        "qkv": ("self_attn.qkv_proj",),
+        "ffn1": ("mlp.gate_up_proj",),
+        "norm": ("input_layernorm", "post_attention_layernorm"),
+    },
 )
 GPT2 = Layout(
     r"(^|\.)h$",
@@ -75,6 +108,7 @@ GPT2 = Layout(
         "norm": ("ln_1", "ln_2"),
     },
     final_norms=("ln_f",),
+    decoder=True,
 )
 T5 = Layout(
     r"(^|\.)block$",
@@ -100,6 +134,8 @@ FAMILIES: dict[str, Layout] = {
     "distilbert": DISTILBERT,
     "albert": ALBERT,
     "llama": LLAMA,
+    "gemma3": GEMMA3,
+    "phi3": PHI3,
     "gpt2": GPT2,
     "t5": T5,
 }
@@ -115,6 +151,8 @@ MODEL_TYPES = {
     "mistral": "llama",
     "qwen2": "llama",
     "qwen3": "llama",
+    "gemma3_text": "gemma3",
+    "phi3": "phi3",
     "gpt2": "gpt2",
     "t5": "t5",
     "mt5": "t5",

@@ -26,6 +26,17 @@ def tiny_configs() -> dict:
         "llama-tied": (factory.config("llama", **factory.COST["llama"], pad_token_id=None,
                                    num_labels=2, tie_word_embeddings=True),
                        "LlamaForCausalLM", "lm"),
+        **{kind: (factory.config(kind, **factory.COST[kind], num_labels=2, **extra), cls, "lm")
+           for kind, cls, extra in (
+               ("qwen2", "Qwen2ForCausalLM", {}), ("qwen3", "Qwen3ForCausalLM", {}),
+               ("gemma3", "Gemma3ForCausalLM", {}), ("mistral", "MistralForCausalLM", {}),
+               # a RoPE over half of each head (Phi-4-mini rotates 3/4)
+               ("phi3", "Phi3ForCausalLM", {"partial_rotary_factor": 0.5}))},
+        # the logits soft-capped (Gemma 3's attention ignores `attn_logit_softcapping`)
+        "gemma3-softcap": (factory.config("gemma3", **factory.COST["gemma3"],
+                                          attn_logit_softcapping=50.0,
+                                          final_logit_softcapping=30.0),
+                           "Gemma3ForCausalLM", "lm"),
         "t5": (factory.config("t5", **t5), "T5ForConditionalGeneration", "lm"),
         "flan-t5-gated": (factory.config("t5", **{**t5, "feed_forward_proj": "gated-gelu"},
                                       num_decoder_layers=3),

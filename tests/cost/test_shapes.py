@@ -18,6 +18,12 @@ CLASSES = {
     "llama-gqa": [("LlamaModel", "none"), ("LlamaForCausalLM", "lm"),
                   ("LlamaForSequenceClassification", "classifier")],
     "llama-tied": [("LlamaForCausalLM", "lm")],
+    **{kind: [(f"{name}Model", "none"), (f"{name}ForCausalLM", "lm"),
+              (f"{name}ForSequenceClassification", "classifier")]
+       for kind, name in (("qwen2", "Qwen2"), ("qwen3", "Qwen3"), ("mistral", "Mistral"),
+                          ("phi3", "Phi3"))},
+    "gemma3": [("Gemma3TextModel", "none"), ("Gemma3ForCausalLM", "lm"),
+               ("Gemma3TextForSequenceClassification", "classifier")],
     "t5": [("T5Model", "none"), ("T5ForConditionalGeneration", "lm")],
     "flan-t5-gated": [("T5Model", "none"), ("T5ForConditionalGeneration", "lm")],
 }  # fmt: skip
@@ -86,6 +92,11 @@ def test_registry_shapes_published_sizes():
     assert count("gpt2", "lm") == 124_439_808  # openai-community/gpt2
     assert count("smollm2-135m", "lm") == 134_515_008  # SmolLM2-135M
     assert count("t5-small", "lm") == 60_506_624  # google-t5/t5-small
+    assert count("qwen2.5-0.5b", "lm") == 494_032_768  # Qwen/Qwen2.5-0.5B
+    assert count("qwen3-0.6b", "lm") == 596_049_920  # Qwen/Qwen3-0.6B
+    assert count("gemma3-270m", "lm") == 268_098_176  # google/gemma-3-270m
+    assert count("phi3-mini", "lm") == 3_821_079_552  # microsoft/Phi-3-mini-4k-instruct
+    assert count("mistral-7b", "lm") == 7_241_732_096  # mistralai/Mistral-7B-v0.1
 
 
 def test_alexatm_named_shape():
@@ -99,6 +110,27 @@ def test_alexatm_named_shape():
     )
     # 18.47 B from the published table; the paper reports 19.75 B (see docs/cost-model.md)
     assert n_params(s, "lm") == pytest.approx(18.47e9, rel=1e-3)
+
+
+def test_every_model_type_training_supports_has_a_shape():
+    """The forecast refuses no model that training supports: every `MODEL_TYPES` entry's
+    default config has a shape; the ones no other test builds count their parameters exactly."""
+    import transformers as T
+
+    from edgetune.families import MODEL_TYPES
+
+    for model_type in MODEL_TYPES:
+        assert shape_from_config(T.AutoConfig.for_model(model_type).to_dict()).n_layers > 0
+    small = [
+        (T.XLMRobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                            num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=40), T.XLMRobertaForMaskedLM, "lm"),
+        (T.MT5Config(vocab_size=50, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=4),
+         T.MT5ForConditionalGeneration, "lm"),
+    ]  # fmt: skip
+    for cfg, cls, head in small:
+        n = n_params(shape_from_config(cfg.to_dict()), head)
+        assert n == sum(p.numel() for p in cls(cfg).parameters()), cls.__name__
 
 
 def test_unknown_family_is_a_clear_error():

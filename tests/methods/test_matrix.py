@@ -1,8 +1,10 @@
-"""One matrix over every registered method on a tiny BERT classifier and a tiny Llama LM.
+"""One matrix over every registered method on a tiny BERT classifier and a tiny Llama LM, and
+every method on a tiny LM of each decoder family beside Llama (Llama's settings).
 
 Prepare: a seeded tiny model, a fixed batch, the method's settings below. Execute: a few steps.
 Assert: loss falls, frozen tensors keep their bits, seeds reproduce, trainable state round-trips
-through safetensors, and state_dict resume continues bit for bit.
+through safetensors, and state_dict resume continues bit for bit; for the other families, loss
+finite at every step and falling, frozen tensors keep their bits.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ SETTINGS = {
     "lora": {"bert": (1e-2, {"r": 4}, 5), "llama": (1e-2, {"r": 4}, 5)},
 }
 CASES = [pytest.param(m, k, id=f"{m}-{k}") for m in METHODS for k in MODELS]
+# tiny LMs of the other decoder families (tests/tiny.py), trained with Llama's settings
+FAMILIES = ["qwen2", "qwen3", "gemma3", "mistral", "phi3"]
+FAMILY_CASES = [pytest.param(m, k, id=f"{m}-{k}") for m in METHODS for k in FAMILIES]
 
 
 def test_every_registered_method_is_in_the_matrix():
@@ -41,7 +46,7 @@ def test_every_registered_method_is_in_the_matrix():
 
 
 def build(method: str, kind: str, **over):
-    lr, options, _ = SETTINGS[method][kind]
+    lr, options, _ = SETTINGS[method]["llama" if kind in FAMILIES else kind]
     settings = MethodSettings(lr=lr, total_steps=20, warmup_steps=1, seed=3, options=options)
     for k, v in over.items():
         settings = MethodSettings(**{**settings.__dict__, k: v})
@@ -71,19 +76,37 @@ def test_loss_decreases_on_a_fixed_batch(method, kind):
     assert eval_loss(m, batch) < before - 1e-3
 
 
-@pytest.mark.parametrize(("method", "kind"), CASES)
-def test_tensors_outside_the_trainable_state_keep_their_bits(method, kind):
-    m, batch = build(method, kind), make_batch(kind)
-    before = {k: v.clone() for k, v in m.model.state_dict().items()}
-    m.step([batch])
-    m.step([batch])
+def assert_only_the_trainable_state_changed(m, before: dict[str, torch.Tensor]) -> None:
     trained = {t.untyped_storage().data_ptr() for t in m.trainable_state().values()}
     after = m.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     allowed = {k for k, v in after.items() if v.untyped_storage().data_ptr() in trained}
     assert changed, "nothing trained"
     assert changed <= allowed, f"changed outside the trainable state: {changed - allowed}"
-    assert len(allowed) < len(after) or method == "backprop"
+    assert len(allowed) < len(after) or m.name == "backprop"
+
+
+@pytest.mark.parametrize(("method", "kind"), CASES)
+def test_tensors_outside_the_trainable_state_keep_their_bits(method, kind):
+    m, batch = build(method, kind), make_batch(kind)
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    m.step([batch])
+    m.step([batch])
+    assert_only_the_trainable_state_changed(m, before)
+
+
+@pytest.mark.parametrize(("method", "kind"), FAMILY_CASES)
+def test_every_family_trains_with_every_method(method, kind):
+    """Qwen2 (q, k, v biases, a sliding-window layer), Qwen3 (q/k norms), Gemma 3 ((1 + w)
+    norms around each branch, scaled embeddings, tied head), Mistral (sliding window), Phi-3
+    (fused projections): each method's units, hooks and adapters find their modules."""
+    m, batch = build(method, kind, schedule="constant"), make_batch(kind)
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    loss = eval_loss(m, batch)
+    for _ in range(SETTINGS[method]["llama"][2]):
+        assert torch.isfinite(torch.tensor(m.step([batch]).loss))
+    assert eval_loss(m, batch) < loss - 1e-3
+    assert_only_the_trainable_state_changed(m, before)
 
 
 @pytest.mark.parametrize(("method", "kind"), CASES)

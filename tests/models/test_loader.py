@@ -18,6 +18,9 @@ PUBLISHED = {
     "bert-base": 109.5,
     "t5-small": 60.5,
     "gpt2": 124.4,
+    "qwen2.5-0.5b": 494.0,  # tied LM heads: the bare model is the whole
+    "qwen3-0.6b": 596.0,
+    "gemma3-270m": 268.1,
 }
 
 

@@ -2,7 +2,8 @@
 
 Per block: embeddings, self-attention with grouped KV heads (and cross-attention in a
 decoder of an encoder-decoder), the FFN (plain or gated), norms (post-norm BERT family, pre-norm
-GPT-2, Llama, T5), and the head (LM head over the vocabulary, or a classifier). What each op
+GPT-2, Llama and its kin, T5; Gemma 3 also after each branch), and the head (LM head over the
+vocabulary, or a classifier). What each op
 saves mirrors the eager attention of transformers 5 and PyTorch's autograd formulas.
 
 Layer indices: an encoder-decoder numbers encoder blocks 0..n_layers-1 and decoder blocks
@@ -87,7 +88,8 @@ def record(s: ModelShape, tape: Tape, tr: Trainability, inp: Inputs) -> None:
         x = tape.norm(x, rows, s.norm, tr.unit("norm", n_blocks - 1))
     tape.release(emb)
     tape.held.append(x)  # the base model's output object holds its last hidden state
-    if inp.chunked and inp.head == "lm" and s.kind == DECODER and not head_trains:
+    chunkable = s.kind == DECODER and not s.logit_softcap  # as the runtime's chunked loss
+    if inp.chunked and inp.head == "lm" and chunkable and not head_trains:
         keep = max(1, round(rows * inp.scored))
         chunk = dense_chunk(s.vocab, s.emb_width) // s.emb_width
         tape.chunked_head(x, keep, s.emb_width, s.vocab, chunk, TOKENS if s.tied else None)
@@ -108,6 +110,8 @@ def _embed(s: ModelShape, tape: Tape, rows: int, trained: bool) -> Node:
             x = tape.add(x, tape.embedding(rows, e, table, trained))
     if s.emb_norm:
         x = tape.norm(x, rows, s.norm, Train(1.0, True) if trained else FROZEN)
+    if s.emb_scale:  # Gemma: * sqrt(d), a new tensor (the scale is a buffer)
+        x = tape.pointwise(x)
     if s.emb_size and s.emb_size != s.d_model:  # ALBERT's projection to the hidden width
         x = tape.linear(x, rows, e, s.d_model, Train(1.0, True) if trained else FROZEN, True)
     return x
@@ -133,19 +137,29 @@ def _attention(
     rows, h, hd = b * t, s.n_heads, s.head_dim
     t_q, t_k, t_v = (tr.unit(r, i) for r in ("q", "k", "v"))  # the qkv unit, per linear
     t_out = tr.unit("attn_out", i)
-    q = tape.linear(x, rows, s.d_model, s.q_width, t_q, s.bias)
-    k = tape.linear(src, b * n, s.d_model, s.kv_width, t_k, s.bias)
-    v = tape.linear(src, b * n, s.d_model, s.kv_width, t_v, s.bias)
+    bq = s.bias or s.qkv_bias
+    if s.fused:  # Phi-3: one linear, q, k and v are views of its output
+        qkv = tape.linear(x, rows, s.d_model, s.q_width + 2 * s.kv_width, t_q, bq)
+        q, k, v = (tape.view(qkv, m) for m in (rows * s.q_width, *2 * [rows * s.kv_width]))
+    else:
+        q = tape.linear(x, rows, s.d_model, s.q_width, t_q, bq)
+        k = tape.linear(src, b * n, s.d_model, s.kv_width, t_k, bq)
+        v = tape.linear(src, b * n, s.d_model, s.kv_width, t_v, bq)
     if s.rel_buckets and not kv and i in (0, s.n_layers) and tr.embeddings:
         # T5's relative position bias (first block of each stack): a position table, it trains
         # with the embeddings (no scheme unit names it); the bucket lookup saves a (T, N) int64
         # index table
         tape.save(tape.new(t * n, nbytes_el=8))
         tape.count_params(s.rel_buckets * s.n_heads)
-    if s.family == "llama":  # RoPE: q*cos + rot(q)*sin saves the (B, T, hd) cos and sin tables
-        if q.rg or k.rg:  # computed once per forward, shared by every block
+    if s.qk_norm:  # Qwen3, Gemma 3: an RMSNorm over each head of q and of k
+        tn = tr.unit("norm", i)
+        q, k = tape.norm(q, rows * h, s.norm, tn), tape.norm(k, b * n * s.n_kv_heads, s.norm, tn)
+    kind = s.layer_types[i] if i < len(s.layer_types) else ""  # full or sliding window
+    if s.rope_dim:  # RoPE: q*cos + rot(q)*sin saves the (B, T, rope_dim) cos and sin tables
+        if q.rg or k.rg:  # computed once per forward (per attention kind), shared by blocks
             for table in ("rope-cos", "rope-sin"):
-                tape.save(tape.shared.setdefault((table, b * t * hd), tape.new(b * t * hd)))
+                key = (table, b * t * s.rope_dim, kind if s.rope_per_kind else "")
+                tape.save(tape.shared.setdefault(key, tape.new(b * t * s.rope_dim)))
         q, k = tape.pointwise(q, 0.0), tape.pointwise(k, 0.0)
     # K and V as the products read them: a decoder's KV cache keeps a contiguous copy of each
     # (read from then on), repeat_kv materializes them for every query head; a contiguous
@@ -161,8 +175,8 @@ def _attention(
     if s.family == "t5":  # + the stack's (1, h, T, N) position bias (zeros for cross-attention)
         bias = _once(tape, ("t5-bias", i >= s.n_layers, kv is not None), h * t * keys)
         scores = tape.add(scores, bias)
-    if causal:  # eager decoders add a (B, 1, T, N) float mask
-        scores = tape.add(scores, _once(tape, ("mask", b * t * keys), b * t * keys))
+    if causal:  # eager decoders add a (B, 1, T, N) float mask, one per attention kind
+        scores = tape.add(scores, _once(tape, ("mask", b * t * keys, kind), b * t * keys))
     p = tape.softmax(scores, b * h * t)
     ctx = tape.matmul(p, v, b * h * t * keys * hd, rows * s.q_width, copy_a=False,
                       copy_b=not contiguous)  # (B, T, h*hd)  # fmt: skip
@@ -180,7 +194,11 @@ def _once(tape: Tape, key: tuple, numel: int) -> Node:
 
 def _ffn(s: ModelShape, tape: Tape, tr: Trainability, i: int, x: Node, rows: int) -> Node:
     t1, t2 = tr.unit("ffn1", i), tr.unit("ffn2", i)
-    if s.gated:  # act(x W_gate) * (x W_up)
+    if s.fused:  # Phi-3: gate and up are the halves of one linear's output
+        gate_up = tape.linear(x, rows, s.d_model, 2 * s.d_ff, t1, s.bias)
+        gate, up = tape.view(gate_up, rows * s.d_ff), tape.view(gate_up, rows * s.d_ff)
+        a = tape.mul(tape.act(gate, s.act), up)
+    elif s.gated:  # act(x W_gate) * (x W_up)
         gate = tape.linear(x, rows, s.d_model, s.d_ff, t1, s.bias)
         up = tape.linear(x, rows, s.d_model, s.d_ff, t1, s.bias)
         a = tape.mul(tape.act(gate, s.act), up)
@@ -216,11 +234,14 @@ def _block(
     # pre-norm: x + f(norm(x)); the decoder blocks of an encoder-decoder are causal too
     causal = s.kind == DECODER or enc is not None
     a, p = _attention(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), b, t, None, causal)
+    if s.post_norms:  # Gemma 3: the branch's output normed before the residual add
+        a = tape.norm(a, rows, s.norm, tn)
     x, maps = tape.add(x, a), [p]
     if enc is not None:
         a, p = _attention(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), b, t, enc)
         x, maps = tape.add(x, a), [*maps, p]
-    x = tape.add(x, _ffn(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), rows))
+    f = _ffn(s, tape, tr, i, tape.norm(x, rows, s.norm, tn), rows)
+    x = tape.add(x, tape.norm(f, rows, s.norm, tn) if s.post_norms else f)
     tape.release(block_in, *maps)
     return x
 
@@ -251,7 +272,10 @@ def _head(
             rows = max(1, round(rows * inp.scored))
             x = tape.copy(x, rows * width)
         key = TOKENS if s.tied else None  # a tied decoder is the token table, counted once
-        return tape.linear(x, rows, s.emb_width, s.vocab, th, s.kind == ENCODER, key), rows
+        logits = tape.linear(x, rows, s.emb_width, s.vocab, th, s.kind == ENCODER, key)
+        if s.logit_softcap:  # Gemma: c tanh(logits / c), tanh saves its output
+            logits = tape.pointwise(tape.act(tape.pointwise(logits), "tanh"))
+        return logits, rows
     if inp.head != "classifier":
         raise EdgetuneError(f"unknown head {inp.head!r}; choose lm, classifier or none")
     c = inp.n_labels

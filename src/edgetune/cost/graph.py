@@ -49,6 +49,7 @@ class Node:
     nbytes_el: float
     rg: bool = False
     storage: int = field(default_factory=lambda: next(_ids))
+    whole: float = 0.0  # a view: bytes of the storage it is part of (0: all of it)
 
     @property
     def nbytes(self) -> float:
@@ -183,8 +184,9 @@ class Tape:
         if node.storage in self._global:
             return
         self._global.add(node.storage)
-        self.seg.saved[node.storage] = node.nbytes
-        self._pending_saved.append((node.storage, node.nbytes))
+        nbytes = node.whole or node.nbytes  # a saved view keeps its whole storage
+        self.seg.saved[node.storage] = nbytes
+        self._pending_saved.append((node.storage, nbytes))
 
     def _op(
         self,
@@ -409,7 +411,9 @@ class Tape:
     def norm(self, x: Node, rows: int, kind: str, t: Train) -> Node:
         """LayerNorm (aten native_layer_norm saves input, mean and rstd whenever a backward
         node exists) or the RMSNorm of transformers (Python: saves x and rstd for the input
-        gradient, the normalized x for the weight gradient). Statistics are fp32."""
+        gradient, the normalized x for the weight gradient). Statistics are fp32. Gemma's
+        `rmsnorm1p` scales by (1 + w), a new fp32 tensor of the width at every call, which
+        the product saves for the input gradient."""
         width = x.numel // rows
         stats = self.new(rows, nbytes_el=4)
         trained = t.weight > 0 or (t.bias and kind == "layernorm")  # RMSNorm has no bias
@@ -426,6 +430,8 @@ class Tape:
             if x.rg:
                 self.save(x)
                 self.save(stats)
+                if kind == "rmsnorm1p":
+                    self.save(self.new(width, nbytes_el=4))
             if t.weight > 0:
                 self.save(self.new(x.numel))
         y = self.new(x.numel, x.rg or trained)
@@ -459,6 +465,11 @@ class Tape:
         y = self.new(numel, x.rg)
         self._op(y, x)
         return y
+
+    def view(self, x: Node, numel: int) -> Node:
+        """`numel` elements of x's storage (q, k or v of a fused projection's output): no op;
+        saved, it keeps the whole storage."""
+        return Node(numel, x.nbytes_el, x.rg, x.storage, x.whole or x.nbytes)
 
     def pointwise(self, x: Node, flops_per_el: float = 1.0) -> Node:
         """A new tensor of x's size by an element-wise op that saves nothing (x * scale)."""

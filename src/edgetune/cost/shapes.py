@@ -1,7 +1,9 @@
 """Model shapes: the numbers the cost model needs, read from a Hugging Face config dict.
 
-`shape_from_config(config.to_dict())` understands the families edgetune runs (bert, distilbert,
-albert, t5 and flan-t5's gated-gelu, gpt2, llama, longformer). `NAMED_SHAPES` holds shapes of
+`shape_from_config(config.to_dict())` understands every model type edgetune trains
+(`edgetune.families.MODEL_TYPES`): bert, roberta, xlm-roberta, longformer, distilbert, albert,
+t5 and mt5 (flan-t5's gated-gelu too), gpt2, llama and its kin mistral, qwen2, qwen3,
+gemma3_text and phi3. `NAMED_SHAPES` holds shapes of
 models the runtime does not build but the cost model should know (AlexaTM 20B, the seed paper's
 largest model). `n_params` counts parameters exactly as the transformers classes do, so a test
 can compare it with `sum(p.numel() for p in model.parameters())`.
@@ -16,7 +18,10 @@ from dataclasses import dataclass, replace
 from edgetune.errors import EdgetuneError
 from edgetune.families import DECODER, ENCODER, ENCODER_DECODER
 
-FAMILIES = ("bert", "distilbert", "albert", "t5", "gpt2", "llama", "longformer")
+FAMILIES = ("bert", "distilbert", "albert", "t5", "gpt2", "llama", "gemma3", "phi3", "longformer")
+# config.model_type of the decoders with rotary embeddings, RMSNorm and a gated FFN -> family
+ROTARY_DECODERS = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
+                   "gemma3_text": "gemma3", "phi3": "phi3"}  # fmt: skip
 HEADS = ("none", "lm", "classifier")
 
 
@@ -40,9 +45,23 @@ class ModelShape:
     d_ff: int
     n_dec_layers: int = 0
     gated: bool = False  # gated FFN (two input projections: gate and up)
-    act: str = "gelu"  # gelu | gelu_new | relu | silu
-    norm: str = "layernorm"  # layernorm | rmsnorm
+    act: str = "gelu"  # gelu | gelu_new | gelu_pytorch_tanh | relu | silu
+    norm: str = "layernorm"  # layernorm | rmsnorm | rmsnorm1p (Gemma: x_hat * (1 + w))
     bias: bool = True  # linear layers have biases
+    qkv_bias: bool = False  # q, k and v have biases though the other linears do not (Qwen2)
+    fused: bool = False  # q, k, v one linear and gate, up another (Phi-3)
+    qk_norm: bool = False  # an RMSNorm over each head of q and of k (Qwen3, Gemma 3)
+    post_norms: bool = False  # norms of the attention's and the FFN's outputs too (Gemma 3)
+    emb_scale: bool = False  # the looked-up embeddings multiplied by sqrt(d_model) (Gemma)
+    rope_dim: int = 0  # rotary width per head (0: no rotary embedding; Phi-3 may rotate a part)
+    # per block "full_attention" | "sliding_attention" (empty: one kind). A sliding window
+    # changes the mask only: eager and sdpa attention still form every score, so FLOPs and
+    # saved bytes are those of full attention; each kind has its own mask (and with
+    # `rope_per_kind`, Gemma 3, its own RoPE tables)
+    layer_types: tuple[str, ...] = ()
+    rope_per_kind: bool = False
+    logit_softcap: bool = False  # LM logits -> c tanh(logits / c) (Gemma's
+    # `final_logit_softcapping`; its `attn_logit_softcapping` is not read by Gemma 3's attention)
     tied: bool = True  # LM head shares the input embedding matrix
     n_positions: int = 0  # rows of a learned position table (0: rotary or relative)
     type_vocab: int = 0  # token-type (segment) embeddings
@@ -103,7 +122,7 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
     """The shape of a transformers config, given as `config.to_dict()`."""
     family = cfg.get("model_type")
     name = name or str(cfg.get("_name_or_path") or family)
-    if family in ("bert", "longformer", "roberta"):
+    if family in ("bert", "longformer", "roberta", "xlm-roberta"):
         d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
         window = cfg.get("attention_window", 0) if family == "longformer" else 0
         if isinstance(window, list):
@@ -133,7 +152,7 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             emb_size=cfg["embedding_size"], shared_layers=True, pooler=True,
             tied=_tied(cfg, True),
         )  # fmt: skip
-    if family == "t5":
+    if family in ("t5", "mt5"):
         proj = cfg.get("feed_forward_proj", "relu")
         gated = proj.startswith("gated-")
         act = proj.split("-", 1)[1] if gated else proj
@@ -154,20 +173,37 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             n_positions=cfg["n_positions"], emb_norm=False, final_norm=True,
             tied=_tied(cfg, True), kv_cache=_kv_cache(cfg),
         )  # fmt: skip
-    if family == "llama":
-        d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-            raise EdgetuneError("Llama shapes with attention or MLP biases are not modelled")
-        return ModelShape(
-            name, "llama", DECODER, cfg["vocab_size"], d, cfg["num_hidden_layers"], heads,
-            cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or d // heads,
-            cfg["intermediate_size"], gated=True, act=cfg.get("hidden_act", "silu"),
-            norm="rmsnorm", bias=False, tied=_tied(cfg, False),
-            emb_norm=False, final_norm=True, kv_cache=_kv_cache(cfg),
-        )  # fmt: skip
+    if family in ROTARY_DECODERS:
+        return _rotary_decoder(cfg, family, name)
     raise EdgetuneError(
         f"the cost model does not know model type {family!r}; known: {', '.join(FAMILIES)}"
     )
+
+
+def _rotary_decoder(cfg: dict, model_type: str, name: str) -> ModelShape:
+    """Llama and its kin: Mistral (as Llama), Qwen2 (q, k, v biases), Qwen3 (q/k norms,
+    head_dim apart from d / heads), Gemma 3 text ((1 + w) norms before and after each branch,
+    q/k norms, scaled embeddings, GELU-tanh, per-kind RoPE), Phi-3 (fused projections)."""
+    d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    family = ROTARY_DECODERS[model_type]
+    gemma = family == "gemma3"
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise EdgetuneError(f"{model_type} shapes with attention or MLP biases are not modelled")
+    head_dim = cfg.get("head_dim") or d // heads
+    # Phi-3's RoPE may rotate a part of each head (Phi-4-mini: 3/4); the others the whole
+    rope = (cfg.get("rope_parameters") or {}) if family == "phi3" else {}
+    rope_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
+    return ModelShape(
+        name, family, DECODER, cfg["vocab_size"], d, cfg["num_hidden_layers"], heads,
+        cfg.get("num_key_value_heads") or heads, head_dim, cfg["intermediate_size"], gated=True,
+        act=_get(cfg, "hidden_activation", "hidden_act", default="silu"),
+        norm="rmsnorm1p" if gemma else "rmsnorm", bias=False, qkv_bias=model_type == "qwen2",
+        fused=family == "phi3", qk_norm=gemma or model_type == "qwen3", post_norms=gemma,
+        emb_scale=gemma, rope_dim=rope_dim,
+        layer_types=tuple(cfg.get("layer_types") or ()), rope_per_kind=gemma,
+        logit_softcap=cfg.get("final_logit_softcapping") is not None,
+        tied=_tied(cfg, gemma), emb_norm=False, final_norm=True, kv_cache=_kv_cache(cfg),
+    )  # fmt: skip
 
 
 # Shapes the runtime registry does not build. Numbers from the cited publications.
@@ -214,10 +250,13 @@ def _norm(s: ModelShape, width: int | None = None) -> int:
 def block_params(s: ModelShape, cross: bool = False, rel_bias: bool = False) -> int:
     """One transformer block: self-attention, optional cross-attention, FFN and norms."""
     d, b = s.d_model, s.bias
-    attn = _linear(d, s.q_width, b) + 2 * _linear(d, s.kv_width, b) + _linear(s.q_width, d, b)
+    bq = b or s.qkv_bias
+    attn = _linear(d, s.q_width, bq) + 2 * _linear(d, s.kv_width, bq) + _linear(s.q_width, d, b)
     if s.global_proj:
         attn += _linear(d, s.q_width, b) + 2 * _linear(d, s.kv_width, b)
-    n = attn + 2 * _norm(s)
+    n = attn + (4 if s.post_norms else 2) * _norm(s)
+    if s.qk_norm:
+        n += 2 * _norm(s, s.head_dim)
     if rel_bias:
         n += s.rel_buckets * s.n_heads
     if cross:

@@ -1,7 +1,7 @@
 """Where the units of an `UpdateScheme` live in a real model: module names per family.
 
 `describe(model)` reads a transformers model (BERT/MiniLM/RoBERTa/Longformer, DistilBERT, ALBERT,
-Llama/SmolLM2/Mistral/Qwen2, GPT-2, T5/FLAN-T5) and returns an `Anatomy`: the ordered blocks,
+Llama/SmolLM2/Mistral/Qwen2/Qwen3, Gemma 3 (text), Phi-3, GPT-2, T5/FLAN-T5) and returns an `Anatomy`: the ordered blocks,
 the modules of each unit (qkv, attn_out, ffn1, ffn2, norm) of each block, the task head, the
 head modules that produce the logits, and the modules whose output is the input embedding.
 
@@ -152,7 +152,7 @@ def describe(model: nn.Module) -> Anatomy:
     else:
         inp = model.get_input_embeddings()  # type: ignore[operator]  # transformers' method
         emb = tuple(n for n, m in modules.items() if m is inp)[:1]
-    causal = family in ("llama", "gpt2") and not classify
+    causal = layout.decoder and not classify
     return Anatomy(
         family, "classify" if classify else "lm", causal, tuple(blocks), units, head, output, emb
     )

@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from edgetune.errors import EdgetuneError
-from edgetune.families import DECODER, ENCODER, ENCODER_DECODER
+from edgetune.families import DECODER, ENCODER, ENCODER_DECODER, FAMILIES, MODEL_TYPES
 from edgetune.models.bundled import bundled_available, bundled_file, bundled_path, gguf_meta
 from edgetune.models.registry import SPECS
 from edgetune.paths import cache_dir
@@ -229,7 +229,8 @@ def _kind_of(config: PretrainedConfig) -> str:
     if getattr(config, "is_encoder_decoder", False):
         return ENCODER_DECODER
     archs = " ".join(getattr(config, "architectures", None) or [])
-    return DECODER if "CausalLM" in archs or config.model_type in ("llama", "gpt2") else ENCODER
+    family = FAMILIES.get(MODEL_TYPES.get(config.model_type, ""))
+    return DECODER if "CausalLM" in archs or (family and family.decoder) else ENCODER
 
 
 def _auto_class(config: PretrainedConfig, task: str):
