@@ -1,9 +1,10 @@
 """Where the units of an `UpdateScheme` live in a real model: module names per family.
 
 `describe(model)` reads a transformers model (BERT/MiniLM/RoBERTa/Longformer, DistilBERT, ALBERT,
-Llama/SmolLM2/Mistral/Qwen2/Qwen3, Gemma 3 (text), Phi-3, GPT-2, T5/FLAN-T5) and returns an `Anatomy`: the ordered blocks,
-the modules of each unit (qkv, attn_out, ffn1, ffn2, norm) of each block, the task head, the
-head modules that produce the logits, and the modules whose output is the input embedding.
+Llama/SmolLM2/Mistral/Qwen2/Qwen3, Gemma 3 (text), Phi-3, GPT-2, T5/FLAN-T5) and returns an
+`Anatomy`: the ordered blocks, the modules of each unit (qkv, attn_out, ffn1, ffn2, norm) of
+each block, the task head, the head modules that produce the logits, and the modules whose
+output is the input embedding.
 
 Conventions (shared with the cost model and the planner):
 - Layer indices count blocks from the input: encoder blocks first, then decoder blocks (T5:

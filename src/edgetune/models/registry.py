@@ -254,7 +254,7 @@ SPECS: dict[str, ModelSpec] = {
         ModelSpec(
             "phi3-mini",
             DECODER,
-            lambda: Phi3Config(  # type: ignore[call-arg]
+            lambda: Phi3Config(
                 hidden_size=3072,
                 intermediate_size=8192,
                 num_hidden_layers=32,
@@ -271,7 +271,7 @@ SPECS: dict[str, ModelSpec] = {
         ModelSpec(
             "mistral-7b",
             DECODER,
-            lambda: MistralConfig(  # type: ignore[call-arg]
+            lambda: MistralConfig(
                 hidden_size=4096,
                 intermediate_size=14336,
                 num_hidden_layers=32,
