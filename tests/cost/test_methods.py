@@ -18,7 +18,7 @@ S = ModelShape("enc", "bert", "encoder", 30522, 768, 12, 12, 12, 64, 3072, n_pos
 # SmolLM2-135M written out: GQA, tied LM head, KV cache
 SMOL = ModelShape("smol", "llama", "decoder", 49152, 576, 30, 9, 3, 64, 1536, gated=True,
                   act="silu", norm="rmsnorm", bias=False, tied=True, emb_norm=False,
-                  final_norm=True, kv_cache=True)  # fmt: skip
+                  final_norm=True, kv_cache=True, rope_dim=64)  # fmt: skip
 V, D = SMOL.vocab, SMOL.d_model
 
 
