@@ -92,6 +92,10 @@ def test_lora_forecast_follows_its_targets_and_rank():
     assert adapters == 6 * 8 * (384 + 384)  # 6 blocks, rank 8, A (8, 384) and B (384, 8)
     with pytest.raises(EdgetuneError, match="cannot place LoRA target 'nope'"):
         predict(inputs, "lora", {"target_modules": ["nope"]})
+    # Longformer's cost-model family reads BERT's layout for module names
+    longformer = StepInputs(model_shape("longformer-base"), batch=1, seq=64)
+    named = predict(longformer, "lora", {"target_modules": ["query", "value"]})
+    assert named.trained_params == 12 * 2 * 8 * (768 + 768)
 
 
 def test_an_encoder_decoder_is_forecast_at_the_target_length_the_data_uses():

@@ -1,8 +1,9 @@
 """The cost model against measurement on tiny random models (CPU, seconds):
 
 - forward and backward FLOPs equal to torch.utils.flop_counter.FlopCounterMode's, which
-  counts matrix products only (eager attention; a sliding window changes only the mask); element-wise work (softmax, norms, activations, loss,
-  embedding lookups) is neither counted there nor in `2 * macs`;
+  counts matrix products only (eager attention; a sliding window changes only the mask);
+  element-wise work (softmax, norms, activations, loss, embedding lookups) is neither counted
+  there nor in `2 * macs`;
 - bytes saved for backward within 10 % of what autograd's saved-tensor hooks see (and still
   holds at the end of the forward), for backprop
   and for sparse update schemes applied by the runtime's `sparse` method;

@@ -21,7 +21,7 @@ from typing import Any
 from edgetune.cost.methods import Rule
 from edgetune.cost.shapes import ModelShape
 from edgetune.errors import EdgetuneError
-from edgetune.families import FAMILIES, roles_of_leaf
+from edgetune.families import FAMILIES, MODEL_TYPES, roles_of_leaf
 from edgetune.fields import build
 from edgetune.methods.options import (
     LoraOptions,
@@ -97,7 +97,9 @@ def _lora_cost(options: LoraOptions, shape: ModelShape) -> dict[str, Any]:
         if target in UNITS and target not in ("head", "norm"):
             roles += ["q", "k", "v"] if target == "qkv" else [target]
             continue
-        found = roles_of_leaf(shape.family, target) if shape.family in FAMILIES else ()
+        # a cost-model family that is a model type of a layout family (longformer: bert's)
+        family = shape.family if shape.family in FAMILIES else MODEL_TYPES.get(shape.family)
+        found = roles_of_leaf(family, target) if family else ()
         if not found:
             raise EdgetuneError(
                 f"the cost model cannot place LoRA target {target!r} in a {shape.family} "
