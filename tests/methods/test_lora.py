@@ -33,17 +33,21 @@ def test_default_targets_are_the_qkv_projections_of_the_family(kind, targets):
     assert set(m.model.peft_config["default"].target_modules) == targets
 
 
-@pytest.mark.parametrize("kind", ["phi3", "gemma3", "qwen2"])
-def test_the_forecast_counts_the_adapters_peft_makes(kind):
-    """One adapter per fused linear (Phi-3's qkv_proj, gate_up_proj), a tied head left frozen
-    (Gemma 3), targets named by unit or by module."""
+@pytest.mark.parametrize(
+    ("kind", "names"),
+    [("phi3", ["qkv_proj", "down_proj"]), ("gemma3", ["o_proj", "down_proj"]),
+     ("qwen2", ["q_proj"]), ("gpt2", ["c_attn", "c_fc"])],
+)  # fmt: skip
+def test_the_forecast_counts_the_adapters_peft_makes(kind, names):
+    """One adapter per fused linear (Phi-3's qkv_proj and gate_up_proj, GPT-2's c_attn), a
+    tied head left frozen (Gemma 3), targets named by unit or by module."""
     import tiny
 
     from edgetune.cost.shapes import shape_from_config
     from edgetune.forecast import StepInputs, predict
 
     inputs = StepInputs(shape_from_config(tiny.config(kind).to_dict()), batch=2, seq=8)
-    for targets in (["qkv", "ffn1"], ["o_proj", "down_proj"]):
+    for targets in (["qkv", "ffn1"], names):
         trained = lora(kind, target_modules=targets).trainable_state()
         want = predict(inputs, "lora", {"r": 4, "target_modules": targets}).trained_params
         assert want == sum(t.numel() for t in trained.values()), targets

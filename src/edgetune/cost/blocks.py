@@ -194,7 +194,7 @@ def _once(tape: Tape, key: tuple, numel: int) -> Node:
 
 def _ffn(s: ModelShape, tape: Tape, tr: Trainability, i: int, x: Node, rows: int) -> Node:
     t1, t2 = tr.unit("ffn1", i), tr.unit("ffn2", i)
-    if s.fused:  # Phi-3: gate and up are the halves of one linear's output
+    if s.fused and s.gated:  # Phi-3: gate and up are the halves of one linear's output
         gate_up = tape.linear(x, rows, s.d_model, 2 * s.d_ff, t1, s.bias)
         gate, up = tape.view(gate_up, rows * s.d_ff), tape.view(gate_up, rows * s.d_ff)
         a = tape.mul(tape.act(gate, s.act), up)

@@ -49,7 +49,7 @@ class ModelShape:
     norm: str = "layernorm"  # layernorm | rmsnorm | rmsnorm1p (Gemma: x_hat * (1 + w))
     bias: bool = True  # linear layers have biases
     qkv_bias: bool = False  # q, k and v have biases though the other linears do not (Qwen2)
-    fused: bool = False  # q, k, v one linear and gate, up another (Phi-3)
+    fused: bool = False  # q, k, v one linear (GPT-2's c_attn, Phi-3) and gate, up another (Phi-3)
     qk_norm: bool = False  # an RMSNorm over each head of q and of k (Qwen3, Gemma 3)
     post_norms: bool = False  # norms of the attention's and the FFN's outputs too (Gemma 3)
     emb_scale: bool = False  # the looked-up embeddings multiplied by sqrt(d_model) (Gemma)
@@ -170,6 +170,7 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
         return ModelShape(
             name, "gpt2", DECODER, cfg["vocab_size"], d, cfg["n_layer"], heads, heads, d // heads,
             cfg.get("n_inner") or 4 * d, act=cfg.get("activation_function", "gelu_new"),
+            fused=True,
             n_positions=cfg["n_positions"], emb_norm=False, final_norm=True,
             tied=_tied(cfg, True), kv_cache=_kv_cache(cfg),
         )  # fmt: skip
