@@ -70,7 +70,7 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
             changes = _check_resume(cfg, out) if resume else _check_fresh(out, console)
             session = _planned(load(cfg), console)
             for line in session.data.cut_lines(cfg.data.seq_len):  # cuts are never silent
-                console.print(line, highlight=False)
+                console.print(line, highlight=False, soft_wrap=True)
             forecast = session.forecast()
             console.print(forecast.line(), highlight=False)
             method = session.build_method()

@@ -42,7 +42,8 @@ def _chatml(tok, messages) -> tuple[list[int], list[int]]:
         head = tok(f"<|im_start|>{m['role']}\n", add_special_tokens=False)["input_ids"]
         body = tok(f"{m['content']}<|im_end|>\n", add_special_tokens=False)["input_ids"]
         ids += head + body
-        labels += [IGNORE] * len(head) + (body if m["role"] == "assistant" else [IGNORE] * len(body))
+        scored = body if m["role"] == "assistant" else [IGNORE] * len(body)
+        labels += [IGNORE] * len(head) + scored
     return ids, labels
 
 
@@ -68,7 +69,8 @@ def test_the_template_s_own_system_prompt_is_never_scored(tok):
     ex = chat.example(talk, tok, 512, None, Cuts())
     text = tok.decode(ex["input_ids"])
     assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    assert tok.decode([t for t in ex["labels"] if t != IGNORE]) == f"{talk[1]['content']}<|im_end|>\n"
+    scored = [t for t in ex["labels"] if t != IGNORE]
+    assert tok.decode(scored) == f"{talk[1]['content']}<|im_end|>\n"
 
 
 def test_a_long_conversation_keeps_whole_turns_and_counts_the_rest(tok):
