@@ -121,6 +121,16 @@ def test_an_answer_that_cannot_fit_is_dropped_and_an_empty_split_is_refused(tok,
         tokenize(load_data(cfg), tok, cfg, "decoder")
 
 
+def test_an_evaluation_prompt_drops_early_turns_and_keeps_the_template(tok):
+    whole = chat.prompt_ids(tok, TALK, 10_000)
+    assert tok.decode(whole) == chat.render(tok, TALK[:-1], generation=True)
+    short = chat.prompt_ids(tok, TALK, 40)
+    text = tok.decode(short)
+    assert len(short) <= 40 < len(whole)
+    assert text.startswith(f"<|im_start|>system\n{TALK[0]['content']}<|im_end|>\n")
+    assert text.endswith("<|im_start|>user\nWhat is on my list?<|im_end|>\n<|im_start|>assistant\n")
+
+
 def test_the_three_row_forms_become_the_same_messages(tmp_path):
     pairs = [("What is 2+2?", "4"), ("Convert 2 km to m.", "2000 m")] * 6
     forms = {

@@ -64,6 +64,11 @@ def tokenize(
     """The tokenized splits (all, or those named); validation and test hold at most
     `cfg.eval_samples` examples (for lm: blocks of `seq_len` tokens, not documents)."""
     data, task, labels, seq_len = text.splits, text.task, text.labels, cfg.seq_len
+    if task == "chat" and kind == ENCODER_DECODER:
+        raise EdgetuneError(
+            "chat data needs a decoder-only model with a chat template, not an encoder-decoder; "
+            "give single-turn text/target rows with --task summarize"
+        )
     out, cuts = {}, {}
     for split, ds in data.items():
         if splits is not None and split not in splits:
