@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from edgetune.config import load_config
+from edgetune.data.chat import answer_of, prompt_of
 from edgetune.data.tasks import batches, epoch_order
 from edgetune.evaluate import generate
 from edgetune.forecast import StepInputs, model_shape, predict
@@ -129,7 +130,12 @@ def main(steps: int, bp_steps: int) -> None:
         "planned_step_s": med(sp_step[2:]),
         "planned_forward_s": med(sp_fwd[2:]),
         "prompts": [
-            {"prompt": r["text"], "reference": r["target"], "before": b, "after": a}
+            {
+                "prompt": prompt_of(r["messages"])[-1]["content"],
+                "reference": answer_of(r["messages"]),
+                "before": b,
+                "after": a,
+            }
             for r, b, a in zip(rows, before, after, strict=True)
         ],
     }

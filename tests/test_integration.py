@@ -18,7 +18,7 @@ def test_smollm2_loads_offline_and_answers():
     answer = generate(
         loaded.model,
         loaded.tokenizer,
-        {"text": "What is the capital of France?"},
+        {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
         "chat",
         max_new_tokens=12,
     )

@@ -56,7 +56,9 @@ class DataConfig:
     label_column: str = "label"
     target_column: str = "target"
     seq_len: int = 128
-    target_len: int | None = None  # target tokens of an encoder-decoder (None: seq_len / 4, >= 8)
+    target_len: int | None = None  # longest target in tokens: of an encoder-decoder or a
+    # decoder-only summarize row (None: seq_len / 4, >= 8); of a chat answer (None: uncut, an
+    # answer that cannot fit is dropped); cuts are counted and printed at load
     train_samples: int | None = None  # use only the first N training rows (after a fixed shuffle)
     eval_samples: int | None = None  # evaluate on the first N examples of validation and test
     # (rows; for lm, blocks of seq_len tokens)

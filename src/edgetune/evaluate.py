@@ -10,7 +10,7 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
-from edgetune.data.tasks import IGNORE, Example, TaskData, batches, prompt_ids
+from edgetune.data.tasks import IGNORE, Example, TaskData, batches, prompt_ids, target_text
 from edgetune.methods.base import forward_loss
 
 
@@ -119,7 +119,9 @@ def rouge(model, tokenizer, data: TaskData, split: str, n: int) -> dict[str, flo
     rows = list(data.raw[split].select(range(min(n, len(data.raw[split])))))
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for row in rows:
-        scores = scorer.score(row["target"], generate(model, tokenizer, row, data.task))
+        scores = scorer.score(
+            target_text(row, data.task), generate(model, tokenizer, row, data.task)
+        )
         for k in totals:
             totals[k] += scores[k].fmeasure
     return {k: v / len(rows) for k, v in totals.items()}

@@ -69,6 +69,8 @@ def finetune(cfg: RunConfig, *, resume: bool = False, console: Console | None = 
                 shutil.rmtree(tmp, ignore_errors=True)
             changes = _check_resume(cfg, out) if resume else _check_fresh(out, console)
             session = _planned(load(cfg), console)
+            for line in session.data.cut_lines(cfg.data.seq_len):  # cuts are never silent
+                console.print(line, highlight=False, soft_wrap=True)
             forecast = session.forecast()
             console.print(forecast.line(), highlight=False)
             method = session.build_method()
@@ -155,6 +157,8 @@ def _run(
     tokenizer, pad_id, total = session.loaded.tokenizer, session.pad_id, session.total_steps
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"run": {"total_steps": total, **cfg.identity}}
+    if data.cuts:  # what fitting examples into data.seq_len cut, per split
+        metrics["data_cuts"] = {split: c.as_dict() for split, c in data.cuts.items()}
 
     step, history, step_times, step_ends = 0, [], [], []
     if resume:

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 from edgetune.config import load_config
+from edgetune.data.chat import Cuts
 from edgetune.data.tasks import IGNORE, SUMMARY_PROMPT, _prompted, prompt_ids
 from edgetune.models.bundled import bundled_path
 from edgetune.train import finetune
@@ -51,8 +52,12 @@ def _run(model, data, task, out, *extra):
 
 @pytest.mark.parametrize("task", ["summarize", "chat"])
 def test_decoder_text_tasks_learn_and_report_rouge(task, tiny_llama, pairs_jsonl, tmp_path):
-    m = _run(tiny_llama, pairs_jsonl, task, tmp_path / "r")
+    # SmolLM2's template adds a 20-token system prompt to chat rows: 48 tokens fit one whole
+    m = _run(tiny_llama, pairs_jsonl, task, tmp_path / "r", "data.seq_len=48")
     assert m["eval"]["perplexity"] < m["test_before"]["perplexity"]
+    # every train row counted, none cut (what a cut would be is tests/data/test_chat.py's)
+    assert m["data_cuts"]["train"] == {"examples": 24, "cut": 0, "tokens": 0,
+                                       "answer_tokens": 0, "dropped": 0}  # fmt: skip
     assert {"rouge1", "rouge2", "rougeL"} <= set(m["eval"])
 
 
@@ -71,14 +76,15 @@ def test_lm_on_a_text_file(tiny_llama, tmp_path):
 
 def test_prompted_examples_train_on_the_target_only(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    ex = _prompted(PAIRS[0], "summarize", tok, 64, 16)
+    ex = _prompted(PAIRS[0], tok, 64, 16, Cuts())
     prompt = prompt_ids(PAIRS[0], "summarize", tok, 64)
     assert ex["input_ids"][: len(prompt)] == prompt
     assert ex["labels"][: len(prompt)] == [IGNORE] * len(prompt)
     target = [t for t in ex["labels"] if t != IGNORE]
     assert tok.decode(target, skip_special_tokens=True).strip() == PAIRS[0]["target"]
     assert tok.decode(prompt).endswith(SUMMARY_PROMPT)
-    chat = prompt_ids(PAIRS[0], "chat", tok, 64)
+    messages = [{"role": "user", "content": PAIRS[0]["text"]}]
+    chat = prompt_ids({"messages": messages}, "chat", tok, 64)
     assert PAIRS[0]["text"] in tok.decode(chat)
 
 
@@ -93,7 +99,7 @@ def test_tokenized_splits_hold_int32_arrays(tiny_llama, pairs_jsonl):
     data = tokenize(load_data(cfg.data), tok, cfg.data, "decoder")
     ex = data.splits["train"][0]
     # Assert: 4 bytes a token, the same tokens as the prompted lists, and batches as before
-    expected = _prompted(dict(data.raw["train"][0]), "summarize", tok, 32, 8)
+    expected = _prompted(dict(data.raw["train"][0]), tok, 32, 8, Cuts())
     assert ex["input_ids"].dtype == "int32" and ex["labels"].dtype == "int32"
     assert ex["input_ids"].tolist() == expected["input_ids"]
     assert ex["labels"].tolist() == expected["labels"]

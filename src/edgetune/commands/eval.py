@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgetune.commands import out
+from edgetune.commands import err, out
 from edgetune.errors import EdgetuneError
 
 Opt = typer.Option
@@ -62,6 +62,8 @@ def eval_(
     if seq_len is not None:
         changes["data.seq_len"] = seq_len
     session = load(load_config(base, changes), splits=(split,))
+    for line in session.data.cut_lines(session.cfg.data.seq_len):  # cuts are never silent
+        err.print(line, highlight=False, soft_wrap=True)
     examples = session.data.splits[split]
     if samples:
         session.data.splits[split] = examples[:samples]

@@ -1,24 +1,30 @@
-"""User data files (JSONL, CSV, Parquet) loaded through the `datasets` library.
+"""User data files (JSONL, CSV, Parquet) and data folders loaded through the `datasets` library.
 
 A single file is split 80/10/10 into train/validation/test by a seeded permutation (seed 0).
 A folder holding `train.*` (and optionally `validation.*`, `test.*`) files uses those splits
 (`dev`, `valid` and `val` name the validation split too; any other data file in the folder is
-refused by name); a missing validation split is cut from train as above, a missing test split
-reuses validation. A `.json` file holds either one JSON object per line or one array of
+refused by name); so does a folder whose `data/` holds them, or the hub's shards of them
+(`data/train-00000-of-00002.parquet`, ...). A folder written by `save_to_disk` is read with
+`datasets.load_from_disk`: a `DatasetDict` gives its splits, a `Dataset` is split as a file.
+A missing validation split is cut from train as above, a missing test split reuses
+validation. A `.json` file holds either one JSON object per line or one array of
 objects (a `.jsonl` file: one object per line). Columns are renamed to edgetune's: `text`,
-`label` (classify), `target` (summarize, chat).
+`label` (classify), `target` (summarize); chat rows become `messages` (`edgetune.data.chat`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, Value
+from datasets import Dataset, DatasetDict, Value, load_from_disk
 from datasets import load_dataset as hf_load_dataset
 
+from edgetune.data.chat import to_messages
 from edgetune.errors import EdgetuneError
 
+SHARD = re.compile(r"^([A-Za-z]+)-\d+-of-\d+")  # the hub's shards: train-00000-of-00002[-hash]
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 SPLIT_NAMES = {"train": "train", "validation": "validation", "dev": "validation",
                "valid": "validation", "val": "validation", "test": "test"}  # fmt: skip
@@ -26,26 +32,7 @@ SPLIT_NAMES = {"train": "train", "validation": "validation", "dev": "validation"
 
 def load_files(path: Path, task: str, columns: dict[str, str]) -> DatasetDict:
     """Load a file or a folder of split files; `columns` maps edgetune names to the user's."""
-    if path.is_dir():
-        found: dict[str, Path] = {}
-        for p in sorted(path.iterdir()):
-            if p.suffix.lower() not in FORMATS:
-                continue
-            split = SPLIT_NAMES.get(p.stem.lower())
-            if split is None:
-                raise EdgetuneError(
-                    f"{p}: name a data folder's files train, validation (or dev) and test"
-                )
-            if split in found:
-                raise EdgetuneError(
-                    f"{path} holds two {split} files: {found[split].name}, {p.name}"
-                )
-            found[split] = p
-        if "train" not in found:
-            raise EdgetuneError(f"{path} has no train.jsonl/.json/.csv/.parquet file")
-        splits = {s: _read(f) for s, f in found.items()}
-    else:
-        splits = _split(_read(path))
+    splits = _folder(path) if path.is_dir() else _split(_read([path]))
     if "validation" not in splits:
         splits.update(_split(splits["train"], test=False))
     splits.setdefault("test", splits["validation"])
@@ -54,18 +41,71 @@ def load_files(path: Path, task: str, columns: dict[str, str]) -> DatasetDict:
     )
 
 
-def _read(path: Path) -> Dataset:
-    if not path.exists():
-        raise EdgetuneError(f"data file not found: {path}")
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise EdgetuneError(f"{path}: unknown format; use .jsonl, .csv or .parquet")
-    if path.stat().st_size == 0:
-        raise EdgetuneError(f"{path} holds no rows")
-    if fmt == "json":
-        _check_json(path)
+def _folder(path: Path) -> dict[str, Dataset]:
+    """The splits of a `save_to_disk` folder, or of the split files in `path` (else in
+    `path/data`, the hub's layout)."""
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return _saved(path)
+    root = path / "data" if not _data_files(path) and (path / "data").is_dir() else path
+    found: dict[str, list[Path]] = {}
+    for p in _data_files(root):
+        shard = SHARD.match(p.stem)
+        split = SPLIT_NAMES.get((shard.group(1) if shard else p.stem).lower())
+        if split is None:
+            raise EdgetuneError(
+                f"{p}: name a data folder's files train, validation (or dev) and test "
+                "(or train-00000-of-00002 and so on)"
+            )
+        if found.get(split) and not (shard and SHARD.match(found[split][0].stem)):
+            raise EdgetuneError(f"{root} holds two {split} files: {found[split][0].name}, {p.name}")
+        found.setdefault(split, []).append(p)
+    if "train" not in found:
+        raise EdgetuneError(
+            f"{path} is not a data folder: it has no train.jsonl/.json/.csv/.parquet file, no "
+            "data/train-*.parquet shards and no datasets save_to_disk files"
+        )
+    return {s: _read(f) for s, f in found.items()}
+
+
+def _data_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in FORMATS and p.is_file()]
+
+
+def _saved(path: Path) -> dict[str, Dataset]:
+    """A folder written by `Dataset.save_to_disk` (split 80/10/10) or by
+    `DatasetDict.save_to_disk` (its train, validation and test splits)."""
     try:
-        ds = hf_load_dataset(fmt, data_files=str(path), split="train")
+        saved = load_from_disk(str(path))
+    except Exception as e:  # datasets raises several types for a damaged folder
+        raise EdgetuneError(
+            f"cannot read {path} as a datasets folder: {str(e).splitlines()[0]}"
+        ) from None
+    if isinstance(saved, Dataset):
+        return _split(saved)
+    unknown = [s for s in saved if s.lower() not in SPLIT_NAMES]
+    if unknown or "train" not in saved:
+        raise EdgetuneError(
+            f"{path} holds the splits {', '.join(saved)}; edgetune reads train, validation (or "
+            "dev) and test"
+        )
+    return {SPLIT_NAMES[s.lower()]: ds for s, ds in saved.items()}
+
+
+def _read(paths: list[Path]) -> Dataset:
+    """One split from its file, or from its shards (of one format)."""
+    path = paths[0]
+    fmt = FORMATS.get(path.suffix.lower())
+    for p in paths:
+        if not p.exists():
+            raise EdgetuneError(f"data file not found: {p}")
+        if FORMATS.get(p.suffix.lower()) != fmt or fmt is None:
+            raise EdgetuneError(f"{p}: unknown format; use .jsonl, .csv or .parquet")
+        if p.stat().st_size == 0:
+            raise EdgetuneError(f"{p} holds no rows")
+        if fmt == "json":
+            _check_json(p)
+    try:
+        ds = hf_load_dataset(fmt, data_files=[str(p) for p in paths], split="train")
     except Exception as e:  # datasets wraps parser errors in several types
         cause = e.__cause__ or e
         raise EdgetuneError(f"cannot read {path} as {fmt}: {str(cause).splitlines()[0]}") from None
@@ -126,8 +166,10 @@ def _split(ds: Dataset, test: bool = True) -> dict[str, Dataset]:
 
 
 def _columns(ds: Dataset, task: str, columns: dict[str, str], where: str) -> Dataset:
+    if task == "chat":
+        return to_messages(ds, columns, where)
     wanted = ["text"] + (["label"] if task == "classify" else [])
-    wanted += ["target"] if task in ("summarize", "chat") else []
+    wanted += ["target"] if task == "summarize" else []
     rename = {}
     for ours in wanted:
         theirs = columns.get(ours, ours)

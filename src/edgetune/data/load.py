@@ -9,6 +9,7 @@ import datasets
 from datasets import DatasetDict
 
 from edgetune.config import DataConfig
+from edgetune.data.chat import to_messages
 from edgetune.data.files import _columns, load_files
 from edgetune.data.registry import DATASETS, SPLITS, load_bundled
 from edgetune.errors import EdgetuneError
@@ -35,6 +36,9 @@ def load_data(cfg: DataConfig) -> TextData:
         if cfg.task and cfg.task != task:
             raise EdgetuneError(f"{cfg.name} is a {task} data set, not {cfg.task}")
         data = load_bundled(cfg.name)
+        if task == "chat":  # rows of one form, as from files
+            data = DatasetDict({s: to_messages(ds, {}, f"{cfg.name} ({s})")
+                                for s, ds in data.items()})  # fmt: skip
     else:
         if not cfg.task:
             raise EdgetuneError(

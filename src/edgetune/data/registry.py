@@ -1,6 +1,8 @@
 """Bundled data sets by name, each with a task and fixed train/validation/test splits.
 
-Columns: `text` always; `label` (class name) for classify; `target` for summarize and chat.
+Columns: `text` and `label` (class name) for classify; `text` for lm; `text` and `target` for
+summarize; chat sets hold `messages` or `text`/`target` pairs (`edgetune.data.chat.to_messages`
+makes them one form at load).
 Splits are fixed for everyone: where the source has a test split it is kept, and validation is
 a fixed, stratified 10 % of train (seeded with 0); elsewhere rows go to splits by a hash of
 their id, so adding or removing a row never moves the others.
@@ -9,6 +11,7 @@ their id, so adding or removing a row never moves the others.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.paths import cache_dir
 
 SPLITS = ("train", "validation", "test")
+SETS = Path(__file__).parent / "sets"  # small data sets of the project's own making
 SPLIT_VERSION = 2  # bump when the way splits are made changes: old caches are not reused
 
 datasets.disable_progress_bars()
@@ -107,6 +111,17 @@ def _brown() -> dict[str, list[dict]]:
     return out
 
 
+def _device_chat() -> dict[str, list[dict]]:
+    """The project's own multi-turn conversations (`data/sets/device-chat.jsonl`), 80/10/10 by
+    a hash of each conversation's id."""
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    with (SETS / "device-chat.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            out[_bucket(row["id"])].append({"messages": row["messages"]})
+    return out
+
+
 def _instructions() -> dict[str, list[dict]]:
     return instructions.build(load_bundled)  # built from the other bundled sets
 
@@ -159,6 +174,13 @@ DATASETS: dict[str, DataSpec] = {
             "Instructions from email-subjects and reuters-r8",
             "built from the bundled sets",
         ),  # fmt: skip
+        DataSpec(
+            "device-chat",
+            "chat",
+            _device_chat,
+            "Multi-turn chats with a unit converter, a shopping list and a timer, system prompts",
+            "edgetune (data/sets/device-chat.jsonl)",
+        ),
     ]
 }
 

@@ -4,8 +4,11 @@
 - lm: every text, ended by EOS, concatenated and cut into blocks of `seq_len` tokens.
 - summarize: decoder-only models see `text + SUMMARY_PROMPT + target` with the loss on the
   target only; encoder-decoder models map "summarize: text" to target.
-- chat: `text` as the user turn and `target` as the assistant turn through the tokenizer's chat
-  template, loss on the assistant turn only.
+- chat: conversations (`messages`) through the tokenizer's chat template, loss on the
+  assistant turns only (`edgetune.data.chat`).
+
+What fitting examples into `seq_len` cuts (summarize, chat) is counted per split in
+`TaskData.cuts`, never silent.
 
 Token sequences are held as int32 arrays: 4 bytes a token where a list of Python ints costs
 about 36 (an 8-byte pointer and a 28-byte int object each), so a tokenized data set takes a
@@ -15,7 +18,7 @@ ninth of the memory it would.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -24,11 +27,12 @@ from datasets import DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from edgetune.config import DataConfig
+from edgetune.data import chat
+from edgetune.data.chat import IGNORE, Cuts
 from edgetune.data.load import TextData
 from edgetune.errors import EdgetuneError
 from edgetune.families import ENCODER_DECODER
 
-IGNORE = -100
 SUMMARY_PROMPT = "\nSubject:"  # decoder-only summarization cue, followed by the target
 Example = dict[str, np.ndarray | int]  # token sequences (int32), or a class id
 
@@ -42,6 +46,12 @@ class TaskData:
     labels: list[str]  # class names (classify), else empty
     raw: DatasetDict  # the text rows, for generation-based evaluation (summarize, chat; else
     # empty: a large corpus is not held twice)
+    cuts: dict[str, Cuts] = field(default_factory=dict)  # per split (summarize, chat)
+
+    def cut_lines(self, seq_len: int) -> list[str]:
+        """One line per split whose examples lost tokens or were dropped."""
+        return [f"{self.task} data, {c.line(s, seq_len)}" for s, c in self.cuts.items()
+                if c.cut or c.dropped]  # fmt: skip
 
 
 def tokenize(
@@ -54,7 +64,12 @@ def tokenize(
     """The tokenized splits (all, or those named); validation and test hold at most
     `cfg.eval_samples` examples (for lm: blocks of `seq_len` tokens, not documents)."""
     data, task, labels, seq_len = text.splits, text.task, text.labels, cfg.seq_len
-    out = {}
+    if task == "chat" and kind == ENCODER_DECODER:
+        raise EdgetuneError(
+            "chat data needs a decoder-only model with a chat template, not an encoder-decoder; "
+            "give single-turn text/target rows with --task summarize"
+        )
+    out, cuts = {}, {}
     for split, ds in data.items():
         if splits is not None and split not in splits:
             continue
@@ -71,14 +86,28 @@ def tokenize(
         elif kind == ENCODER_DECODER:
             examples = [_seq2seq(r, tokenizer, seq_len, cfg.target_tokens) for r in ds]
         else:
-            examples = [_prompted(r, task, tokenizer, seq_len, cfg.target_tokens) for r in ds]
+            cuts[split] = Cuts()
+            made = (
+                chat.example(r["messages"], tokenizer, seq_len, cfg.target_len, cuts[split])
+                if task == "chat"
+                else _prompted(r, tokenizer, seq_len, cfg.target_tokens, cuts[split])
+                for r in ds
+            )
+            examples = [e for e in made if e is not None]
         if split != "train" and cfg.eval_samples:
             examples = examples[: cfg.eval_samples]
         if not examples:
+            if split in cuts and cuts[split].dropped:
+                raise EdgetuneError(
+                    f"no {split} example fits data.seq_len {seq_len} ({cuts[split].dropped} "
+                    "dropped: no answer fits, or none is there); raise --seq-len, or set "
+                    "data.target_len to cut answers"
+                )
             raise EdgetuneError(f"the {split} split is empty after tokenization")
         out[split] = [_compact(e) for e in examples]
     # the text rows stay only where evaluation generates from them
-    return TaskData(task, out, labels, data if task in ("summarize", "chat") else DatasetDict())
+    raw = data if task in ("summarize", "chat") else DatasetDict()
+    return TaskData(task, out, labels, raw, cuts)
 
 
 def _compact(example: dict) -> Example:
@@ -105,20 +134,34 @@ def _lm_blocks(ds, tokenizer, seq_len: int, slice_rows: int = 512) -> list[dict]
 
 
 def prompt_ids(row: dict, task: str, tokenizer, budget: int) -> list[int]:
-    """The prompt tokens a decoder-only model conditions on (source truncated to `budget`)."""
+    """The prompt tokens a decoder-only model conditions on, cut to `budget` (summarize: the
+    source's end; chat: user content, the template's tokens kept)."""
     if task == "chat":
-        messages = [{"role": "user", "content": row["text"]}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return tokenizer(text, add_special_tokens=False)["input_ids"][-budget:]
+        return chat.prompt_ids(tokenizer, row["messages"], budget)
     cue = tokenizer(SUMMARY_PROMPT, add_special_tokens=False)["input_ids"]
     source = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
     return source[: max(1, budget - len(cue))] + cue
 
 
-def _prompted(row: dict, task: str, tokenizer, seq_len: int, target_len: int) -> dict:
-    target = tokenizer(" " + row["target"], add_special_tokens=False)["input_ids"]
-    target = target[:target_len] + [tokenizer.eos_token_id]
-    prompt = prompt_ids(row, task, tokenizer, seq_len - len(target))
+def target_text(row: dict, task: str) -> str:
+    """The reference answer of a row, that generations are scored against."""
+    return chat.answer_of(row["messages"]) if task == "chat" else row["target"]
+
+
+def _prompted(row: dict, tokenizer, seq_len: int, target_len: int, cuts: Cuts) -> dict:
+    """A decoder-only summarize example: source (its end cut to fit), cue, target (cut to
+    `target_len`) and EOS."""
+    full = tokenizer(" " + row["target"], add_special_tokens=False)["input_ids"]
+    target = full[:target_len] + [tokenizer.eos_token_id]
+    prompt = prompt_ids(row, "summarize", tokenizer, seq_len - len(target))
+    cue = len(tokenizer(SUMMARY_PROMPT, add_special_tokens=False)["input_ids"])
+    source = len(tokenizer(row["text"], add_special_tokens=False)["input_ids"])
+    lost_source, lost_target = source - (len(prompt) - cue), len(full) - (len(target) - 1)
+    cuts.examples += 1
+    if lost_source or lost_target:
+        cuts.cut += 1
+        cuts.tokens += lost_source + lost_target
+        cuts.answer_tokens += lost_target
     return {"input_ids": prompt + target, "labels": [IGNORE] * len(prompt) + target}
 
 
