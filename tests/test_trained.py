@@ -4,50 +4,14 @@ both loaded back with the run's own logits; `eval` on either."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
+import tiny
 import torch
 from typer.testing import CliRunner
 
-from edgetune.config import load_config
 from edgetune.errors import EdgetuneError
-from edgetune.train import finetune
 from edgetune.trained import load_trained, trained_config
-
-WORDS = ["red", "green", "blue", "cat", "dog", "sun", "rain", "tree", "fish", "bird"]
-
-
-def chat_rows(n: int, seed: int = 0) -> list[dict]:
-    """Questions and answers of a few words: a tiny chat data set."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = rng.sample(WORDS, 3)
-        rows.append({"text": "repeat " + " ".join(words), "target": " ".join(words)})
-    return rows
-
-
-@pytest.fixture(scope="module")
-def chat_jsonl(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chat") / "chat.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(60)))
-    return path
-
-
-def lora_run(model, data, out, *extra):
-    """A few LoRA steps of a tiny model on the tiny chat set (the adapters' B is no longer 0)."""
-    cfg = load_config(None, [f"model.name={model}", f"data.name={data}", "data.task=chat",
-                             "data.seq_len=32", "train.method=lora", "train.batch_size=8",
-                             "train.lr=1e-2", "train.max_steps=3", "train.warmup_ratio=0",
-                             f"out={out}", *extra])  # fmt: skip
-    finetune(cfg)
-    return out
-
-
-@pytest.fixture(scope="module")
-def merged_run(tiny_llama, chat_jsonl, tmp_path_factory):
-    return lora_run(tiny_llama, chat_jsonl, tmp_path_factory.mktemp("runs") / "both")
 
 
 def _logits(model, ids):
@@ -55,12 +19,12 @@ def _logits(model, ids):
         return model.eval()(input_ids=ids).logits
 
 
-def test_a_lora_run_saves_an_adapter_that_peft_loads_with_the_run_s_logits(merged_run,
+def test_a_lora_run_saves_an_adapter_that_peft_loads_with_the_run_s_logits(chat_run,
                                                                            tiny_llama):  # fmt: skip
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapter = merged_run / "adapter"
+    adapter = chat_run / "adapter"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {
         p.name for p in adapter.iterdir()
     }
@@ -70,7 +34,7 @@ def test_a_lora_run_saves_an_adapter_that_peft_loads_with_the_run_s_logits(merge
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)
     before = _logits(base, ids)
     peft = PeftModel.from_pretrained(base, str(adapter))
-    merged = AutoModelForCausalLM.from_pretrained(merged_run / "model")
+    merged = AutoModelForCausalLM.from_pretrained(chat_run / "model")
     got, want = _logits(peft, ids), _logits(merged, ids)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert (want - before).abs().max() > 1e-3, "the adapter changed nothing"
@@ -82,7 +46,7 @@ def test_a_lora_run_saves_an_adapter_that_peft_loads_with_the_run_s_logits(merge
 def test_no_merge_saves_the_adapter_only_and_eval_reads_it(tiny_llama, chat_jsonl, tmp_path):
     from edgetune.cli import app
 
-    run = lora_run(tiny_llama, chat_jsonl, tmp_path / "adapter-only", "train.merge=false")
+    run = tiny.lora_run(tiny_llama, chat_jsonl, tmp_path / "adapter-only", "train.merge=false")
     assert (run / "adapter" / "adapter_config.json").is_file() and not (run / "model").exists()
     assert trained_config(str(run)).model.adapter == str(run / "adapter")
     result = CliRunner().invoke(app, ["eval", str(run)])
@@ -91,12 +55,12 @@ def test_no_merge_saves_the_adapter_only_and_eval_reads_it(tiny_llama, chat_json
     assert json.loads(result.stdout)["perplexity"] == pytest.approx(saved["perplexity"], rel=1e-5)
 
 
-def test_a_run_with_a_merged_model_loads_it(merged_run):
-    cfg = trained_config(str(merged_run))
-    assert cfg.model.name == str(merged_run / "model") and cfg.model.adapter is None
+def test_a_run_with_a_merged_model_loads_it(chat_run):
+    cfg = trained_config(str(chat_run))
+    assert cfg.model.name == str(chat_run / "model") and cfg.model.adapter is None
 
 
-def test_a_run_without_a_trained_model_is_named(merged_run, tmp_path):
-    (tmp_path / "config.yaml").write_text((merged_run / "config.yaml").read_text())
+def test_a_run_without_a_trained_model_is_named(chat_run, tmp_path):
+    (tmp_path / "config.yaml").write_text((chat_run / "config.yaml").read_text())
     with pytest.raises(EdgetuneError, match="holds no trained model"):
         trained_config(str(tmp_path))

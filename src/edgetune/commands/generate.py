@@ -64,8 +64,14 @@ def generate(
 
         echo "Summarize: ..." | edgetune generate runs/chat --prompt -
     """
-    from edgetune.generation import Sampling, check_room, context_length, has_template
-    from edgetune.generation import stream, templated
+    from edgetune.generation import (
+        Sampling,
+        check_room,
+        context_length,
+        has_template,
+        stream,
+        templated,
+    )
 
     sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed)
     text = sys.stdin.read() if prompt == "-" else prompt
