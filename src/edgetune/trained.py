@@ -42,7 +42,8 @@ def save_trained(method: Method, out: Path, tokenizer, base: str, merge: bool = 
         for config in model.peft_config.values():
             config.base_model_name_or_path = _portable(base)
         with atomic_dir(out / ADAPTER) as tmp:
-            model.save_pretrained(tmp)
+            # the vocabulary never changes here: no look-up of the base's config (on the hub)
+            model.save_pretrained(tmp, save_embedding_layers=False)
             tokenizer.save_pretrained(tmp)
         written.append(ADAPTER)
         if not merge or is_held(model):

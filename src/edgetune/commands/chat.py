@@ -13,6 +13,7 @@ from edgetune.commands.generate import (
     Seed,
     System,
     Temperature,
+    Threads,
     TopK,
     TopP,
     Weights,
@@ -35,6 +36,7 @@ def chat(
     top_k: TopK = 50,
     seed: Seed = 0,
     weights: Weights = None,
+    threads: Threads = None,
 ) -> None:
     """Chat with a model: each line of stdin is a message, each answer streams to stdout.
 
@@ -58,7 +60,7 @@ def chat(
     from edgetune.generation import Conversation, Sampling, context_length, stream
 
     sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed)
-    loaded = load(model, weights)
+    loaded = load(model, weights, threads)
     conversation = Conversation(loaded.tokenizer, system)
     limit = context_length(loaded.model)
     interactive = sys.stdin.isatty()

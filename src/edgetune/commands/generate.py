@@ -30,6 +30,7 @@ Weights = Annotated[
     Opt(help="Hold the frozen base in fp32, bf16, fp16, q8_0, q4_0, q4_1, int8 or gguf "
              "(default: as the run did; fp32 otherwise)."),
 ]  # fmt: skip
+Threads = Annotated[int | None, Opt(help="CPU threads torch computes with (default: torch's).")]
 
 
 def generate(
@@ -45,6 +46,7 @@ def generate(
     top_k: TopK = 50,
     seed: Seed = 0,
     weights: Weights = None,
+    threads: Threads = None,
 ) -> None:
     """Generate text from a model: its answer to --prompt, streamed as it comes.
 
@@ -77,7 +79,7 @@ def generate(
     text = sys.stdin.read() if prompt == "-" else prompt
     if not text.strip():
         raise EdgetuneError("the prompt is empty: give some text with --prompt")
-    loaded = load(model, weights)
+    loaded = load(model, weights, threads)
     tokenizer = loaded.tokenizer
     if raw or not has_template(tokenizer):
         if system:
@@ -102,13 +104,19 @@ def write(text: str) -> None:
     sys.stdout.flush()
 
 
-def load(model: str, weights: str | None):
+def load(model: str, weights: str | None, threads: int | None):
     """The model to generate with (`edgetune chat` too), on the machine's accelerator where it
     has one."""
+    import torch
+
     from edgetune.pipeline import quiet_libraries
     from edgetune.placement import resolve_device
     from edgetune.trained import load_trained
 
+    if threads is not None:
+        if threads < 1:
+            raise EdgetuneError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     quiet_libraries()
     loaded = load_trained(model, "lm", weights)
     device = resolve_device("auto")
