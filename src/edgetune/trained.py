@@ -107,13 +107,13 @@ def load_trained(name: str, task: str = "lm", weights: str | None = None) -> Loa
     """The trained model `name` names (`trained_config`), loaded for `task`, its frozen base
     held in `weights` (default: as the run held it; fp32 for anything else). A run that
     trained a classifier is refused for a task that generates text."""
-    cfg = trained_config(name, {"model.weights": weights} if weights else None)
+    cfg = trained_config(name)
     if Path(name, "config.yaml").is_file() and task != "classify" and run_task(cfg) == "classify":
         raise EdgetuneError(f"{name} is a classifier run ({cfg.model.name} on {cfg.data.name}): "
                             "it labels text and does not generate it")  # fmt: skip
     m = cfg.model
     return load_model(m.name, task, random_init=m.random_init, seed=cfg.train.seed,
-                      weights=m.weights, adapter=m.adapter)  # fmt: skip
+                      weights=weights or m.weights, adapter=m.adapter)  # fmt: skip
 
 
 def run_task(cfg: RunConfig) -> str | None:
