@@ -55,3 +55,25 @@ def topics_jsonl(tmp_path) -> Path:
     path = tmp_path / "topics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in topic_rows(240)))
     return path
+
+
+CHAT_WORDS = ["red", "green", "blue", "cat", "dog", "sun", "rain", "tree", "fish", "bird"]
+
+
+@pytest.fixture(scope="session")
+def chat_jsonl(tmp_path_factory) -> Path:
+    """A tiny chat set: "repeat a b c" -> "a b c", 60 rows."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("chat") / "chat.jsonl"
+    with path.open("w") as f:
+        for _ in range(60):
+            words = " ".join(rng.sample(CHAT_WORDS, 3))
+            f.write(json.dumps({"text": f"repeat {words}", "target": words}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_run(tiny_llama, chat_jsonl, tmp_path_factory) -> Path:
+    """A finished LoRA run of the tiny Llama on the tiny chat set: its adapter and its merged
+    model."""
+    return tiny.lora_run(tiny_llama, chat_jsonl, tmp_path_factory.mktemp("runs") / "chat")

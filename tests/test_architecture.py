@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"forecast"},
     {"placement"},
     {"data", "models", "methods", "measure"},
-    {"pipeline", "evaluate", "checkpoint"},
+    {"pipeline", "evaluate", "checkpoint", "trained", "generation"},
     {"plan"},
     {"report"},
     {"train"},

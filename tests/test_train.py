@@ -284,19 +284,21 @@ def test_the_recorded_peak_includes_the_end_of_the_run(
 ):
     """Export and saving happen before the peak is read (and LoRA merges in place)."""
     import edgetune.train as train_module
+    import edgetune.trained as trained_module
 
     order = []
     monkeypatch.setattr(train_module, "peak_rss_mb", lambda: order.append("peak") or 1.0)
-    real_dir = train_module.atomic_dir
+    real_dir = trained_module.atomic_dir
 
     def saving(path):
         order.append(f"save {path.name}")
         return real_dir(path)
 
-    monkeypatch.setattr(train_module, "atomic_dir", saving)
+    monkeypatch.setattr(trained_module, "atomic_dir", saving)
     finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", "train.max_steps=2",
                   "train.method=lora"))  # fmt: skip
-    assert order == ["peak", "save model", "peak"]  # training peak, then the whole run's
+    # training peak, the adapter and the merged model, then the whole run's peak
+    assert order == ["peak", "save adapter", "save model", "peak"]
 
 
 def test_out_pointing_at_a_file_is_refused(tiny_bert, topics_jsonl, tmp_path):

@@ -1,5 +1,5 @@
 """The one factory of tiny random models for the tests: a config per family, the model, a
-fixed batch, and a saved model folder with a bundled tokenizer.
+fixed batch, a saved model folder with a bundled tokenizer, and a finished LoRA run.
 
 Models are built from transformers config classes (no network) with dropout 0, so a
 training-mode step is deterministic; `model(kind)` returns the same weights every call
@@ -130,6 +130,20 @@ def folder(kind: str, path: Path, **changes) -> Path:
     CLASSES[kind](cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def lora_run(model: Path, data: Path, out: Path, *extra: str) -> Path:
+    """A finished run of three LoRA steps of a tiny model on a chat data file (the adapters'
+    B is no longer 0), with `section.key=value` settings `extra`."""
+    from edgetune.config import load_config
+    from edgetune.train import finetune
+
+    cfg = load_config(None, [f"model.name={model}", f"data.name={data}", "data.task=chat",
+                             "data.seq_len=32", "train.method=lora", "train.batch_size=8",
+                             "train.lr=1e-2", "train.max_steps=3", "train.warmup_ratio=0",
+                             f"out={out}", *extra])  # fmt: skip
+    finetune(cfg)
+    return out
 
 
 # the names the method tests use

@@ -11,11 +11,13 @@ import typer
 
 from edgetune.commands import OVERRIDES, err
 from edgetune.commands import bench as bench_command
+from edgetune.commands import chat as chat_command
 from edgetune.commands import cost as cost_command
 from edgetune.commands import data as data_command
 from edgetune.commands import eval as eval_command
 from edgetune.commands import federate as federate_command
 from edgetune.commands import finetune as finetune_command
+from edgetune.commands import generate as generate_command
 from edgetune.commands import models as models_command
 from edgetune.commands import plan as plan_command
 from edgetune.errors import EdgetuneError
@@ -48,6 +50,8 @@ def _main(
 
 app.command(context_settings=OVERRIDES)(finetune_command.finetune)
 app.command(name="eval")(eval_command.eval_)
+app.command()(generate_command.generate)
+app.command()(chat_command.chat)
 app.command()(models_command.models)
 app.command()(models_command.methods)
 app.add_typer(data_command.data_app, name="data")

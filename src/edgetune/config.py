@@ -111,6 +111,8 @@ class TrainConfig:
     lean_allocator: bool = False  # return freed buffers to the system at once (resident memory
     # tracks live tensors; steps may run slower)
     eval_batch_size: int = 32  # examples per evaluation batch
+    merge: bool = True  # a method that trains adapters (lora) also saves them merged into
+    # the base (model/) beside the adapter (adapter/); off: the adapter only
 
     def __post_init__(self) -> None:
         get_method(self.method)

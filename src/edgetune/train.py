@@ -5,7 +5,7 @@ finetune(cfg):  load the run's inputs once (`edgetune.pipeline`; nothing on disk
     run folder -> [resume from the newest checkpoint] -> for each optimizer step:
         batches of this step (order is a function of seed and epoch) -> method.step ->
         log (`edgetune.report.watch`) -> periodic validation -> periodic checkpoint
-    -> test metrics -> model, metrics.json, summary.md
+    -> test metrics -> model (and adapter; `edgetune.trained`), metrics.json, summary.md
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from edgetune.data.tasks import collate, epoch_order
 from edgetune.errors import EdgetuneError
 from edgetune.evaluate import evaluate
 from edgetune.forecast import Forecast
-from edgetune.io import atomic_dir, atomic_write_text, exclusive
+from edgetune.io import atomic_write_text, exclusive
 from edgetune.measure.memory import peak_rss_mb
 from edgetune.methods.base import Method
 from edgetune.models.quantized import held_bytes
@@ -40,12 +40,13 @@ from edgetune.pipeline import Session, load
 from edgetune.progress import progress_bar
 from edgetune.report.summary import write_metrics, write_summary
 from edgetune.report.watch import STARTED, Watch
+from edgetune.trained import save_trained
 
 # settings a resume may change (recorded in metrics.json); any other difference is refused
 RESUMABLE = ("train.max_steps", "train.epochs", "train.eval_every", "train.save_every",
              "train.log_every", "train.keep_checkpoints", "train.final_eval", "train.threads",
              "train.budget", "train.device", "train.accelerator", "train.eval_batch_size",
-             "train.lean_allocator", "out")  # fmt: skip
+             "train.lean_allocator", "train.merge", "out")  # fmt: skip
 
 
 @dataclass
@@ -252,10 +253,8 @@ def _run(
         "steps_timed": len(step_times),
         "train_s": sum(step_times),
     }
-    model = method.export_model()  # training is over: the method may merge in place
-    with atomic_dir(out / "model") as tmp:
-        model.save_pretrained(tmp)  # type: ignore[operator]  # a transformers model
-        tokenizer.save_pretrained(tmp)
+    # training is over: the method may merge in place
+    save_trained(method, out, tokenizer, cfg.model.name, merge=t.merge)
     # the whole run's peak, the end (evaluation, export, saving) included
     metrics["memory"] = {"peak_rss_mb": peak_rss_mb(), "train_peak_rss_mb": train_peak,
                          "weights_mb": (held["packed"] + held["dense"]) / 2**20}  # fmt: skip

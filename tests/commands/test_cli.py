@@ -86,7 +86,7 @@ def test_version_and_help_say_what_they_should():
 
     runner = CliRunner()
     assert runner.invoke(app, ["--version"]).stdout.strip() == f"edgetune {VERSION}"
-    for command in ("finetune", "eval", "plan", "cost", "federate"):
+    for command in ("finetune", "eval", "generate", "chat", "plan", "cost", "federate"):
         assert "Examples" in runner.invoke(app, [command, "--help"]).stdout, command
 
 

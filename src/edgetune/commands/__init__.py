@@ -1,5 +1,5 @@
-"""The CLI verbs, one module each (finetune, eval, models, methods, data, cost and devices,
-plan, federate, bench), plain functions that `edgetune.cli` registers with typer.
+"""The CLI verbs, one module each (finetune, eval, generate, chat, models, methods, data, cost
+and devices, plan, federate, bench), plain functions that `edgetune.cli` registers with typer.
 
 Shared here: the one override convention (`section.key=value` after the flags, the same keys
 as a YAML run config) and the consoles.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,7 +15,9 @@ SPLITS = ("train", "validation", "test")
 
 
 def eval_(
-    model: Annotated[str, typer.Argument(help="A run folder, model folder or registry name.")],
+    model: Annotated[
+        str, typer.Argument(help="A run folder, adapter folder, model folder or registry name.")
+    ],
     data: Annotated[str | None, Opt(help="Data set (default: the run's).")] = None,
     task: Annotated[str | None, Opt(help="Task, for data files.")] = None,
     split: Annotated[str, Opt(help="train, validation or test.")] = "test",
@@ -26,8 +27,9 @@ def eval_(
     """Evaluate a model on a data split and print its metrics as JSON.
 
     A run folder is evaluated as it was trained (its config.yaml: data, sequence length,
-    weights format, compute dtype), on its saved model: for a LoRA run over a held base
-    (model.weights), its adapter over that base.
+    weights format, compute dtype), on its merged model (model/) where it saved one, else on
+    its adapter (adapter/) over the run's base, held as the run held it. An adapter folder
+    alone is evaluated over the base its adapter_config.json names.
 
     Examples:
 
@@ -35,33 +37,26 @@ def eval_(
 
         edgetune eval runs/demo --split validation
 
+        edgetune eval runs/chat/adapter --data instructions
+
         edgetune eval minilm-l6 --data reuters-r8 --samples 200
     """
-    from edgetune.config import load_config
     from edgetune.evaluate import evaluate
     from edgetune.pipeline import load
+    from edgetune.trained import trained_config
 
     if split not in SPLITS:
         raise EdgetuneError(f"unknown split {split!r}; use train, validation or test")
     if samples is not None and samples < 1:
         raise EdgetuneError(f"--samples must be at least 1, got {samples}")
-    run = Path(model)
-    changes: dict[str, Any] = {"model.name": model, "model.random_init": False}
-    base = None
-    if (run / "config.yaml").is_file() and (run / "model").is_dir():
-        base = run / "config.yaml"
-        if (run / "model" / "adapter_config.json").is_file():  # an adapter over the run's base
-            del changes["model.name"], changes["model.random_init"]
-            changes["model.adapter"] = str(run / "model")
-        else:
-            changes["model.name"] = str(run / "model")
+    changes: dict[str, Any] = {}
     if data is not None:
         changes.update({"data.name": data, "data.task": task})
     elif task is not None:
         changes["data.task"] = task
     if seq_len is not None:
         changes["data.seq_len"] = seq_len
-    session = load(load_config(base, changes), splits=(split,))
+    session = load(trained_config(model, changes), splits=(split,))
     for line in session.data.cut_lines(session.cfg.data.seq_len):  # cuts are never silent
         err.print(line, highlight=False, soft_wrap=True)
     examples = session.data.splits[split]

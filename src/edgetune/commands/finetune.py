@@ -53,6 +53,14 @@ def finetune(
         Opt(help="Format of the frozen base: fp32, bf16, fp16, q8_0, q4_0, q4_1, int8, gguf."),
     ] = None,
     dtype: Annotated[str | None, Opt(help="Compute dtype: fp32, bf16, fp16 or auto.")] = None,
+    merge: Annotated[
+        bool | None,
+        Opt(
+            "--merge/--no-merge",
+            help="lora: also save the adapters merged into the base (model/; the default), "
+            "or the adapter (adapter/) only.",
+        ),
+    ] = None,
 ) -> None:
     """Fine-tune a model. Extra `section.key=value` arguments override the config.
 
@@ -77,6 +85,8 @@ def finetune(
 
         edgetune finetune --model smollm2-135m --data brown --method lora --weights gguf
         train.checkpointing=true train.chunked_loss=true
+
+        edgetune finetune --model smollm2-135m --data instructions --method lora --no-merge
     """
     from edgetune.config import load_config
 
@@ -87,7 +97,7 @@ def finetune(
         "data.seq_len": seq_len, "data.text_column": text_column,
         "data.label_column": label_column, "data.target_column": target_column,
         "train.budget": budget, "train.device": device, "model.weights": weights,
-        "train.dtype": dtype,
+        "train.dtype": dtype, "train.merge": merge,
     }  # fmt: skip
     settings = overrides(flags, ctx.args, "finetune")
     if resume and config is None and out_dir and (Path(out_dir) / "config.yaml").is_file():

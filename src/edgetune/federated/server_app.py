@@ -27,8 +27,8 @@ from edgetune.federated.ledger import Ledger
 from edgetune.federated.network import get_network
 from edgetune.federated.strategies import make_strategy, to_record, to_state
 from edgetune.federated.task import new_method, peak_flops, proximal_pull, session, settings
-from edgetune.io import atomic_dir
 from edgetune.methods.base import Method, SendsSeeds
+from edgetune.trained import save_trained
 
 
 def seed_replayer(method: Method, local_steps: int, weight_decay: float, mu: float = 0.0):
@@ -101,9 +101,7 @@ def run(grid: Grid, context: Context, overrides: Mapping[str, Any]) -> dict[str,
         )
     final = to_state(result.arrays) if result is not None and result.arrays else state
     eval_model.load_trainable_state(final)
-    with atomic_dir(out / "model") as tmp:
-        eval_model.export_model().save_pretrained(tmp)  # type: ignore[operator]
-        s.loaded.tokenizer.save_pretrained(tmp)
+    save_trained(eval_model, out, s.loaded.tokenizer, cfg.model.name, merge=cfg.train.merge)
     full = sum(p.numel() for p in s.model.parameters())
     trainable = sum(v.numel() for v in state.values())
     return ledger.write({

@@ -5,11 +5,12 @@ frozen. Targets default to the qkv projections of every block (names from
 `edgetune.models.anatomy`, per family); for classification the task head trains whole
 (`modules_to_save`), for LM tasks the head stays frozen (a tied LM head is the embedding matrix).
 The step is backprop's (`edgetune.methods.backprop`) on the PEFT model, whose only trainable
-parameters are the adapters and the head: `trainable_state()` is those; `export_model()` merges
-the adapters into the model's weights in place (`merge_and_unload`) so the saved model is a
-plain transformers model. Over a base held in a low-precision format (`model.weights`, QLoRA's
-setting) the adapters wrap the `QuantLinear`s and the run saves the PEFT adapter itself
-(`adapter_config.json`, `adapter_model.safetensors`): merging would need the fp32 base.
+parameters are the adapters and the head: `trainable_state()` is those. Once training is over
+the run saves the PEFT adapter itself (`adapter_config.json`, `adapter_model.safetensors`;
+`edgetune.trained`), then `export_model()` merges the adapters into the model's weights in place
+(`merge_and_unload`) so the merged model is a plain transformers model. Over a base held in a
+low-precision format (`model.weights`, QLoRA's setting) the adapters wrap the `QuantLinear`s and
+the run saves the adapter only: merging would need the fp32 base.
 """
 
 from __future__ import annotations
