@@ -14,6 +14,7 @@ from edgetune.commands import bench as bench_command
 from edgetune.commands import cost as cost_command
 from edgetune.commands import data as data_command
 from edgetune.commands import eval as eval_command
+from edgetune.commands import export as export_command
 from edgetune.commands import federate as federate_command
 from edgetune.commands import finetune as finetune_command
 from edgetune.commands import models as models_command
@@ -48,6 +49,7 @@ def _main(
 
 app.command(context_settings=OVERRIDES)(finetune_command.finetune)
 app.command(name="eval")(eval_command.eval_)
+app.command()(export_command.export)
 app.command()(models_command.models)
 app.command()(models_command.methods)
 app.add_typer(data_command.data_app, name="data")

@@ -1,0 +1,96 @@
+"""The model an export writes: a run folder's, a model folder's or a registry model's, as one
+fp32 transformers model, and held-out token sequences to check the export on.
+
+A run folder (`config.yaml` and `model/`) holds either the merged model or, for LoRA over a
+held base (`model.weights`), a PEFT adapter: the adapter is merged into the base's fp32 weights
+here (a GGUF base dequantized), so every format starts from the same plain model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from edgetune.config import DataConfig, RunConfig, load_config
+from edgetune.errors import EdgetuneError
+from edgetune.models.bundled import bundled_file
+from edgetune.models.loader import load_model
+
+
+@dataclass
+class RunModel:
+    name: str  # for file names and metadata
+    model: nn.Module  # fp32, eval mode (a LoRA adapter merged)
+    tokenizer: PreTrainedTokenizerBase
+    task: str  # the task it was trained for (lm, chat, summarize, classify)
+    source_gguf: Path | None  # the GGUF file its base weights came from, if any
+    adapter: Path | None  # the run's PEFT adapter folder, if it saved one
+    cfg: RunConfig | None  # the run's config (None: a model folder or registry name)
+
+
+def open_model(where: str) -> RunModel:
+    """The model of a run folder, a model folder (HF, or a PEFT adapter with its base in
+    adapter_config.json) or a registry name."""
+    path = Path(where)
+    cfg, adapter, task = None, None, "lm"
+    if (path / "config.yaml").is_file() and (path / "model").is_dir():
+        cfg = load_config(path / "config.yaml")
+        task = cfg.data.task or _bundled_task(cfg.data)
+        if (path / "model" / "adapter_config.json").is_file():
+            adapter, base = path / "model", cfg.model.name
+        else:
+            base = str(path / "model")
+        name = path.resolve().name
+    else:
+        base, name = where, path.name if path.exists() else where
+    kind = "classify" if task == "classify" else "lm"
+    if kind == "classify":
+        raise EdgetuneError(f"{where} holds a classifier; a causal LM is what this export writes")
+    loaded = load_model(base, kind, adapter=None if adapter is None else str(adapter))
+    return RunModel(name, loaded.model.float().eval(), loaded.tokenizer, task,
+                    _source_gguf(cfg.model.name if cfg else where), adapter, cfg)  # fmt: skip
+
+
+def _bundled_task(data: DataConfig) -> str:
+    from edgetune.data.registry import DATASETS
+
+    return DATASETS[data.name].task if data.name in DATASETS else "lm"
+
+
+def _source_gguf(name: str) -> Path | None:
+    path = Path(name)
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    return bundled_file(name)
+
+
+def held_out(model: RunModel, positions: int, data: str | None = None,
+             seq_len: int | None = None) -> list[np.ndarray]:  # fmt: skip
+    """Token sequences from the test split of `data` (default: the run's data set, else the
+    bundled `instructions`) holding at least `positions` next-token predictions."""
+    from edgetune.data.load import load_data
+    from edgetune.data.tasks import tokenize
+    from edgetune.families import DECODER
+
+    base = model.cfg.data if model.cfg is not None else DataConfig(name="instructions")
+    changes = {} if data is None else {"name": data, "task": None}
+    cfg = replace(base, **changes, eval_samples=None, seq_len=seq_len or base.seq_len)
+    text = load_data(cfg)
+    if text.task == "classify":
+        raise EdgetuneError(f"{cfg.name} is a classification data set; give text (--data)")
+    sequences, total = [], 0
+    for example in tokenize(text, model.tokenizer, cfg, DECODER, ("test",)).splits["test"]:
+        ids = np.asarray(example["input_ids"])
+        if len(ids) < 2:
+            continue
+        sequences.append(ids)
+        total += len(ids) - 1
+        if total >= positions:
+            return sequences
+    raise EdgetuneError(
+        f"the test split of {cfg.name} holds {total} positions, fewer than {positions}"
+    )
