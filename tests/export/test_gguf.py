@@ -53,9 +53,11 @@ def test_f16_file_holds_the_llama_metadata_tokenizer_and_rope_ordered_weights(tm
     field = {k: f.contents() for k, f in reader.fields.items()}
     c = m.model.config
     assert field["general.architecture"] == "llama"
-    assert (field["llama.block_count"], field["llama.attention.head_count"],
-            field["llama.attention.head_count_kv"], field["llama.embedding_length"]) == (
-        c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.hidden_size)  # fmt: skip
+    sizes = ("block_count", "attention.head_count", "attention.head_count_kv",
+             "embedding_length")  # fmt: skip
+    assert [field[f"llama.{k}"] for k in sizes] == [
+        c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.hidden_size
+    ]  # fmt: skip
     assert field["tokenizer.ggml.model"] == "gpt2" and field["tokenizer.ggml.pre"] == "gpt2"
     assert field["tokenizer.ggml.tokens"] == m.tokenizer.convert_ids_to_tokens(
         list(range(len(m.tokenizer)))

@@ -35,6 +35,7 @@ import gguf
 import numpy as np
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from edgetune.errors import EdgetuneError
 from edgetune.export.compare import compare
@@ -136,7 +137,7 @@ def _tokenizer(w: gguf.GGUFWriter, model: RunModel, source: gguf.GGUFReader | No
         if spec["model"]["type"] != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
             raise EdgetuneError("GGUF export writes byte-level BPE tokenizers (GPT-2's kind) only")
         special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
-    tokens = tok.convert_ids_to_tokens(list(range(len(tok))))
+    tokens = list(tok.convert_ids_to_tokens(list(range(len(tok)))))
     added = tok.added_tokens_decoder
     types = [(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
              if i in added else gguf.TokenType.NORMAL for i in range(len(tokens))]  # fmt: skip
@@ -157,9 +158,9 @@ def _tokenizer(w: gguf.GGUFWriter, model: RunModel, source: gguf.GGUFReader | No
 def _pre(spec: dict, tokens: list[str], source: gguf.GGUFReader | None) -> str:
     """llama.cpp's pre-tokenizer name: the source GGUF's for its own vocabulary, else read
     from tokenizer.json's pre-tokenizer."""
-    if source is not None and "tokenizer.ggml.pre" in source.fields:
-        if source.fields["tokenizer.ggml.tokens"].contents() == tokens:
-            return str(source.fields["tokenizer.ggml.pre"].contents())
+    fields = source.fields if source is not None else {}
+    if "tokenizer.ggml.pre" in fields and fields["tokenizer.ggml.tokens"].contents() == tokens:
+        return str(fields["tokenizer.ggml.pre"].contents())
     pre = spec.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     key = "+".join(p.get("type", "") for p in parts)
@@ -173,7 +174,7 @@ def _pre(spec: dict, tokens: list[str], source: gguf.GGUFReader | None) -> str:
 
 
 # ------------------------------------------------------------------------------ tensors
-def _tensors(model: nn.Module) -> Iterator[tuple[str, np.ndarray]]:
+def _tensors(model: PreTrainedModel) -> Iterator[tuple[str, np.ndarray]]:
     """(GGUF name, fp32 values) of every weight, q/k rows in llama.cpp's rope order."""
     c = model.config
     names = gguf.get_tensor_name_map(ARCHS[c.model_type], c.num_hidden_layers)
@@ -238,12 +239,12 @@ def _source_tensor(source: gguf.GGUFReader, name: str):
 
 
 # -------------------------------------------------------------------------------- check
-def read_weights(path: Path, model: nn.Module) -> nn.Module:
+def read_weights(path: Path, model: PreTrainedModel) -> PreTrainedModel:
     """A copy of `model` holding the weights of the GGUF file at `path`, dequantized to fp32
     (q/k rows back in transformers' order): PyTorch at the file's own precision."""
     c = model.config
     names = gguf.get_tensor_name_map(ARCHS[c.model_type], c.num_hidden_layers)
-    keys = {}
+    keys: dict[str | None, list[str]] = {}
     for key in model.state_dict():
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         keys.setdefault(name, []).append(key)
@@ -298,7 +299,6 @@ def check(model: RunModel, files: list[Path], quant: str,
     file_model = read_weights(path, model.model)
     figures = compare(sequences, in_torch(file_model), in_llama_cpp)
     fp32 = compare(sequences, in_torch(model.model), in_torch(file_model))
-    del llm
     figures["ppl_fp32"] = fp32["ppl_reference"]
     figures["quantization_ppl_change"] = fp32["ppl_runtime"] / fp32["ppl_reference"] - 1
     figures["file_mb"] = path.stat().st_size / 2**20

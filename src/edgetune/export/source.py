@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
-from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from edgetune.config import DataConfig, RunConfig, load_config
 from edgetune.errors import EdgetuneError
@@ -24,7 +24,7 @@ from edgetune.models.loader import load_model
 @dataclass
 class RunModel:
     name: str  # for file names and metadata
-    model: nn.Module  # fp32, eval mode (a LoRA adapter merged)
+    model: PreTrainedModel  # fp32, eval mode (a LoRA adapter merged)
     tokenizer: PreTrainedTokenizerBase
     task: str  # the task it was trained for (lm, chat, summarize, classify)
     source_gguf: Path | None  # the GGUF file its base weights came from, if any
@@ -51,7 +51,8 @@ def open_model(where: str) -> RunModel:
     if kind == "classify":
         raise EdgetuneError(f"{where} holds a classifier; a causal LM is what this export writes")
     loaded = load_model(base, kind, adapter=None if adapter is None else str(adapter))
-    return RunModel(name, loaded.model.float().eval(), loaded.tokenizer, task,
+    net = cast(PreTrainedModel, loaded.model.float().eval())
+    return RunModel(name, net, loaded.tokenizer, task,
                     _source_gguf(cfg.model.name if cfg else where), adapter, cfg)  # fmt: skip
 
 
@@ -77,8 +78,9 @@ def held_out(model: RunModel, positions: int, data: str | None = None,
     from edgetune.families import DECODER
 
     base = model.cfg.data if model.cfg is not None else DataConfig(name="instructions")
-    changes = {} if data is None else {"name": data, "task": None}
-    cfg = replace(base, **changes, eval_samples=None, seq_len=seq_len or base.seq_len)
+    if data is not None:
+        base = replace(base, name=data, task=None)
+    cfg = replace(base, eval_samples=None, seq_len=seq_len or base.seq_len)
     text = load_data(cfg)
     if text.task == "classify":
         raise EdgetuneError(f"{cfg.name} is a classification data set; give text (--data)")
