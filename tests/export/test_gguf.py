@@ -16,8 +16,8 @@ from transformers import LlamaForCausalLM
 
 from edgetune.errors import EdgetuneError
 from edgetune.export import export
-from edgetune.export.gguf import read_weights
-from edgetune.export.source import RunModel, open_model
+from edgetune.export.gguf import file_figures, read_weights
+from edgetune.export.source import RunModel, held_out, open_model
 from edgetune.models.quantized import quantize
 
 Q = gguf.GGMLQuantizationType
@@ -125,6 +125,17 @@ def test_source_keeps_unchanged_tensors_bytes_and_requantizes_changed_ones(tmp_p
     np.testing.assert_array_equal(np.asarray(before[same].data), np.asarray(after[same].data))
     changed = "blk.0.attn_q.weight"
     assert not np.array_equal(np.asarray(before[changed].data), np.asarray(after[changed].data))
+
+
+def test_file_figures_measure_the_quantizations_own_error_on_held_out_text(tmp_path):
+    m = _model(tmp_path)
+    sequences = held_out(m, 300, "instructions")
+    assert sum(len(s) - 1 for s in sequences) >= 300
+    f16, q8 = (file_figures(m, export(m, "gguf", tmp_path, q).files[0], sequences)
+               for q in ("f16", "q8_0"))  # fmt: skip
+    assert f16["quantization_agreement"] > 0.99
+    assert abs(f16["quantization_ppl_change"]) < abs(q8["quantization_ppl_change"]) < 0.05
+    assert q8["file_mb"] < f16["file_mb"]
 
 
 def test_bad_requests_are_one_clear_line(tmp_path):

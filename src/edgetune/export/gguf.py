@@ -38,7 +38,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from edgetune.errors import EdgetuneError
-from edgetune.export.compare import compare
+from edgetune.export.compare import Logits, compare
 from edgetune.export.source import RunModel
 from edgetune.io import atomic_write
 
@@ -265,11 +265,30 @@ def read_weights(path: Path, model: PreTrainedModel) -> PreTrainedModel:
     return copied.eval()
 
 
+def file_figures(model: RunModel, path: Path, sequences: list[np.ndarray]) -> dict[str, float]:
+    """PyTorch on the file's own weights against the fp32 model: the quantization's own
+    error (top-1 agreement, both perplexities), and the file's size."""
+    fp32 = compare(
+        sequences, torch_logits(model.model), torch_logits(read_weights(path, model.model))
+    )
+    return {"file_mb": path.stat().st_size / 2**20, "ppl_fp32": fp32["ppl_reference"],
+            "ppl_file_weights": fp32["ppl_runtime"], "quantization_ppl_change": fp32["ppl_change"],
+            "quantization_agreement": fp32["agreement"]}  # fmt: skip
+
+
+def torch_logits(net: nn.Module) -> Logits:
+    def run(ids: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.as_tensor(ids[None], dtype=torch.long)).logits[0].numpy()
+
+    return run
+
+
 def check(model: RunModel, files: list[Path], quant: str,
           sequences: list[np.ndarray]) -> tuple[dict[str, float], list[str]]:  # fmt: skip
     """The file in llama.cpp against PyTorch on the file's own weights, over `sequences`:
-    top-1 agreement and both perplexities (and the fp32 model's, for the quantization's
-    own error). Fails below 99 % agreement or beyond 1 % perplexity."""
+    top-1 agreement and both perplexities (and `file_figures`). Fails below 99 % agreement
+    or beyond 1 % perplexity."""
     try:
         import llama_cpp
     except ImportError:
@@ -289,19 +308,8 @@ def check(model: RunModel, files: list[Path], quant: str,
         llm.eval(ids.tolist())
         return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
-    def in_torch(net: nn.Module):
-        def run(ids: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return net(torch.as_tensor(ids[None], dtype=torch.long)).logits[0].numpy()
-
-        return run
-
-    file_model = read_weights(path, model.model)
-    figures = compare(sequences, in_torch(file_model), in_llama_cpp)
-    fp32 = compare(sequences, in_torch(model.model), in_torch(file_model))
-    figures["ppl_fp32"] = fp32["ppl_reference"]
-    figures["quantization_ppl_change"] = fp32["ppl_runtime"] / fp32["ppl_reference"] - 1
-    figures["file_mb"] = path.stat().st_size / 2**20
+    figures = compare(sequences, torch_logits(read_weights(path, model.model)), in_llama_cpp)
+    figures.update(file_figures(model, path, sequences))
     failures = []
     if figures["agreement"] < 0.99:
         failures.append(f"top-1 agreement {figures['agreement']:.2%} < 99 % in llama.cpp")
