@@ -138,6 +138,35 @@ def test_file_figures_measure_the_quantizations_own_error_on_held_out_text(tmp_p
     assert q8["file_mb"] < f16["file_mb"]
 
 
+def test_lora_adapter_file_adds_back_the_merged_change_over_the_base(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    m = _model(tmp_path)
+    base = {k: v.clone() for k, v in m.model.state_dict().items()}
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"],
+                      init_lora_weights=False)  # fmt: skip
+    peft = get_peft_model(m.model, lora)
+    peft.save_pretrained(tmp_path / "adapter")
+    m.model, m.adapter = peft.merge_and_unload(), tmp_path / "adapter"
+    model_file, adapter_file = export(m, "gguf", tmp_path / "out", "f16").files
+    assert adapter_file.name == "tiny-lora-f16.gguf"
+    reader = gguf.GGUFReader(adapter_file)
+    field = {k: f.contents() for k, f in reader.fields.items()}
+    assert (field["general.type"], field["adapter.type"], field["adapter.lora.alpha"]) == (
+        "adapter", "lora", 8.0)  # fmt: skip
+    adapter = {t.name: torch.from_numpy(np.array(t.data)).float() for t in reader.tensors}
+    assert len(adapter) == 2 * 3 * m.model.config.num_hidden_layers
+    merged = _tensors(model_file)
+    c = m.model.config
+    for i in range(c.num_hidden_layers):
+        for proj, name, heads in (("q_proj", "attn_q", c.num_attention_heads),
+                                  ("k_proj", "attn_k", c.num_key_value_heads)):  # fmt: skip
+            w = _hand_rope_rows(base[f"model.layers.{i}.self_attn.{proj}.weight"], heads)
+            a, b = (adapter[f"blk.{i}.{name}.weight.lora_{x}"] for x in "ab")
+            want = torch.from_numpy(np.array(merged[f"blk.{i}.{name}.weight"].data)).float()
+            torch.testing.assert_close(w + 8 / 4 * b @ a, want, atol=2e-2, rtol=1e-2)
+
+
 def test_bad_requests_are_one_clear_line(tmp_path):
     m = _model(tmp_path)
     with pytest.raises(EdgetuneError, match="did not come from one"):

@@ -78,7 +78,52 @@ def write(model: RunModel, out: Path, quant: str) -> list[Path]:
         w.close()
 
     atomic_write(path, write_file)
-    return [path]
+    return [path] if model.adapter is None else [path, write_adapter(model, out, arch)]
+
+
+def write_adapter(model: RunModel, out: Path, arch: str) -> Path:
+    """The run's PEFT LoRA adapter as llama.cpp's LoRA adapter file, `out/<name>-lora-f16.gguf`:
+    `general.type = adapter`, `adapter.type = lora`, `adapter.lora.alpha`, and per adapted
+    matrix `<its GGUF name>.lora_a` (r, in) and `.lora_b` (out, r), F16. llama.cpp adds
+    (alpha / r) B A to the base's matrix, the base being any GGUF file of the unchanged base
+    (the bundled one, or an f16/q8_0 export of it); B's rows of q and k in rope order."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    assert model.adapter is not None
+    config = LoraConfig.from_pretrained(str(model.adapter))
+    if config.rank_pattern or config.alpha_pattern or config.use_dora:
+        raise EdgetuneError("a GGUF LoRA adapter holds one rank and alpha, without DoRA")
+    # llama.cpp scales by alpha / r; rsLoRA's alpha / sqrt(r) is that with alpha sqrt(r)
+    alpha = config.lora_alpha * (config.r**0.5 if config.use_rslora else 1.0)
+    c = model.model.config
+    names = gguf.get_tensor_name_map(ARCHS[c.model_type], c.num_hidden_layers)
+    state = load_file(str(model.adapter / "adapter_model.safetensors"))
+    path = out / f"{model.name}-lora-f16.gguf"
+
+    def write_file(tmp: Path) -> None:
+        w = gguf.GGUFWriter(tmp, arch)
+        w.add_type(gguf.GGUFType.ADAPTER)
+        w.add_name(model.name)
+        w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+        for key, value in sorted(state.items()):
+            # base_model.model.<module>.lora_A.weight: A (r, in); lora_B: B (out, r)
+            module, sep, part = key.removeprefix("base_model.model.").partition(".lora_")
+            name = names.get_name(module + ".weight", try_suffixes=(".weight",))
+            if not sep or name is None or part[0] not in "AB":
+                raise EdgetuneError(f"the adapter's tensor {key} has no place in a GGUF adapter")
+            values = value.float().numpy()
+            if part[0] == "B":
+                values = _rope_rows(name, values, c)
+            w.add_tensor(f"{name}.lora_{part[0].lower()}", values.astype(np.float16))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    atomic_write(path, write_file)
+    return path
 
 
 def _source(model: RunModel) -> gguf.GGUFReader:

@@ -33,24 +33,27 @@ class RunModel:
 
 
 def open_model(where: str) -> RunModel:
-    """The model of a run folder, a model folder (HF, or a PEFT adapter with its base in
-    adapter_config.json) or a registry name."""
+    """The model of a run folder, a model folder or a registry name. A run's LoRA adapter
+    (`model/` over a held base, or `adapter/` beside the merged `model/`) is kept as
+    `adapter` too, for formats that write adapters."""
     path = Path(where)
-    cfg, adapter, task = None, None, "lm"
+    cfg, adapter, merge, task = None, None, None, "lm"
     if (path / "config.yaml").is_file() and (path / "model").is_dir():
         cfg = load_config(path / "config.yaml")
         task = cfg.data.task or _bundled_task(cfg.data)
-        if (path / "model" / "adapter_config.json").is_file():
-            adapter, base = path / "model", cfg.model.name
-        else:
+        if (path / "model" / "adapter_config.json").is_file():  # the adapter alone
+            adapter = merge = path / "model"
+            base = cfg.model.name
+        else:  # the merged model, and maybe its adapter beside it
             base = str(path / "model")
+            if (path / "adapter" / "adapter_config.json").is_file():
+                adapter = path / "adapter"
         name = path.resolve().name
     else:
         base, name = where, path.name if path.exists() else where
-    kind = "classify" if task == "classify" else "lm"
-    if kind == "classify":
+    if task == "classify":
         raise EdgetuneError(f"{where} holds a classifier; a causal LM is what this export writes")
-    loaded = load_model(base, kind, adapter=None if adapter is None else str(adapter))
+    loaded = load_model(base, "lm", adapter=None if merge is None else str(merge))
     net = cast(PreTrainedModel, loaded.model.float().eval())
     return RunModel(name, net, loaded.tokenizer, task,
                     _source_gguf(cfg.model.name if cfg else where), adapter, cfg)  # fmt: skip
