@@ -192,6 +192,11 @@ def test_export_command_writes_a_model_folders_file(tmp_path):
     assert (tmp_path / "out" / "model-q8_0.gguf").is_file()
     refused = CliRunner().invoke(app, ["export", str(tmp_path / "model")])
     assert refused.exit_code != 0 and "--out" in str(refused.exception)
+    if importlib.util.find_spec("llama_cpp") is None:  # --check says how to get llama.cpp
+        check = CliRunner().invoke(app, ["export", str(tmp_path / "model"), "--check",
+                                         "--data", "instructions", "--positions", "40",
+                                         "--out", str(tmp_path / "out")])  # fmt: skip
+        assert check.exit_code != 0 and "edgetune[export]" in str(check.exception)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
