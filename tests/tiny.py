@@ -148,3 +148,37 @@ def lora_run(model: Path, data: Path, out: Path, *extra: str) -> Path:
 
 # the names the method tests use
 make_model, make_batch = model, batch
+
+
+CHAT = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def bpe_tokenizer(vocab: int = 320):
+    """A small byte-level BPE tokenizer (GPT-2's kind: what llama.cpp's `gpt2` vocabulary
+    reads), trained in a moment on a fixed text, with ChatML special tokens and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=special,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    text = "the model runs on the device where it was fine-tuned, within its memory. " * 20
+    tok.train_from_iterator([text, "0123456789 numbers and words"], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token=special[0],
+        bos_token=special[1],
+        eos_token=special[2],
+        pad_token=special[2],
+        chat_template=CHAT,
+    )

@@ -15,6 +15,7 @@ from edgetune.commands import chat as chat_command
 from edgetune.commands import cost as cost_command
 from edgetune.commands import data as data_command
 from edgetune.commands import eval as eval_command
+from edgetune.commands import export as export_command
 from edgetune.commands import federate as federate_command
 from edgetune.commands import finetune as finetune_command
 from edgetune.commands import generate as generate_command
@@ -52,6 +53,7 @@ app.command(context_settings=OVERRIDES)(finetune_command.finetune)
 app.command(name="eval")(eval_command.eval_)
 app.command()(generate_command.generate)
 app.command()(chat_command.chat)
+app.command()(export_command.export)
 app.command()(models_command.models)
 app.command()(models_command.methods)
 app.add_typer(data_command.data_app, name="data")

@@ -1,0 +1,101 @@
+"""The model an export writes: a run folder's, a model folder's or a registry model's, as one
+fp32 transformers model, and held-out token sequences to check the export on.
+
+A run folder (`config.yaml` and `model/`) holds either the merged model or, for LoRA over a
+held base (`model.weights`), a PEFT adapter: the adapter is merged into the base's fp32 weights
+here (a GGUF base dequantized), so every format starts from the same plain model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from edgetune.config import DataConfig, RunConfig, load_config
+from edgetune.errors import EdgetuneError
+from edgetune.models.bundled import bundled_file
+from edgetune.models.loader import load_model
+
+
+@dataclass
+class RunModel:
+    name: str  # for file names and metadata
+    model: PreTrainedModel  # fp32, eval mode (a LoRA adapter merged)
+    tokenizer: PreTrainedTokenizerBase
+    task: str  # the task it was trained for (lm, chat, summarize, classify)
+    source_gguf: Path | None  # the GGUF file its base weights came from, if any
+    adapter: Path | None  # the run's PEFT adapter folder, if it saved one
+    cfg: RunConfig | None  # the run's config (None: a model folder or registry name)
+
+
+def open_model(where: str) -> RunModel:
+    """The model of a run folder, a model folder or a registry name. A run's LoRA adapter
+    (`model/` over a held base, or `adapter/` beside the merged `model/`) is kept as
+    `adapter` too, for formats that write adapters."""
+    path = Path(where)
+    cfg, adapter, merge, task = None, None, None, "lm"
+    if (path / "config.yaml").is_file() and (path / "model").is_dir():
+        cfg = load_config(path / "config.yaml")
+        task = cfg.data.task or _bundled_task(cfg.data)
+        if (path / "model" / "adapter_config.json").is_file():  # the adapter alone
+            adapter = merge = path / "model"
+            base = cfg.model.name
+        else:  # the merged model, and maybe its adapter beside it
+            base = str(path / "model")
+            if (path / "adapter" / "adapter_config.json").is_file():
+                adapter = path / "adapter"
+        name = path.resolve().name
+    else:
+        base, name = where, path.name if path.exists() else where
+    if task == "classify":
+        raise EdgetuneError(f"{where} holds a classifier; a causal LM is what this export writes")
+    loaded = load_model(base, "lm", adapter=None if merge is None else str(merge))
+    net = cast(PreTrainedModel, loaded.model.float().eval())
+    return RunModel(name, net, loaded.tokenizer, task,
+                    _source_gguf(cfg.model.name if cfg else where), adapter, cfg)  # fmt: skip
+
+
+def _bundled_task(data: DataConfig) -> str:
+    from edgetune.data.registry import DATASETS
+
+    return DATASETS[data.name].task if data.name in DATASETS else "lm"
+
+
+def _source_gguf(name: str) -> Path | None:
+    path = Path(name)
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    return bundled_file(name)
+
+
+def held_out(model: RunModel, positions: int, data: str | None = None,
+             seq_len: int | None = None) -> list[np.ndarray]:  # fmt: skip
+    """Token sequences from the test split of `data` (default: the run's data set, else the
+    bundled `instructions`) holding at least `positions` next-token predictions."""
+    from edgetune.data.load import load_data
+    from edgetune.data.tasks import tokenize
+    from edgetune.families import DECODER
+
+    base = model.cfg.data if model.cfg is not None else DataConfig(name="instructions")
+    if data is not None:
+        base = replace(base, name=data, task=None)
+    cfg = replace(base, eval_samples=None, seq_len=seq_len or base.seq_len)
+    text = load_data(cfg)
+    if text.task == "classify":
+        raise EdgetuneError(f"{cfg.name} is a classification data set; give text (--data)")
+    sequences, total = [], 0
+    for example in tokenize(text, model.tokenizer, cfg, DECODER, ("test",)).splits["test"]:
+        ids = np.asarray(example["input_ids"])
+        if len(ids) < 2:
+            continue
+        sequences.append(ids)
+        total += len(ids) - 1
+        if total >= positions:
+            return sequences
+    raise EdgetuneError(
+        f"the test split of {cfg.name} holds {total} positions, fewer than {positions}"
+    )
