@@ -38,7 +38,7 @@ LAYERS: list[set[str]] = [
     {"plan"},
     {"report"},
     {"train"},
-    {"federated", "bench"},
+    {"federated", "bench", "export"},
     {"commands"},
     {"cli", "__init__"},
 ]
