@@ -63,7 +63,8 @@ def export(
     ort = _runtime()  # refuse before the slow export when the runtime is missing
     with atomic_dir(out_dir) as tmp:
         _write_decoder(model, tmp / FILE) if decoder else _write_classifier(model, tmp / FILE)
-        model.config.save_pretrained(tmp)
+        config: Any = model.config  # a transformers config (nn.Module types it Tensor | Module)
+        config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         figures: dict[str, float] = {}
         if check_texts:
