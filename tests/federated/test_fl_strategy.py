@@ -88,9 +88,26 @@ def test_fedavg_of_valid_updates_and_rejections(tmp_path):
 def test_robust_strategy_ignores_an_outlier(tmp_path):
     strategy, _ = _strategy(tmp_path, "fedmedian")
     replies = [_reply(i, {"w": np.full((2, 3), x), "b": np.zeros(3)})
-               for i, x in enumerate([0.1, 0.2, 0.3, 5.0], start=1)]  # fmt: skip
+               for i, x in enumerate([0.1, 0.2, 0.3, 1.5], start=1)]  # fmt: skip
     arrays, _ = strategy.aggregate_train(1, replies)
     assert_close(torch.from_numpy(arrays["w"].numpy()), torch.full((2, 3), 1.25))  # median
+
+
+def test_an_update_scaled_x5000_is_rejected_against_its_peers(tmp_path):
+    """A round's change is small beside the global state: x5000 of it (norm 15 here) stays
+    under 10 x the state's norm (24.5), but not under 10 x the other clients' updates."""
+    honest = [{"w": np.full((2, 3), d), "b": np.full(3, d)} for d in (1e-3, 1.2e-3, 0.8e-3)]
+    scaled = {k: 5000 * v for k, v in honest[0].items()}
+    replies = [_reply(i, d) for i, d in enumerate([*honest, scaled], start=1)]
+    strategy, ledger = _strategy(tmp_path)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert ledger.clients[1, 4]["status"] == "rejected"
+    assert "the round's median" in ledger.rounds[1]["rejected"][0]["reason"]
+    assert_close(torch.from_numpy(arrays["b"].numpy()), torch.full((3,), 1e-3))  # the mean
+    # two clients: the larger of two updates far apart is the one refused
+    strategy, ledger = _strategy(tmp_path / "two")
+    strategy.aggregate_train(1, [_reply(1, scaled), _reply(2, honest[1])])
+    assert [r["node"] for r in ledger.rounds[1]["rejected"]] == [1]
 
 
 def test_each_round_is_checkpointed_and_resumable(tmp_path):

@@ -79,7 +79,7 @@ class EdgeMixin:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted: list[Message] = []
+        valid: dict[int, tuple[Message, MetricRecord, dict[str, torch.Tensor], float]] = {}
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -93,11 +93,16 @@ class EdgeMixin:
                 update = payload.delta(state, self._global)
                 payload.check_update(update, self._global, self.max_update_ratio)
             except (payload.MalformedUpdate, StopIteration) as e:
-                reason = str(e) or "no arrays in the reply"
-                log(WARNING, "round %s: rejected the update of node %s: %s", server_round, node,
-                    reason)  # fmt: skip
-                self.ledger.rejected(server_round, node, reason)
+                self._reject(server_round, node, str(e) or "no arrays in the reply")
                 continue
+            valid[node] = (msg, metrics, state, payload.update_norm(update))
+        norms = {node: v[3] for node, v in valid.items()}
+        for node, reason in payload.outliers(norms, self.max_update_ratio).items():
+            self._reject(server_round, node, reason)
+            del valid[node]
+        accepted: list[Message] = []
+        # in the order of the clients' partitions, not of their arrival: the same sum each run
+        for msg, metrics, state, _ in sorted(valid.values(), key=_partition):
             msg.content = type(msg.content)({"arrays": to_record(state), "metrics": metrics})
             accepted.append(msg)
         silent = self.ledger.unanswered(server_round, self.timeout)
@@ -108,6 +113,16 @@ class EdgeMixin:
         if arrays is not None:
             self.ledger.aggregated(server_round, to_state(arrays))
         return arrays, metrics
+
+    def _reject(self, server_round: int, node: int, reason: str) -> None:
+        log(WARNING, "round %s: rejected the update of node %s: %s", server_round, node, reason)
+        self.ledger.rejected(server_round, node, reason)
+
+
+def _partition(entry: tuple[Message, MetricRecord, dict, float]) -> tuple[int, int]:
+    """A reply's sort key: its client's partition, then its node."""
+    msg, metrics = entry[0], entry[1]
+    return int(metrics.get("partition-id", -1)), msg.metadata.src_node_id  # type: ignore[arg-type]
 
 
 _FLOWER: dict[str, type[Strategy]] = {
