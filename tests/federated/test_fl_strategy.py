@@ -3,6 +3,7 @@ failed clients skipped, each round checkpointed and resumable."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from flwr.app import (
     Array,
     ArrayRecord,
+    ConfigRecord,
     Error,
     Message,
     MessageType,
@@ -19,9 +21,11 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.app.message.message import make_message
+from flwr.supercore.task_identity import TaskIdentity
 from torch.testing import assert_close
 
 from edgetune.config import FederatedConfig as FedSettings
+from edgetune.errors import EdgetuneError
 from edgetune.federated import payload
 from edgetune.federated.ledger import Ledger, markdown
 from edgetune.federated.network import get_network
@@ -146,3 +150,41 @@ def test_a_client_that_never_replies_is_recorded_and_reported(tmp_path):
     assert (rounds[1]["clients"], rounds[1]["sampled"]) == (0, 3)
     assert (rounds[2]["clients"], rounds[2]["sampled"]) == (1, 2)
     assert "| 1 | 0 / 3 |" in markdown({**ledger.to_dict(), "per_round": ledger.per_round()})
+
+
+class _Grid:
+    """The part of a Flower Grid a strategy samples from: the connected nodes."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+def test_a_dead_client_holds_a_round_no_longer_than_the_timeout(tmp_path, monkeypatch):
+    """Flower waits without end for `min_available_nodes`; a dead SuperNode held a deployed
+    run until the outer timeout (3,600 s). The round waits `federated.timeout`, goes on with
+    the client left, and records the one gone."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what a ServerApp's run sets
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    fed = FedSettings(clients=2, min_clients=2, timeout=1.0)
+    ledger = Ledger(tmp_path, {"model": "m", "method": "backprop", "data": "d"},
+                    get_network("4g"), None)  # fmt: skip
+    strategy = make_strategy(fed, delta_decoder("fp32"), ledger)
+    grid = _Grid([1, 2])
+    arrays, config = to_record(GLOBAL), ConfigRecord()
+    assert len(list(strategy.configure_train(1, arrays, config, grid))) == 2
+    grid.nodes = [1]  # node 2 died between the rounds
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(
+        list(strategy.configure_train(2, arrays, config, grid))), daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(30)
+    assert done and [m.metadata.dst_node_id for m in done[0]] == [1]
+    assert ledger.rounds[2]["failed"] == [{"node": 2, "reason": "not connected when the round began"}]
+    assert strategy.min_available_nodes == 2  # the round's allowance does not stay
+    grid.nodes = []
+    with pytest.raises(EdgetuneError, match="no client connected within federated.timeout"):
+        list(strategy.configure_evaluate(2, arrays, config, grid))
