@@ -143,3 +143,22 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "app", lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # other errors are not disguised
         cli.main()
+
+
+def test_the_evaluation_s_batch_fits_the_budget(tiny_llama, tmp_path):
+    """The evaluation ran at a fixed batch of 32 whatever the budget: a causal LM's logits at
+    32 rows need four times the step's peak here. Under a budget it runs at the largest batch
+    whose forecast fits, with the same scores."""
+    def run(out, *extra):
+        return finetune(load_config(None, [
+            f"model.name={tiny_llama}", "data.name=email-subjects", "data.task=summarize",
+            "data.seq_len=48", "data.train_samples=16", "data.eval_samples=8",
+            "train.method=lora", "train.batch_size=4", "train.max_steps=1", f"out={out}",
+            *extra])).metrics  # fmt: skip
+
+    budgeted = run(tmp_path / "budget", "train.budget=40MiB")
+    fc = budgeted["forecast"]
+    assert fc["peak_mb"] < 40 and 1 < fc["eval_batch"] < 32 and fc["eval_peak_mb"] <= 40
+    free = run(tmp_path / "free")
+    assert free["forecast"]["eval_batch"] == 32 and free["forecast"]["eval_peak_mb"] > 40
+    assert budgeted["eval"]["loss"] == pytest.approx(free["eval"]["loss"], rel=1e-4)

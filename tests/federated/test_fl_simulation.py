@@ -4,7 +4,14 @@ the run resumes from its round checkpoint; MeZO clients send only seeds (through
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+
+import psutil
 
 import typer
 from typer.testing import CliRunner
@@ -69,3 +76,33 @@ def test_summarization_with_lora_and_fedadam(fl_config, tiny_llama):
     assert all("loss" in c for c in last["client_eval"])
     up = max(c["bytes_up"] for c in result["clients"])
     assert up < 0.02 * result["full_weights_bytes"]  # int8 LoRA deltas only
+
+
+def test_ctrl_c_stops_federate_and_ray(fl_config):
+    """Flower's ServerApp thread and workers outlived a KeyboardInterrupt: `federate` went on
+    after Ctrl-C. It must end with status 130 and leave no Ray process behind."""
+    sets = [f"{k}={v}" for k, v in fl_config.items() if k not in ("out", "federated.rounds")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetune.cli", "federate", "--out", fl_config["out"],
+         "--rounds", "3", *sets],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not any("[ROUND 1/3]" in line for line in lines) and time.monotonic() < deadline:
+        assert proc.poll() is None, "".join(lines)
+        time.sleep(0.5)
+    ray = psutil.Process(proc.pid).children(recursive=True)  # GCS, raylet, client actors
+    assert ray
+    proc.send_signal(signal.SIGINT)
+    try:
+        status = proc.wait(90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        status = None
+    left = [p for p in ray if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in left:
+        p.kill()
+    assert status == 130 and not left
