@@ -162,3 +162,26 @@ def test_the_evaluation_s_batch_fits_the_budget(tiny_llama, tmp_path):
     free = run(tmp_path / "free")
     assert free["forecast"]["eval_batch"] == 32 and free["forecast"]["eval_peak_mb"] > 40
     assert budgeted["eval"]["loss"] == pytest.approx(free["eval"]["loss"], rel=1e-4)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root and a kernel that lets this process mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (benchmarks/faults.py runs it as a script)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(
+    tiny_bert, topics_jsonl, small_disk
+):
+    out = small_disk / "r"
+    with pytest.raises(EdgetuneError, match="disk full while writing"):
+        finetune(_cfg(tiny_bert, topics_jsonl, out))
+    # no half-written checkpoint, and a run with no checkpoint leaves no folder
+    assert not list(small_disk.rglob("*.tmp")) and not out.exists()
