@@ -149,6 +149,7 @@ def test_the_evaluation_s_batch_fits_the_budget(tiny_llama, tmp_path):
     """The evaluation ran at a fixed batch of 32 whatever the budget: a causal LM's logits at
     32 rows need four times the step's peak here. Under a budget it runs at the largest batch
     whose forecast fits, with the same scores."""
+
     def run(out, *extra):
         return finetune(load_config(None, [
             f"model.name={tiny_llama}", "data.name=email-subjects", "data.task=summarize",

@@ -183,7 +183,8 @@ def test_a_dead_client_holds_a_round_no_longer_than_the_timeout(tmp_path, monkey
     worker.start()
     worker.join(30)
     assert done and [m.metadata.dst_node_id for m in done[0]] == [1]
-    assert ledger.rounds[2]["failed"] == [{"node": 2, "reason": "not connected when the round began"}]
+    gone = {"node": 2, "reason": "not connected when the round began"}
+    assert ledger.rounds[2]["failed"] == [gone]
     assert strategy.min_available_nodes == 2  # the round's allowance does not stay
     grid.nodes = []
     with pytest.raises(EdgetuneError, match="no client connected within federated.timeout"):

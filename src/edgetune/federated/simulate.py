@@ -5,9 +5,11 @@
 actors of one CPU each (so at most `cpus` clients train at the same time). It returns what the
 server wrote to federated.json. `flwr run .` runs the same apps from pyproject.toml.
 
-Faults: an actor whose process dies (a client crashing mid-round) is restarted by Ray
-(`max_restarts`, a Ray actor option Flower passes on from `client_resources`); without it
-Flower hands the dead actor back to its pool and every later client sent to it fails. Ctrl-C
+Faults: an actor whose process dies (a client crashing mid-round) is restarted by Ray, and
+a task sent to it is tried once more once it is back (`max_restarts`, `max_task_retries`:
+Ray actor options Flower passes on from `client_resources`). Without them Flower hands the
+dead actor back to its pool and every later client sent to it fails; the client that
+crashed is run once more, and recorded as failed if it crashes again. Ctrl-C
 stops Ray's processes and ends the process with status 130: Flower's ServerApp thread and
 its workers wait for replies that no longer come and would keep it alive.
 """
@@ -38,7 +40,8 @@ def simulate(run_config: Mapping[str, Any], cpus: int = 2, verbose: bool = False
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     threads = cfg.train.threads or 1
     backend: dict[str, dict[str, Any]] = {
-        "client_resources": {"num_cpus": threads, "num_gpus": 0.0, "max_restarts": -1},
+        "client_resources": {"num_cpus": threads, "num_gpus": 0.0, "max_restarts": -1,
+                             "max_task_retries": 1},
         "init_args": {"num_cpus": max(threads, cpus), "include_dashboard": False,
                       "log_to_driver": verbose},
     }  # fmt: skip
