@@ -24,7 +24,7 @@ from edgetune.federated.simulate import simulate
 def test_a_client_dies_mid_round_then_the_run_resumes(fl_config):
     # Execute: partition 1's process exits in the middle of its local steps in round 1; one
     # Ray actor serves both clients, so every later client is sent to the actor that died
-    run = {**fl_config, "federated.rounds": 2}
+    run = {**fl_config, "federated.rounds": 2, "federated.timeout": 900}  # fresh actors load
     first = simulate({**run, "federated.crash_client": 1, "federated.crash_round": 1}, cpus=1)
     # Assert: round 1 still aggregated the survivor, and the failure is on record; Ray
     # restarted the actor, so round 2 has both clients (Flower alone would reuse the dead one)
@@ -96,18 +96,23 @@ def test_ctrl_c_stops_federate_and_ray(fl_config):
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
     deadline = time.monotonic() + 300
-    while not any("[ROUND 1/3]" in line for line in lines) and time.monotonic() < deadline:
+
+    def ray() -> list[psutil.Process]:  # GCS, raylet, client actors
+        return psutil.Process(proc.pid).children(recursive=True)
+
+    # the ServerApp thread logs round 1 while the main thread still starts Ray
+    while not any("ClientApp" in p.name() for p in ray()) and time.monotonic() < deadline:
         assert proc.poll() is None, "".join(lines)
         time.sleep(0.5)
-    ray = psutil.Process(proc.pid).children(recursive=True)  # GCS, raylet, client actors
-    assert ray
+    started = ray()
+    assert any("raylet" in p.name() for p in started)
     proc.send_signal(signal.SIGINT)
     try:
         status = proc.wait(90)
     except subprocess.TimeoutExpired:
         proc.kill()
         status = None
-    left = [p for p in ray if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     for p in left:
         p.kill()
     assert status == 130 and not left
