@@ -143,3 +143,46 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "app", lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # other errors are not disguised
         cli.main()
+
+
+def test_the_evaluation_s_batch_fits_the_budget(tiny_llama, tmp_path):
+    """The evaluation ran at a fixed batch of 32 whatever the budget: a causal LM's logits at
+    32 rows need four times the step's peak here. Under a budget it runs at the largest batch
+    whose forecast fits, with the same scores."""
+
+    def run(out, *extra):
+        return finetune(load_config(None, [
+            f"model.name={tiny_llama}", "data.name=email-subjects", "data.task=summarize",
+            "data.seq_len=48", "data.train_samples=16", "data.eval_samples=8",
+            "train.method=lora", "train.batch_size=4", "train.max_steps=1", f"out={out}",
+            *extra])).metrics  # fmt: skip
+
+    budgeted = run(tmp_path / "budget", "train.budget=40MiB")
+    fc = budgeted["forecast"]
+    assert fc["peak_mb"] < 40 and 1 < fc["eval_batch"] < 32 and fc["eval_peak_mb"] <= 40
+    free = run(tmp_path / "free")
+    assert free["forecast"]["eval_batch"] == 32 and free["forecast"]["eval_peak_mb"] > 40
+    assert budgeted["eval"]["loss"] == pytest.approx(free["eval"]["loss"], rel=1e-4)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root and a kernel that lets this process mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (benchmarks/faults.py runs it as a script)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(
+    tiny_bert, topics_jsonl, small_disk
+):
+    out = small_disk / "r"
+    with pytest.raises(EdgetuneError, match="disk full while writing"):
+        finetune(_cfg(tiny_bert, topics_jsonl, out))
+    # no half-written checkpoint, and a run with no checkpoint leaves no folder
+    assert not list(small_disk.rglob("*.tmp")) and not out.exists()

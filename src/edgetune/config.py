@@ -161,7 +161,8 @@ class FederatedConfig:
     min_clients: int = 2  # fewest replies a round waits to sample
     timeout: float = 600.0  # seconds a round waits for replies; late clients are left out
     holdout: float = 0.1  # share of each client's rows kept for its own evaluation
-    max_update_ratio: float = 10.0  # reject updates with norm > ratio x global state norm
+    max_update_ratio: float = 10.0  # reject updates with norm > ratio x the global state norm
+    # or x the round's lower median update norm
     proximal_mu: float = 0.01  # FedProx
     server_lr: float = 1.0  # FedAvgM server learning rate; FedAdam eta is server_lr / 100
     server_momentum: float = 0.9  # FedAvgM

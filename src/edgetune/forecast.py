@@ -28,6 +28,7 @@ from edgetune.cost import (
     ModelShape,
     Precision,
     StepCost,
+    eval_peak,
     load_device,
     roofline,
     shape_from_config,
@@ -245,6 +246,35 @@ def check_budget(
             f"{where}; {hint}"
         )
     return fc
+
+
+def eval_batch(
+    inputs: StepInputs, cost: StepCost, budget: float | None, largest: int
+) -> tuple[int, float]:
+    """The evaluation's batch and its forecast peak: the largest batch up to `largest` whose
+    forward without autograd, beside what the run still holds then (weights, optimizer state,
+    split copies of `cost`), fits `budget` bytes (None: `largest`); refused when none does."""
+    m = cost.memory
+    held = m.weights + m.optimizer + m.copies
+
+    def peak(batch: int) -> float:
+        return held + eval_peak(inputs.shape, batch, inputs.seq, inputs.tgt_seq, inputs.head,
+                                inputs.n_labels, inputs.precision, inputs.scored,
+                                inputs.chunked_loss)  # fmt: skip
+
+    if budget is None or peak(largest) <= budget:
+        return largest, peak(largest)
+    if peak(1) > budget:
+        raise EdgetuneError(
+            f"evaluating needs about {human(peak(1), 'B', 1024)} even at batch 1, more than the "
+            f"budget of {human(budget, 'B', 1024)}; train without it (train.final_eval=false "
+            "train.eval_every=0)"
+        )
+    low, high = 1, largest  # the peak grows with the batch: bisect for the largest that fits
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if peak(mid) <= budget else (low, mid - 1)
+    return low, peak(low)
 
 
 # -- sweeps (`edgetune cost`) -----------------------------------------------------------------

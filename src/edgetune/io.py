@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,6 +28,15 @@ def _disk_error(path: Path, e: OSError) -> EdgetuneError:
     if e.errno == errno.ENOSPC:
         return EdgetuneError(f"disk full while writing {path}; nothing was left half-written")
     return EdgetuneError(f"cannot write {path}: {e.strerror or e}")
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """`e` as an OSError: itself, or the one a Rust library (safetensors, tokenizers) reports
+    only in its message, `(os error 28)`; None for any other error."""
+    if isinstance(e, OSError):
+        return e
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    return OSError(int(found[1]), os.strerror(int(found[1]))) if found else None
 
 
 def umask() -> int:
@@ -86,11 +96,10 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         write(tmp)
         _open_up(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise _disk_error(path, e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if (error := _os_error(e)) is not None:
+            raise _disk_error(path, error) from None
         raise
 
 
@@ -109,9 +118,8 @@ def atomic_dir(path: Path):
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _disk_error(path, e) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if (error := _os_error(e)) is not None:
+            raise _disk_error(path, error) from None
         raise

@@ -31,7 +31,7 @@ from edgetune.config import RunConfig, load_config
 from edgetune.data.tasks import collate, epoch_order
 from edgetune.errors import EdgetuneError
 from edgetune.evaluate import evaluate
-from edgetune.forecast import Forecast
+from edgetune.forecast import Forecast, eval_batch
 from edgetune.io import atomic_write_text, exclusive
 from edgetune.measure.memory import peak_rss_mb
 from edgetune.methods.base import Method
@@ -176,6 +176,14 @@ def _run(
                          if changes else ""))  # fmt: skip
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
+    # the evaluation's batch: the configured one, or the largest whose forward fits the budget
+    eval_size, eval_peak = t.eval_batch_size, None
+    if t.final_eval or t.eval_every or t.eval_before:
+        eval_size, eval_peak = eval_batch(session.step_inputs(), forecast.cost, forecast.budget,
+                                          t.eval_batch_size)  # fmt: skip
+        console.print(f"evaluation: batch {eval_size}, peak {eval_peak / 2**20:,.1f} MiB",
+                      highlight=False)  # fmt: skip
+
     progress = progress_bar(console, keep=True)
     placement = session.placement
     held = held_bytes(session.model)  # the weights as they train (before any export merge)
@@ -183,7 +191,7 @@ def _run(
 
     def evaluated(split: str) -> dict[str, float]:
         with placement.compute():
-            return evaluate(method.model, data, split, pad_id, t.eval_batch_size,
+            return evaluate(method.model, data, split, pad_id, eval_size,
                             tokenizer=tokenizer, progress=progress,
                             chunked=t.chunked_loss)  # fmt: skip
 
@@ -260,7 +268,8 @@ def _run(
                          "weights_mb": (held["packed"] + held["dense"]) / 2**20}  # fmt: skip
     m = forecast.cost.memory
     metrics["forecast"] = {"peak_mb": m.peak / 2**20, "weights_mb": m.weights / 2**20,
-                           "flops": forecast.cost.flops,
+                           "flops": forecast.cost.flops, "eval_batch": eval_size,
+                           "eval_peak_mb": eval_peak / 2**20 if eval_peak is not None else None,
                            "compute": placement.describe()}  # fmt: skip
     write_metrics(out / "metrics.json", metrics)
     write_summary(out / "summary.md", cfg, metrics)

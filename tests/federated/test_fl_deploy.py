@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -24,6 +28,45 @@ def test_the_tls_key_is_private_and_never_written_through_a_link(tmp_path):
     with pytest.raises(FileExistsError):  # an existing folder (or file) is not reused
         make_certificates(planted)
     assert not (tmp_path / "stolen.key").exists()
+
+
+LAUNCHER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from edgetune.federated.deploy import Processes
+    with Processes(Path(sys.argv[1]), dict(os.environ)) as procs:
+        print(procs.start("child", ["sleep", "600"]).pid, flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie nobody reaped yet is dead too
+        return "\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_children_die_with_a_launcher_killed_with_sigkill(tmp_path):
+    """`kill -9` of `federate --deploy local` runs no cleanup: the kernel must take the
+    SuperLink and SuperNodes down with it, or they keep running and holding their ports."""
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(tmp_path)],
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert launcher.stdout is not None
+    child = int(launcher.stdout.readline())
+    assert _alive(child)
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive
 
 
 def test_deployed_run_over_tls_end_to_end(fl_config):

@@ -3,6 +3,7 @@ failed clients skipped, each round checkpointed and resumable."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from flwr.app import (
     Array,
     ArrayRecord,
+    ConfigRecord,
     Error,
     Message,
     MessageType,
@@ -19,9 +21,11 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.app.message.message import make_message
+from flwr.supercore.task_identity import TaskIdentity
 from torch.testing import assert_close
 
 from edgetune.config import FederatedConfig as FedSettings
+from edgetune.errors import EdgetuneError
 from edgetune.federated import payload
 from edgetune.federated.ledger import Ledger, markdown
 from edgetune.federated.network import get_network
@@ -88,9 +92,26 @@ def test_fedavg_of_valid_updates_and_rejections(tmp_path):
 def test_robust_strategy_ignores_an_outlier(tmp_path):
     strategy, _ = _strategy(tmp_path, "fedmedian")
     replies = [_reply(i, {"w": np.full((2, 3), x), "b": np.zeros(3)})
-               for i, x in enumerate([0.1, 0.2, 0.3, 5.0], start=1)]  # fmt: skip
+               for i, x in enumerate([0.1, 0.2, 0.3, 1.5], start=1)]  # fmt: skip
     arrays, _ = strategy.aggregate_train(1, replies)
     assert_close(torch.from_numpy(arrays["w"].numpy()), torch.full((2, 3), 1.25))  # median
+
+
+def test_an_update_scaled_x5000_is_rejected_against_its_peers(tmp_path):
+    """A round's change is small beside the global state: x5000 of it (norm 15 here) stays
+    under 10 x the state's norm (24.5), but not under 10 x the other clients' updates."""
+    honest = [{"w": np.full((2, 3), d), "b": np.full(3, d)} for d in (1e-3, 1.2e-3, 0.8e-3)]
+    scaled = {k: 5000 * v for k, v in honest[0].items()}
+    replies = [_reply(i, d) for i, d in enumerate([*honest, scaled], start=1)]
+    strategy, ledger = _strategy(tmp_path)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert ledger.clients[1, 4]["status"] == "rejected"
+    assert "the round's median" in ledger.rounds[1]["rejected"][0]["reason"]
+    assert_close(torch.from_numpy(arrays["b"].numpy()), torch.full((3,), 1e-3))  # the mean
+    # two clients: the larger of two updates far apart is the one refused
+    strategy, ledger = _strategy(tmp_path / "two")
+    strategy.aggregate_train(1, [_reply(1, scaled), _reply(2, honest[1])])
+    assert [r["node"] for r in ledger.rounds[1]["rejected"]] == [1]
 
 
 def test_each_round_is_checkpointed_and_resumable(tmp_path):
@@ -129,3 +150,42 @@ def test_a_client_that_never_replies_is_recorded_and_reported(tmp_path):
     assert (rounds[1]["clients"], rounds[1]["sampled"]) == (0, 3)
     assert (rounds[2]["clients"], rounds[2]["sampled"]) == (1, 2)
     assert "| 1 | 0 / 3 |" in markdown({**ledger.to_dict(), "per_round": ledger.per_round()})
+
+
+class _Grid:
+    """The part of a Flower Grid a strategy samples from: the connected nodes."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+def test_a_dead_client_holds_a_round_no_longer_than_the_timeout(tmp_path, monkeypatch):
+    """Flower waits without end for `min_available_nodes`; a dead SuperNode held a deployed
+    run until the outer timeout (3,600 s). The round waits `federated.timeout`, goes on with
+    the client left, and records the one gone."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what a ServerApp's run sets
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    fed = FedSettings(clients=2, min_clients=2, timeout=1.0)
+    ledger = Ledger(tmp_path, {"model": "m", "method": "backprop", "data": "d"},
+                    get_network("4g"), None)  # fmt: skip
+    strategy = make_strategy(fed, delta_decoder("fp32"), ledger)
+    grid = _Grid([1, 2])
+    arrays, config = to_record(GLOBAL), ConfigRecord()
+    assert len(list(strategy.configure_train(1, arrays, config, grid))) == 2
+    grid.nodes = [1]  # node 2 died between the rounds
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(
+        list(strategy.configure_train(2, arrays, config, grid))), daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(30)
+    assert done and [m.metadata.dst_node_id for m in done[0]] == [1]
+    gone = {"node": 2, "reason": "not connected when the round began"}
+    assert ledger.rounds[2]["failed"] == [gone]
+    assert strategy.min_available_nodes == 2  # the round's allowance does not stay
+    grid.nodes = []
+    with pytest.raises(EdgetuneError, match="no client connected within federated.timeout"):
+        list(strategy.configure_evaluate(2, arrays, config, grid))

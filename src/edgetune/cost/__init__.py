@@ -23,7 +23,7 @@ from edgetune.cost.device import (
     not_measured_note,
     roofline,
 )
-from edgetune.cost.methods import Memory, Precision, Rule, StepCost, step_cost
+from edgetune.cost.methods import Memory, Precision, Rule, StepCost, eval_peak, step_cost
 from edgetune.cost.shapes import NAMED_SHAPES, ModelShape, n_params, shape_from_config
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "StepCost",
     "bytes_moved",
     "device_names",
+    "eval_peak",
     "load_device",
     "n_params",
     "not_measured_note",

@@ -315,3 +315,25 @@ def step_cost(
         n_fwd * elem_f, 0.0, Memory(w, f.updates, opt, f.kept, work, w + opt + f.peak),
         params, trained, rule.passes,
     )  # fmt: skip
+
+
+def eval_peak(
+    s: ModelShape,
+    batch: int,
+    seq: int,
+    tgt_seq: int = 0,
+    head: str = "lm",
+    n_labels: int = 2,
+    precision: Precision | None = None,
+    scored: float = 1.0,
+    chunked_loss: bool = False,
+) -> float:
+    """Live activation bytes at the peak of an evaluation forward at `batch`: the forward and
+    its loss without autograd (nothing saved for a backward), what evaluating adds to the
+    weights and optimizer state a run holds. A held base's dequantized chunk is not counted."""
+    p = precision or Precision()
+    tape = Tape(p.nbytes("activations"))
+    inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels, scored,
+                 chunked_loss)  # fmt: skip
+    record(s, tape, Trainability(lambda u, i: FROZEN, False, False), inp)
+    return tape.peak_bytes(0.0, no_grad=True)[0]

@@ -52,11 +52,13 @@ def train(msg: Message, context: Context, overrides: Mapping[str, Any]) -> Messa
     config: Mapping[str, Any] = msg.content["config"]  # a ConfigRecord
     rnd = int(config["server-round"]) + int(config.get("round-offset", 0))
     seed = round_seed(cfg, rnd, pid)
-    torch.manual_seed(seed)
     glob = _state(cast(ArrayRecord, msg.content["arrays"]))
     method = new_method(cfg, rnd, seed)
     method.load_trainable_state(glob)
     rows, _ = client_rows(cfg, pid)
+    # seeded once everything is built: loading the run (the first round this process serves,
+    # whichever it is) draws from torch's generator, so a resumed run's dropout would differ
+    torch.manual_seed(seed)
 
     # -- local steps: the same Method.step as centralized training --------------------------
     mu = float(config.get("proximal-mu", 0.0))

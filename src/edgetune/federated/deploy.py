@@ -116,8 +116,32 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     return paths
 
 
+def _die_with_parent(parent: int):
+    """A `preexec_fn` for a child that must not outlive this process, even killed with
+    SIGKILL (no `finally` runs then): Linux sends the child SIGKILL when its parent dies
+    (`prctl(PR_SET_PDEATHSIG)`); the ports it held are freed with it, and Flower's own
+    subprocesses (`flwr-serverapp`, `flwr-clientapp`) watch their parent's pid and follow.
+    Elsewhere a no-op."""
+
+    def arm() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request was armed
+            os._exit(1)
+
+    return arm
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 class Processes(ExitStack):
-    """Child processes that are all stopped (TERM, then KILL) when the block ends."""
+    """Child processes that are all stopped (TERM, then KILL) when the block ends, and
+    killed by the kernel if this process dies first (`_die_with_parent`)."""
 
     def __init__(self, logs: Path, env: dict[str, str]) -> None:
         super().__init__()
@@ -130,7 +154,8 @@ class Processes(ExitStack):
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed by the stack
         self.callback(log.close)
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True,
+                                preexec_fn=_die_with_parent(os.getpid()))  # fmt: skip
         self.procs[name] = proc
         return proc
 

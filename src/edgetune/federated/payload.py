@@ -22,7 +22,8 @@ client with another layout is refused rather than misread. Codecs:
 
 The server turns every payload back into a full client state (global + delta, or the replayed
 model) and rejects it, with a reason, when its layout differs from the global state's, when a
-value is NaN or Inf, or when the update's norm is absurd relative to the global state's.
+value is NaN or Inf, or when the update's norm is absurd relative to the global state's or
+to the other updates of its round (`outliers`).
 """
 
 from __future__ import annotations
@@ -182,14 +183,36 @@ def decode_seeds(
     return [(int(s), float(g), float(lr)) for s, g, lr in zip(seeds, grads, lrs, strict=True)]
 
 
+def update_norm(update: State) -> float:
+    """The L2 norm of an update over all its tensors."""
+    return math.sqrt(sum(float(d.double().pow(2).sum()) for d in update.values()))
+
+
 def check_update(update: State, reference: State, max_ratio: float) -> None:
     """Refuse NaN/Inf and an update whose norm exceeds `max_ratio` x the reference's norm."""
     for name, d in update.items():
         if not torch.isfinite(d).all():
             raise MalformedUpdate(f"tensor {name!r} holds NaN or Inf")
-    norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in update.values()))
-    ref = math.sqrt(sum(float(t.double().pow(2).sum()) for t in reference.values()))
+    norm = update_norm(update)
+    ref = update_norm(reference)
     if norm > max_ratio * max(ref, 1e-12):
         raise MalformedUpdate(
             f"update norm {norm:.3g} is more than {max_ratio:g} x the global state's ({ref:.3g})"
         )
+
+
+def outliers(norms: Mapping[int, float], max_ratio: float) -> dict[int, str]:
+    """The updates of one round (node -> norm) whose norm exceeds `max_ratio` x the round's
+    lower median norm, with the reason. Clients of a round start from the same state and take
+    as many steps at the same learning rate, so their norms are alike: an update scaled up
+    (x5000 passes the bound against the global state, whose norm is far larger than a round's
+    change) stands out against its peers. The lower median is an honest update whenever most
+    are; with two updates it is the smaller one."""
+    ref = sorted(norms.values())[(len(norms) - 1) // 2] if len(norms) > 1 else 0.0
+    if ref == 0.0:  # no peer, or a round that changed nothing (a learning rate of 0)
+        return {}
+    return {
+        node: f"update norm {n:.3g} is more than {max_ratio:g} x the round's median ({ref:.3g})"
+        for node, n in norms.items()
+        if n > max_ratio * ref
+    }

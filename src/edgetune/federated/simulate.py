@@ -4,12 +4,23 @@
 `flwr.simulation.run_simulation`: one virtual SuperNode per client, `cpus` Ray CPUs shared by
 actors of one CPU each (so at most `cpus` clients train at the same time). It returns what the
 server wrote to federated.json. `flwr run .` runs the same apps from pyproject.toml.
+
+Faults: an actor whose process dies (a client crashing mid-round) is restarted by Ray, and
+a task sent to it is tried once more once it is back (`max_restarts`, `max_task_retries`:
+Ray actor options Flower passes on from `client_resources`). Without them Flower hands the
+dead actor back to its pool and every later client sent to it fails; the client that
+crashed is run once more, and recorded as failed if it crashes again. Ctrl-C
+stops Ray's processes and ends the process with status 130: Flower's ServerApp thread and
+its workers wait for replies that no longer come and would keep it alive.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,21 +40,40 @@ def simulate(run_config: Mapping[str, Any], cpus: int = 2, verbose: bool = False
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     threads = cfg.train.threads or 1
     backend: dict[str, dict[str, Any]] = {
-        "client_resources": {"num_cpus": threads, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": threads, "num_gpus": 0.0, "max_restarts": -1,
+                             "max_task_retries": 1},
         "init_args": {"num_cpus": max(threads, cpus), "include_dashboard": False,
                       "log_to_driver": verbose},
     }  # fmt: skip
     config = dict(run_config)
-    run_simulation(
-        server_app.make_app(config),
-        client_app.make_app(config),
-        num_supernodes=fed.clients,
-        backend_config=backend,
-        verbose_logging=verbose,
-    )
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupted) if main else None
+    try:
+        run_simulation(
+            server_app.make_app(config),
+            client_app.make_app(config),
+            num_supernodes=fed.clients,
+            backend_config=backend,
+            verbose_logging=verbose,
+        )
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     result = Path(cfg.out) / "federated.json"
     if not result.is_file():
         raise EdgetuneError(
             f"the simulation ended without a result in {cfg.out}; see the log above"
         )
     return json.loads(result.read_text())
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C during a simulation: Flower's threads would outlive a KeyboardInterrupt (its
+    ServerApp thread is no daemon, its workers wait for the run's end), so stop Ray's
+    processes and exit at once with 130 (a watchdog exits anyway if Ray does not stop)."""
+    import ray
+
+    print("interrupted: stopping the simulation", file=sys.stderr, flush=True)
+    threading.Timer(20.0, os._exit, (130,)).start()
+    ray.shutdown()
+    os._exit(130)

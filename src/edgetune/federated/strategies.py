@@ -9,13 +9,17 @@ aggregate anything itself: before the Flower strategy averages tensors by name i
    seed replay on the global model) and rejects, with the reason logged, updates whose names,
    shapes or values are wrong or whose norm is absurd,
 3. leaves failed replies (a client that crashed or timed out) to Flower, which skips them,
+4. waits at most `federated.timeout` for the clients a round needs to be connected (Flower
+   waits without end), then samples among those there, recording the ones gone as failed,
 
 and after aggregation hands the new global state to the `Ledger` (checkpoint, round log).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from logging import WARNING
 
 import torch
@@ -34,6 +38,7 @@ from flwr.serverapp.strategy import (
 from flwr.supercore import log
 
 from edgetune.config import FederatedConfig
+from edgetune.errors import EdgetuneError
 from edgetune.federated import payload
 from edgetune.federated.ledger import Ledger
 
@@ -64,11 +69,13 @@ class EdgeMixin:
     ledger: Ledger
     max_update_ratio: float
     timeout: float  # federated.timeout: a client that has not replied by then is recorded failed
+    _seen: set[int]  # the nodes connected at the start of a round of this run
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        with self._connected(server_round, grid, record=True):
+            messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._global = to_state(arrays)
         sizes: dict[int, int] = {}  # the messages of a round usually share one content
         for msg in messages:
@@ -76,10 +83,50 @@ class EdgeMixin:
             self.ledger.sent(server_round, msg.metadata.dst_node_id, size)
         return messages
 
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        with self._connected(server_round, grid, record=False):
+            return list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+
+    @contextmanager
+    def _connected(self, server_round: int, grid: Grid, record: bool) -> Iterator[None]:
+        """Flower samples only once `min_available_nodes` are connected and waits for them
+        without end: a dead SuperNode would hold the run until the outer timeout. Wait at
+        most `federated.timeout`, then sample among the nodes connected (none: the run
+        ends). With `record`, the nodes of earlier rounds of this run that are no longer
+        connected are recorded as failed (a SuperNode the SuperLink has given up on)."""
+        need = self.min_available_nodes  # type: ignore[attr-defined]
+        deadline = time.monotonic() + self.timeout
+        while len(nodes := list(grid.get_node_ids())) < need and time.monotonic() < deadline:
+            time.sleep(1.0)
+        if record:
+            gone = sorted(self._seen - set(nodes))
+            for node in gone:
+                self.ledger.failed(server_round, node, "not connected when the round began")
+            self._seen |= set(nodes)
+        if len(nodes) >= need:
+            yield
+            return
+        if not nodes:
+            raise EdgetuneError(f"round {server_round}: no client connected within "
+                                f"federated.timeout ({self.timeout:g} s)")  # fmt: skip
+        log(WARNING, "round %s: %s of the %s clients needed connected within %s s; going on "
+            "with them", server_round, len(nodes), need, self.timeout)  # fmt: skip
+        keys = ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes")
+        kept = {k: getattr(self, k) for k in keys}
+        for k in keys:
+            setattr(self, k, min(kept[k], len(nodes)))
+        try:
+            yield
+        finally:
+            for k in keys:
+                setattr(self, k, kept[k])
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted: list[Message] = []
+        valid: dict[int, tuple[Message, MetricRecord, dict[str, torch.Tensor], float]] = {}
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -93,11 +140,16 @@ class EdgeMixin:
                 update = payload.delta(state, self._global)
                 payload.check_update(update, self._global, self.max_update_ratio)
             except (payload.MalformedUpdate, StopIteration) as e:
-                reason = str(e) or "no arrays in the reply"
-                log(WARNING, "round %s: rejected the update of node %s: %s", server_round, node,
-                    reason)  # fmt: skip
-                self.ledger.rejected(server_round, node, reason)
+                self._reject(server_round, node, str(e) or "no arrays in the reply")
                 continue
+            valid[node] = (msg, metrics, state, payload.update_norm(update))
+        norms = {node: v[3] for node, v in valid.items()}
+        for node, reason in payload.outliers(norms, self.max_update_ratio).items():
+            self._reject(server_round, node, reason)
+            del valid[node]
+        accepted: list[Message] = []
+        # in the order of the clients' partitions, not of their arrival: the same sum each run
+        for msg, metrics, state, _ in sorted(valid.values(), key=_partition):
             msg.content = type(msg.content)({"arrays": to_record(state), "metrics": metrics})
             accepted.append(msg)
         silent = self.ledger.unanswered(server_round, self.timeout)
@@ -108,6 +160,16 @@ class EdgeMixin:
         if arrays is not None:
             self.ledger.aggregated(server_round, to_state(arrays))
         return arrays, metrics
+
+    def _reject(self, server_round: int, node: int, reason: str) -> None:
+        log(WARNING, "round %s: rejected the update of node %s: %s", server_round, node, reason)
+        self.ledger.rejected(server_round, node, reason)
+
+
+def _partition(entry: tuple[Message, MetricRecord, dict, float]) -> tuple[int, int]:
+    """A reply's sort key: its client's partition, then its node."""
+    msg, metrics = entry[0], entry[1]
+    return int(metrics.get("partition-id", -1)), msg.metadata.src_node_id  # type: ignore[arg-type]
 
 
 _FLOWER: dict[str, type[Strategy]] = {
@@ -146,6 +208,6 @@ def make_strategy(fed: FederatedConfig, decoder: Decoder, ledger: Ledger) -> Str
         min_available_nodes=sampled,
         **strategy_options(fed),
     )
-    strategy.decoder, strategy.ledger = decoder, ledger
+    strategy.decoder, strategy.ledger, strategy._seen = decoder, ledger, set()
     strategy.max_update_ratio, strategy.timeout = fed.max_update_ratio, fed.timeout
     return strategy
