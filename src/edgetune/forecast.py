@@ -175,7 +175,9 @@ def alternatives(inputs: StepInputs, exclude: str) -> dict[str, StepCost]:
     out = {}
     for spec in METHODS.values():
         for options in spec.suggestions:
-            if inputs.held_bytes is not None and not runs_held(spec.rule_for(spec.parse(options)).trains):
+            if inputs.held_bytes is not None and not runs_held(
+                spec.rule_for(spec.parse(options)).trains
+            ):
                 continue
             cost = predict(inputs, spec.name, options)
             if cost.method != exclude:

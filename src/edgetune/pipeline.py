@@ -27,9 +27,9 @@ from edgetune.cost import Precision, shape_from_config
 from edgetune.data.load import load_data
 from edgetune.data.tasks import TaskData, batches, epoch_order, tokenize
 from edgetune.errors import EdgetuneError
+from edgetune.families import ENCODER
 from edgetune.forecast import Forecast, StepInputs, check_budget, predict
 from edgetune.measure.memory import lean_allocator, trim_heap
-from edgetune.families import ENCODER
 from edgetune.methods.base import Method, MethodSettings, scored_share
 from edgetune.methods.label_words import LabelWords
 from edgetune.methods.registry import build_method

@@ -244,7 +244,9 @@ def test_zeroth_order_queries_and_adapters():
     ada = step_cost(S, zo_lora, 4, 128, queries=2, **units)
     bp_lora = step_cost(S, RULES["lora"], 4, 128, **units)
     assert ada.trained_params == bp_lora.trained_params == 12 * 3 * 8 * (768 + 768)
-    assert ada.memory.weights == bp_lora.memory.weights == one.memory.weights + 4 * ada.trained_params
+    assert (
+        ada.memory.weights == bp_lora.memory.weights == one.memory.weights + 4 * ada.trained_params
+    )
     assert ada.fwd_macs == 2 * 2 * bp_lora.fwd_macs and ada.bwd_macs == 0
     assert _step_bytes(ada) < _step_bytes(one) < _step_bytes(bp_lora)
     with pytest.raises(EdgetuneError, match="query"):

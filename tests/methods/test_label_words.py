@@ -73,8 +73,8 @@ def test_label_word_mistakes_are_reported(tiny_llama, topics_jsonl):
     with pytest.raises(EdgetuneError, match="no word for class"):
         _session(tiny_llama, topics_jsonl, "data.label_words={sports: sport, food: food}")
     with pytest.raises(EdgetuneError, match="first token"):
-        _session(tiny_llama, topics_jsonl,
-                 "data.label_words={sports: sport, finance: sport-x, weather: rain, food: food}")  # fmt: skip
+        clash = "{sports: sport, finance: sport-x, weather: rain, food: food}"
+        _session(tiny_llama, topics_jsonl, f"data.label_words={clash}")
     with pytest.raises(EdgetuneError, match="mask"):
         load_config(None, ["data.prompt={text} Topic:"])
     with pytest.raises(EdgetuneError, match="mapping"):

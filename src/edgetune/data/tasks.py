@@ -73,7 +73,8 @@ def tokenize(
             else:
                 ids = _in_prompt(texts, tokenizer, cfg, kind)
             examples = [
-                {"input_ids": i, "labels": index[r["label"]]} for i, r in zip(ids, rows, strict=True)
+                {"input_ids": i, "labels": index[r["label"]]}
+                for i, r in zip(ids, rows, strict=True)
             ]
         elif kind == ENCODER_DECODER:
             examples = [_seq2seq(r, tokenizer, seq_len, cfg.target_tokens) for r in ds]

@@ -149,7 +149,7 @@ class Mezo:
             g = torch.Generator(device=device).manual_seed(mix_seed(base, j))
             n = (rows.stop - rows.start,) if shape else ()
             if k:  # (n, k) @ (k, columns), in the tensor's shape
-                u = torch.randn(n[0], k, generator=g, device=device)
+                u = torch.randn(rows.stop - rows.start, k, generator=g, device=device)
                 z = (u @ v.T).view(n + tuple(shape[1:]))
             else:
                 z = torch.randn(n + tuple(shape[1:]), generator=g, device=device)

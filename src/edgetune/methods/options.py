@@ -66,7 +66,8 @@ class LoraOptions:
     target_modules: tuple[str, ...] = ("qkv",)
     """Scheme units (qkv, attn_out, ffn1, ffn2) and/or module names PEFT matches by suffix."""
     train_head: bool | None = None
-    """Train the task head whole; default: yes for classification, no for LM."""
+    """Train the task head whole; default: yes for classification through a classifier head,
+    no for LM and for classification through label words (`data.label_words`)."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
