@@ -62,6 +62,9 @@ class DataConfig:
     train_samples: int | None = None  # use only the first N training rows (after a fixed shuffle)
     eval_samples: int | None = None  # evaluate on the first N examples of validation and test
     # (rows; for lm, blocks of seq_len tokens)
+    label_words: dict[str, str] | None = None  # classify through the LM head: class -> word,
+    # each class scored by its word's logit at the {mask} of `prompt` (a causal or masked LM)
+    prompt: str = "{text}\nLabel: {mask}"  # with label_words: where the text and the word go
 
     def __post_init__(self) -> None:
         if self.seq_len < 8:
@@ -71,6 +74,17 @@ class DataConfig:
         for key in ("target_len", "train_samples", "eval_samples"):
             if (value := getattr(self, key)) is not None and value < 1:
                 raise EdgetuneError(f"data.{key} must be at least 1, got {value}")
+        text, mask = self.prompt.find("{text}"), self.prompt.find("{mask}")
+        if self.prompt.count("{text}") != 1 or self.prompt.count("{mask}") != 1 or mask < text:
+            raise EdgetuneError(
+                f"data.prompt {self.prompt!r} must hold {{text}} once and, after it, {{mask}} "
+                "once (where the label word goes)"
+            )
+        if self.label_words is not None:
+            if self.task not in (None, "classify"):
+                raise EdgetuneError("data.label_words needs a classification task")
+            if len(set(self.label_words.values())) < len(self.label_words):
+                raise EdgetuneError("data.label_words gives two classes the same word")
 
     @property
     def target_tokens(self) -> int:
@@ -204,7 +218,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", self.spec.parse(self.method))
-        trains = self.spec.rule.trains
+        trains = self.spec.rule_for(self.method).trains
         if self.model.weights != "fp32" and trains in ("all", "linears"):
             raise EdgetuneError(
                 f"{self.train.method} changes every weight of the model, and model.weights="

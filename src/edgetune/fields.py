@@ -51,8 +51,8 @@ def build(cls: type[T], values: Mapping[str, Any], where: str, label: str | None
 
 
 def read(value: Any, tp: Any, where: str) -> Any:
-    """`value` as type `tp` (int, float, bool, str, Path, a union with None, a list or tuple
-    of those, or a class with `from_dict`)."""
+    """`value` as type `tp` (int, float, bool, str, Path, a union with None, a list, tuple
+    or dict of those, or a class with `from_dict`)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return yaml.safe_load(value) if isinstance(value, Raw) else value
@@ -98,6 +98,13 @@ def read(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str | int | float | Path) and not isinstance(value, bool):
             return tp(str(value))
         raise EdgetuneError(f"{where} must be text, got {_shown(value)}")
+    if origin is dict:
+        items = yaml.safe_load(value) if isinstance(value, Raw) else value
+        if not isinstance(items, Mapping):
+            raise EdgetuneError(f"{where} must be a mapping, got {_shown(value)}")
+        key_tp, value_tp = args or (Any, Any)
+        return {read(k, key_tp, f"{where} key"): read(v, value_tp, f"{where}.{k}")
+                for k, v in items.items()}  # fmt: skip
     if origin in (list, tuple):
         items = yaml.safe_load(value) if isinstance(value, Raw) else value
         if isinstance(items, str) or not isinstance(items, list | tuple):
@@ -131,6 +138,8 @@ def plain(value: Any) -> Any:
 
 
 def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is dict:
+        return "a mapping"
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if args:
         words = " or ".join(_describe(a) for a in args)

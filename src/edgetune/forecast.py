@@ -101,7 +101,7 @@ def predict(inputs: StepInputs, method: str, options: Any = None) -> StepCost:
     opts = spec.parse(options)
     return step_cost(
         inputs.shape,
-        spec.rule,
+        spec.rule_for(opts),
         batch=inputs.batch,
         seq=inputs.seq,
         tgt_seq=inputs.tgt_seq if inputs.shape.kind == ENCODER_DECODER else 0,
@@ -175,9 +175,11 @@ def alternatives(inputs: StepInputs, exclude: str) -> dict[str, StepCost]:
     except `exclude` (the run's own label)."""
     out = {}
     for spec in METHODS.values():
-        if inputs.held_bytes is not None and not runs_held(spec.rule.trains):
-            continue
         for options in spec.suggestions:
+            if inputs.held_bytes is not None and not runs_held(
+                spec.rule_for(spec.parse(options)).trains
+            ):
+                continue
             cost = predict(inputs, spec.name, options)
             if cost.method != exclude:
                 out[cost.method] = cost
@@ -193,7 +195,8 @@ def runs_held(trains: str) -> bool:
 def held_alternatives(inputs: StepInputs, method: str, options: Any, limit: float) -> list[str]:
     """The lower-precision bases (`model.weights`) under which this method's step fits in
     `limit` bytes, with their peaks (none for a method that changes every weight)."""
-    if not runs_held(get_method(method).rule.trains):
+    spec = get_method(method)
+    if not runs_held(spec.rule_for(spec.parse(options)).trains):
         return []
     out = []
     for fmt in ("q8_0", "q4_0"):

@@ -27,9 +27,11 @@ from edgetune.cost import Precision, shape_from_config
 from edgetune.data.load import load_data
 from edgetune.data.tasks import TaskData, batches, epoch_order, tokenize
 from edgetune.errors import EdgetuneError
+from edgetune.families import ENCODER
 from edgetune.forecast import Forecast, StepInputs, check_budget, predict
 from edgetune.measure.memory import lean_allocator, trim_heap
 from edgetune.methods.base import Method, MethodSettings, scored_share
+from edgetune.methods.label_words import LabelWords
 from edgetune.methods.registry import build_method
 from edgetune.models.loader import LoadedModel, load_model
 from edgetune.models.quantized import bytes_per_weight
@@ -201,10 +203,14 @@ def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
         seed=cfg.train.seed,
         weights=cfg.model.weights,
         adapter=cfg.model.adapter,
+        label_words=cfg.data.label_words is not None,
     )
     _check_length(cfg, loaded.model)
     data = tokenize(text, loaded.tokenizer, cfg.data, loaded.kind, splits)
     del text  # the rows live on in `data.raw` only where evaluation generates from them
+    if data.word_ids is not None:  # classes scored through the LM head (`data.label_words`)
+        mask = loaded.tokenizer.mask_token_id if loaded.kind == ENCODER else None
+        loaded.model = LabelWords(loaded.model, data.word_ids, mask)
     if data.labels:  # the classifier head learns the labels' names
         config: Any = loaded.model.config
         config.id2label = dict(enumerate(data.labels))

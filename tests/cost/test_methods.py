@@ -231,3 +231,23 @@ def test_a_trained_head_is_not_chunked():
     plain = step_cost(SMOL, RULES["sparse"], 4, 128, scheme=scheme)
     asked = step_cost(SMOL, RULES["sparse"], 4, 128, scheme=scheme, chunked_loss=True)
     assert asked.memory.peak == plain.memory.peak
+
+
+def test_zeroth_order_queries_and_adapters():
+    """n queries are 2n forwards at one forward's peak; over adapters only the adapters are
+    extra weights and copied perturbed, so the step holds less than full MeZO or LoRA."""
+    zo, zo_lora = Rule("zeroth-order", "all"), Rule("zeroth-order", "adapters")
+    one, four = step_cost(S, zo, 4, 128), step_cost(S, zo, 4, 128, queries=4)
+    assert four.fwd_macs == 4 * one.fwd_macs and (one.passes, four.passes) == (2, 8)
+    assert four.memory.peak == one.memory.peak
+    units = {"lora_rank": 8, "lora_units": ("q", "k", "v")}
+    ada = step_cost(S, zo_lora, 4, 128, queries=2, **units)
+    bp_lora = step_cost(S, RULES["lora"], 4, 128, **units)
+    assert ada.trained_params == bp_lora.trained_params == 12 * 3 * 8 * (768 + 768)
+    assert (
+        ada.memory.weights == bp_lora.memory.weights == one.memory.weights + 4 * ada.trained_params
+    )
+    assert ada.fwd_macs == 2 * 2 * bp_lora.fwd_macs and ada.bwd_macs == 0
+    assert _step_bytes(ada) < _step_bytes(one) < _step_bytes(bp_lora)
+    with pytest.raises(EdgetuneError, match="query"):
+        step_cost(S, zo, 4, 128, queries=0)

@@ -111,12 +111,21 @@ def _stepped(fl_config: dict, method: str, options: dict | None = None):
     return m, start, cfg, fed
 
 
-def test_mezo_seed_replay_gives_the_client_weights(fl_config):
-    client, start, cfg, fed = _stepped(fl_config, "mezo")
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"method.queries": 3, "method.perturbation_rank": 2},
+     {"method.trainable": "lora", "method.rank": 2, "method.queries": 2}],
+    ids=["plain", "queries-low-rank", "lora-queries"],
+)  # fmt: skip
+def test_mezo_seed_replay_gives_the_client_weights(fl_config, options):
+    client, start, cfg, fed = _stepped(fl_config, "mezo", options)
     steps = client.clear_history()
+    arrays = payload.encode_seeds(steps)
+    # 24 bytes a query: the estimator adds entries, never model-sized tensors
+    assert sum(a.nbytes for a in arrays.values()) == 24 * 2 * cfg.method.queries
     server = new_method(cfg, 1, seed=99)  # another seed: replay needs only the payload
     server.load_trainable_state(start)
-    for s, g, lr in payload.decode_seeds(payload.encode_seeds(steps), fed.local_steps):
+    for s, g, lr in payload.decode_seeds(arrays, fed.local_steps * cfg.method.queries):
         server.replay(s, g, lr, cfg.train.weight_decay)
     after = client.trainable_state()
     assert any(not torch.equal(after[k], start[k]) for k in after)
@@ -132,7 +141,8 @@ def test_fedprox_pull_is_replayed_with_the_seeds(fl_config):
     from edgetune.federated.strategies import to_record
     from edgetune.federated.task import proximal_pull
 
-    cfg, fed = settings({**fl_config, "train.method": "mezo", "train.lr": 1e-2})
+    cfg, fed = settings({**fl_config, "train.method": "mezo", "train.lr": 1e-2,
+                         "method.queries": 2})  # fmt: skip
     client = new_method(cfg, 1, seed=5)
     glob = {k: v.clone() for k, v in client.trainable_state().items()}
     data = session(cfg).data.splits["train"]

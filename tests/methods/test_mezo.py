@@ -168,3 +168,80 @@ def test_an_embedding_table_is_perturbed_without_a_copy():
         m.model(**batch)
     # the table is read in place; a Linear gets a perturbed copy for its forward
     assert seen[0] == table.weight.data_ptr() and seen[1] != dense.weight.data_ptr()
+
+
+def test_queries_average_their_estimates_and_replay_bit_for_bit():
+    """n queries: n (seed, g / n, lr) entries a step, each query's g the directional derivative
+    at the same theta; another copy replays the entries to the same bits."""
+    batch = make_batch("llama")
+    a = mezo(make_model("llama"), lr=5e-2, trainable="last-1", queries=3)
+    start = {k: v.clone() for k, v in a.trainable_state().items()}
+    probe = mezo(make_model("llama"), trainable="last-1", queries=3)
+    result = a.step([batch])
+    entries = a.clear_history()
+    assert len(entries) == 3 and len({s for s, _, _ in entries}) == 3
+    gs = []
+    for seed, share, _ in entries:  # each share is its query's estimate at the start theta / 3
+        with torch.no_grad():
+            pair = []
+            for scale in (1e-3, -1e-3):
+                with probe.perturbed(seed, scale):
+                    pair.append(float(forward_loss(probe.model.eval(), batch)))
+        gs.append((pair[0] - pair[1]) / 2e-3)
+        assert share == pytest.approx(gs[-1] / 3, rel=1e-4)
+    assert result.metrics["projected_grad"] == pytest.approx(sum(gs) / 3, rel=1e-4)
+    b = mezo(make_model("llama"), trainable="last-1", queries=3)
+    b.load_trainable_state(start)
+    for seed, g, lr in entries:
+        b.replay(seed, g, lr)
+    for k, v in a.trainable_state().items():
+        assert torch.equal(v, b.trainable_state()[k]), k
+
+
+def test_low_rank_perturbations_are_rank_k_and_perturb_as_a_copy_would():
+    m, batch = mezo(make_model("bert"), trainable="last-1", perturbation_rank=2), make_batch("bert")
+    ranks = {tuple(t.view().shape): int(torch.linalg.matrix_rank(m.z(4, i)))
+             for i, t in enumerate(m.tensors) if t.view().ndim == 2}  # fmt: skip
+    assert ranks and all(r == 2 for r in ranks.values())
+    vectors = [m.z(4, i) for i, t in enumerate(m.tensors) if t.view().ndim == 1]
+    assert vectors and all(v.abs().min() > 0 for v in vectors)  # dense
+    reference = copy.deepcopy(m.model)
+    params = dict(reference.named_parameters())
+    with torch.no_grad():
+        for i, t in enumerate(m.tensors):
+            params[t.key].add_(m.z(4, i), alpha=0.01)
+        m.model.eval()
+        reference.eval()
+        with m.perturbed(4, 0.01):
+            got = m.model(**batch).logits
+        torch.testing.assert_close(got, reference(**batch).logits)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_mezo_over_lora_moves_only_the_adapters(kind):
+    """trainable: lora perturbs and updates the LoRA factors (and a classifier head) alone; the
+    base keeps its bits, the loss falls, and the projected gradient is the directional
+    derivative over the adapters."""
+    model, batch = make_model(kind), make_batch(kind)
+    m = mezo(model, lr=5e-2, trainable="lora", rank=4, queries=2)
+    keys = set(m.trainable_state())
+    assert keys and all("lora_" in k or "modules_to_save" in k for k in keys)
+    assert any("modules_to_save" in k for k in keys) == (kind == "bert")  # the classifier head
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    with torch.no_grad():
+        start = float(forward_loss(m.model.eval(), batch))
+    for _ in range(15):
+        m.step([batch])
+    with torch.no_grad():
+        assert float(forward_loss(m.model.eval(), batch)) < start
+    moved = {k for k, v in m.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all("lora_" in k or "modules_to_save" in k for k in moved)
+    merged = m.export_model()
+    assert not any("lora_" in k for k in merged.state_dict())
+
+
+def test_bad_subspace_options_are_reported():
+    with pytest.raises(EdgetuneError, match="queries"):
+        mezo(make_model("bert"), queries=0)
+    with pytest.raises(EdgetuneError, match="rank"):
+        mezo(make_model("bert"), trainable="lora", rank=0)

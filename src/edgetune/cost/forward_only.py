@@ -5,7 +5,8 @@ the live tensors of a transformers forward, attention maps held to the end of th
 KV cache to the end of the model) plus what the method's runtime (`edgetune.methods.mezo`,
 `pepita`, `pepita_core`) holds on top, term by term.
 
-MeZO (two perturbed forwards, `Mezo.perturbed`):
+MeZO (two perturbed forwards a query, `Mezo.perturbed`; queries run one after another, so
+the peak is one forward's):
 - a module that owns a trained tensor runs on a perturbed copy of its parameters (a forward
   pre-hook clones them and adds eps z chunk by chunk): the copy lives during that module's op,
   with two z chunks (`CHUNK` elements each: the one drawn and the previous loop value) while
@@ -43,12 +44,18 @@ CHUNK = 1 << 18  # elements of z MeZO draws at a time (edgetune.methods.mezo.CHU
 FP32 = 4  # bytes per element of the loss's log-softmax and the output error
 
 
-def mezo_peak(tape: Tape, weight_bytes: float) -> float:
+def mezo_peak(tape: Tape, weight_bytes: float, adapters: bool = False) -> float:
     """Live bytes at the peak of a MeZO step beyond the weights: the largest set of a
     forward's live tensors with the perturbed copy (or perturbed rows) of that op's
-    parameters."""
+    parameters. `adapters`: only the op's trained tensors (LoRA factors, a trained head) are
+    copied, and PEFT's LoRA branch adds B(A x), an output-sized tensor, beside the base's."""
 
     def perturbation(_: int, e: Event) -> float:
+        if adapters:
+            n = sum(v for _, v in e.params)
+            if not n:
+                return 0.0
+            return (n + 2 * min(CHUNK, n)) * weight_bytes + e.out_bytes
         chunks = 2 * min(CHUNK, e.weights) * weight_bytes
         if e.kind == "lookup":
             return e.out_bytes + max(e.out_bytes, chunks)

@@ -17,8 +17,11 @@ existing one needs nothing here. The rules edgetune's methods use:
                      hidden linears for the update and every update until the end of the step.
                      In lockstep (`mempepita`): the clean pass, then the clean and modulated
                      batch together (three forwards' work); keeps F e and one update at a time.
-- zeroth-order, all  SPSA (`mezo`): two forwards per step on perturbed copies of one module's
-                     parameters at a time, no gradients.
+- zeroth-order, all  SPSA (`mezo`): two forwards per query (`queries` per step) on perturbed
+                     copies of one module's parameters at a time, no gradients.
+- zeroth-order, adapters
+                     SPSA over rank-r adapters on chosen linears (`mezo` with trainable
+                     `lora`): the adapters are extra weights; only they are copied perturbed.
 
 Memory components: weights, gradients (PEPITA's: its updates), optimizer state, activations
 (kept across the step: saved for backward, or PEPITA's clean outputs and F e) and workspace
@@ -216,6 +219,7 @@ def step_cost(
     held_bytes: float | None = None,
     checkpointing: bool = False,
     chunked_loss: bool = False,
+    queries: int = 1,
 ) -> StepCost:
     """Predict one training step of `rule` on `s` (`label` names it in the result).
     `softmax_jacobian` switches to the seed paper's convention of a full softmax Jacobian
@@ -226,7 +230,8 @@ def step_cost(
     step adds one dequantized chunk in the activations' dtype (the chunk, and the two halves
     of 4-bit codes unpacked beside it). `checkpointing`: blocks keep only their inputs and run
     their forward again in the backward. `chunked_loss`: a causal LM's frozen head and loss
-    run a vocabulary chunk at a time (`Tape.chunked_head`)."""
+    run a vocabulary chunk at a time (`Tape.chunked_head`). `queries`: a zeroth-order rule's
+    SPSA estimates per step (two forwards each)."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if not 0 < scored <= 1:
@@ -292,12 +297,17 @@ def step_cost(
             method, s.name, batch, seq, inp.tgt_seq, fwd, bwd, 0.0, elem_f, elem_b,
             Memory(w, grads, opt, acts, work, peak, copies), params, trained, rule.passes,
         )  # fmt: skip
-    if rule.update == "zeroth-order":  # two forwards, perturbation/update passes over the weights
+    if rule.update == "zeroth-order":  # two forwards a query, perturbation and update passes
+        if queries < 1:
+            raise EdgetuneError(f"a zeroth-order step needs at least one query, got {queries}")
+        zo = trained if rule.trains == "adapters" else params  # what z spans
+        adapters = rule.trains == "adapters"
         return StepCost(
-            method, s.name, batch, seq, inp.tgt_seq, 2 * fwd, 0.0, 0.0,
-            2 * elem_f + 4 * params, 0.0,  # + perturb (x3) and update passes over the weights
-            Memory(w, 0.0, 0.0, 0.0, mezo_peak(tape, p.nbytes("weights"))), params,
-            float(params), rule.passes,
+            method, s.name, batch, seq, inp.tgt_seq, 2 * queries * fwd, 0.0, 0.0,
+            # + z drawn three times a query (two perturbations, the update) and the update
+            2 * queries * elem_f + (3 * queries + 1) * zo, 0.0,
+            Memory(w, 0.0, 0.0, 0.0, mezo_peak(tape, p.nbytes("weights"), adapters)), params,
+            float(zo), 2 * queries,
         )  # fmt: skip
     # PEPITA family: F e projects the output error (rows, width) to the input width
     update = sum(g.update_macs for g in segs) + e_rows * e_width * s.emb_width

@@ -1,6 +1,9 @@
 """Turn text rows into model inputs for each task, and batch them.
 
 - classify: `text` -> input_ids; `label` -> class id (from the train split's sorted names).
+  With label words (`data.label_words`), the text goes into `data.prompt` (truncated so the
+  prompt's end survives) and the class is read at its `{mask}`: a masked LM sees its mask token
+  there, a causal LM's prompt ends before it (`label_word_ids` are the words' first tokens).
 - lm: every text, ended by EOS, concatenated and cut into blocks of `seq_len` tokens.
 - summarize: decoder-only models see `text + SUMMARY_PROMPT + target` with the loss on the
   target only; encoder-decoder models map "summarize: text" to target.
@@ -31,7 +34,7 @@ from edgetune.data import chat
 from edgetune.data.chat import IGNORE, Cuts
 from edgetune.data.load import TextData
 from edgetune.errors import EdgetuneError
-from edgetune.families import ENCODER_DECODER
+from edgetune.families import DECODER, ENCODER, ENCODER_DECODER
 
 SUMMARY_PROMPT = "\nSubject:"  # decoder-only summarization cue, followed by the target
 Example = dict[str, np.ndarray | int]  # token sequences (int32), or a class id
@@ -47,6 +50,7 @@ class TaskData:
     raw: DatasetDict  # the text rows, for generation-based evaluation (summarize, chat; else
     # empty: a large corpus is not held twice)
     cuts: dict[str, Cuts] = field(default_factory=dict)  # per split (summarize, chat)
+    word_ids: list[int] | None = None  # each class's label word's first token (label_words)
 
     def cut_lines(self, seq_len: int) -> list[str]:
         """One line per split whose examples lost tokens or were dropped."""
@@ -78,10 +82,14 @@ def tokenize(
         elif task == "classify":
             rows = list(ds)
             index = {name: i for i, name in enumerate(labels)}
-            enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=seq_len)
+            texts = [r["text"] for r in rows]
+            if cfg.label_words is None:
+                ids = tokenizer(texts, truncation=True, max_length=seq_len)["input_ids"]
+            else:
+                ids = _in_prompt(texts, tokenizer, cfg, kind)
             examples = [
-                {"input_ids": ids, "labels": index[r["label"]]}
-                for ids, r in zip(enc["input_ids"], rows, strict=True)
+                {"input_ids": i, "labels": index[r["label"]]}
+                for i, r in zip(ids, rows, strict=True)
             ]
         elif kind == ENCODER_DECODER:
             examples = [_seq2seq(r, tokenizer, seq_len, cfg.target_tokens) for r in ds]
@@ -105,9 +113,61 @@ def tokenize(
                 )
             raise EdgetuneError(f"the {split} split is empty after tokenization")
         out[split] = [_compact(e) for e in examples]
+    words = None
+    if task == "classify" and cfg.label_words is not None:
+        words = label_word_ids(labels, cfg, tokenizer, kind)
     # the text rows stay only where evaluation generates from them
     raw = data if task in ("summarize", "chat") else DatasetDict()
-    return TaskData(task, out, labels, raw, cuts)
+    return TaskData(task, out, labels, raw, cuts, words)
+
+
+def _prompt_ends(cfg: DataConfig, tokenizer, kind: str) -> tuple[str, str]:
+    """(text before the input text, text after it) of `cfg.prompt`: for a masked LM {mask} is
+    its mask token, for a causal LM the prompt ends before {mask} (the word comes next)."""
+    head, rest = cfg.prompt.split("{text}")
+    before, after = rest.split("{mask}")
+    if kind == ENCODER:
+        if tokenizer.mask_token is None:
+            raise EdgetuneError("label words on an encoder need a tokenizer with a mask token")
+        return head, before + tokenizer.mask_token + after
+    if kind != DECODER:
+        raise EdgetuneError("data.label_words needs a causal or masked LM, not an "
+                            "encoder-decoder")  # fmt: skip
+    return head, before.rstrip(" ")
+
+
+def _in_prompt(texts: list[str], tokenizer, cfg: DataConfig, kind: str) -> list[list[int]]:
+    """Each text inside the prompt, the text cut so the prompt's end fits in seq_len."""
+    head, tail = _prompt_ends(cfg, tokenizer, kind)
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    # the tokenizer's own special tokens around a text ([CLS] ... [SEP] for BERT, none or BOS
+    # for a causal LM), read off one tokenized word
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    at = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
+    first, last = full[:at], full[at + len(bare) :]
+    budget = cfg.seq_len - len(tail_ids) - len(first) - len(last)
+    if budget < 1:
+        raise EdgetuneError(f"data.prompt leaves no room for the text in {cfg.seq_len} tokens")
+    bodies = tokenizer([head + t for t in texts], add_special_tokens=False)["input_ids"]
+    return [first + b[:budget] + tail_ids + last for b in bodies]
+
+
+def label_word_ids(labels: list[str], cfg: DataConfig, tokenizer, kind: str) -> list[int]:
+    """The first token of each class's label word (`cfg.label_words`, in class order); a causal
+    LM's word follows the prompt's space before {mask}, so it is tokenized with it."""
+    words = cfg.label_words or {}
+    missing = [name for name in labels if name not in words]
+    if missing:
+        raise EdgetuneError(f"data.label_words has no word for class(es) {', '.join(missing)}")
+    _prompt_ends(cfg, tokenizer, kind)  # refuses a model that cannot score words
+    before = cfg.prompt.split("{mask}")[0]
+    space = " " if kind == DECODER and before.endswith(" ") else ""
+    ids = [tokenizer(space + words[n], add_special_tokens=False)["input_ids"][0] for n in labels]
+    if len(set(ids)) < len(ids):
+        raise EdgetuneError("data.label_words: two words begin with the same token; choose "
+                            "words that differ in their first token")  # fmt: skip
+    return ids
 
 
 def _compact(example: dict) -> Example:

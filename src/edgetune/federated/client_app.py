@@ -110,7 +110,7 @@ def evaluate_local(msg: Message, context: Context, overrides: Mapping[str, Any])
     _, held = client_rows(cfg, pid)
     s = session(cfg)
     rows = [s.data.splits["train"][i] for i in held]
-    local = TaskData(s.data.task, {"local": rows}, s.data.labels, s.data.raw)
+    local = TaskData(s.data.task, {"local": rows}, s.data.labels, s.data.raw, s.data.word_ids)
     scores = evaluate(method.model, local, "local", s.pad_id, tokenizer=None)
     keep = {k: float(v) for k, v in scores.items() if k in ("accuracy", "macro_f1", "loss")}
     metrics = MetricRecord({"num-examples": len(held), "partition-id": pid, **keep})

@@ -17,8 +17,8 @@ client with another layout is refused rather than misread. Codecs:
   did not send and adds it to the next round's delta (Seide et al. 2014, Karimireddy et al.
   2019).
 - seeds (a method whose registry entry sends seeds: MeZO): the (seed, projected gradient,
-  learning rate) of every local step, 24 bytes a step; the server replays them on the global
-  model (FedKSeed-style, Qin et al. ICML 2024).
+  learning rate) of every local step, 24 bytes a step (a step of n queries: n entries); the
+  server replays them on the global model (FedKSeed-style, Qin et al. ICML 2024).
 
 The server turns every payload back into a full client state (global + delta, or the replayed
 model) and rejects it, with a reason, when its layout differs from the global state's, when a

@@ -32,17 +32,20 @@ from edgetune.trained import save_trained
 
 
 def seed_replayer(method: Method, local_steps: int, weight_decay: float, mu: float = 0.0):
-    """Decoder of seed payloads: replay the client's (seed, g, lr) steps on the global state
-    with the server's own copy of the method, each followed by FedProx's pull toward the
-    global state where `mu` > 0 (as the client applied it), giving the client's state."""
+    """Decoder of seed payloads: replay the client's (seed, g, lr) entries on the global state
+    with the server's own copy of the method, each step's `queries` entries followed by
+    FedProx's pull toward the global state where `mu` > 0 (as the client applied it), giving
+    the client's state."""
     seeded = cast(SendsSeeds, method)  # its registry entry says it sends seeds
+    per_step = seeded.queries
 
     def decode(record: ArrayRecord, glob: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        steps = payload.decode_seeds({k: v.numpy() for k, v in record.items()}, local_steps)
+        arrays = {k: v.numpy() for k, v in record.items()}
+        entries = payload.decode_seeds(arrays, local_steps * per_step)
         method.load_trainable_state(glob)
-        for seed, g, lr in steps:
+        for i, (seed, g, lr) in enumerate(entries, 1):
             seeded.replay(seed, g, lr, weight_decay)
-            if mu:
+            if mu and i % per_step == 0:
                 proximal_pull(method, glob, mu, lr)
         return {k: v.clone() for k, v in method.trainable_state().items()}
 

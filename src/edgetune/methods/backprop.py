@@ -10,10 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgetune.methods.base import Batch, MethodSettings, StepResult, backward_step
+from edgetune.methods.base import Batch, MethodSettings, StepResult, backward_step, merged_model
 from edgetune.methods.optim import lr_lambda, make_adamw
 from edgetune.methods.state import load_named, named_trainable
-from edgetune.models.quantized import is_held
 from edgetune.placement import loss_scaler
 
 
@@ -50,8 +49,4 @@ class Backprop:
             self.scaler.load_state_dict(state["scaler"])
 
     def export_model(self) -> nn.Module:
-        """The model; a PEFT model (`lora`) merges its adapters into its base weights, in
-        place, unless the base is held in a low-precision format: then the PEFT model itself,
-        whose `save_pretrained` writes the adapter."""
-        merge = getattr(self.model, "merge_and_unload", None)
-        return merge() if merge is not None and not is_held(self.model) else self.model
+        return merged_model(self.model)

@@ -23,6 +23,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.fields import build
 from edgetune.methods.chunked_loss import chunked_cross_entropy, plain_frozen_head
 from edgetune.models.anatomy import inner_model
+from edgetune.models.quantized import is_held
 
 T = TypeVar("T")
 
@@ -92,8 +93,14 @@ class Method(Protocol):
 
 class SendsSeeds(Method, Protocol):
     """What a method whose registry entry `sends` seeds adds (MeZO): its steps as (seed,
-    projected gradient, learning rate) triples, and their replay on another copy of the model,
-    bit for bit (a federated server rebuilds a client's state from them)."""
+    projected gradient, learning rate) triples, `queries` of them a step, and their replay on
+    another copy of the model, bit for bit (a federated server rebuilds a client's state from
+    them)."""
+
+    @property
+    def queries(self) -> int:
+        """History entries per step."""
+        ...
 
     def clear_history(self) -> list[tuple[int, float, float]]:
         """The (seed, projected gradient, lr) of every step since the last call, forgotten."""
@@ -181,6 +188,14 @@ def _keeps_logits(model: nn.Module) -> bool:
 def _forward_takes_logits_to_keep(cls: type[nn.Module]) -> bool:
     """Read once per model class: the check runs on every training step."""
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def merged_model(model: nn.Module) -> nn.Module:
+    """The model to save: a PEFT model (`lora`, `mezo` over LoRA) merges its adapters into its
+    base weights, in place, unless the base is held in a low-precision format: then the PEFT
+    model itself, whose `save_pretrained` writes the adapter."""
+    merge = getattr(model, "merge_and_unload", None)
+    return merge() if merge is not None and not is_held(model) else model
 
 
 def check_finite(loss: float) -> None:

@@ -1,12 +1,16 @@
-"""Classification with a causal LM through label words (the prompt-style tasks MeZO prefers).
+"""Classification through label words: the prompt-style tasks MeZO prefers (Gao et al. 2021,
+Malladi et al. 2023).
 
-`LabelWords(lm, word_ids)` turns a causal LM (Llama/SmolLM2, GPT-2) into a classifier: the logit
-of class c is the LM head's logit of label word c (its first token id) at the last non-padding
-position of the prompt; the loss is cross-entropy over the classes only (MeZO's
-"train as classification"). It keeps the LM's module structure (`model`/`transformer` and
-`lm_head` as direct children, the LM's config), so `edgetune.models.anatomy`, `mezo`, `sparse` and
-`backprop` see the usual Llama/GPT-2 modules; the LM head is run as a module on the last position
-only (so MeZO's perturbation hooks on it fire). `save_pretrained` saves the wrapped LM.
+`LabelWords(lm, word_ids, mask_id)` turns a causal LM (Llama/SmolLM2, GPT-2) or a masked LM
+(BERT/MiniLM, RoBERTa) into a classifier: the logit of class c is the LM head's logit of label
+word c (its first token id) at the prompt's last non-padding position (causal, right padding)
+or at its mask token (masked, `mask_id`); the loss is cross-entropy over the classes only
+(MeZO's "train as classification"). It keeps the LM's module structure (the backbone and the
+LM head, `lm_head` or BERT's `cls`, as direct children, the LM's config), so
+`edgetune.models.anatomy`, `mezo`, `sparse`, `lora` and `backprop` see the usual modules; the
+LM head is run as a module on the scored position only (so MeZO's perturbation hooks on it
+fire). `save_pretrained` saves the wrapped LM. Runs reach it through `data.label_words` and
+`data.prompt` (`edgetune.pipeline`).
 """
 
 from __future__ import annotations
@@ -22,20 +26,22 @@ from edgetune.errors import EdgetuneError
 
 
 class LabelWords(nn.Module):
-    """A causal LM scored on the label words at the prompt's last token (right padding)."""
+    """An LM scored on the label words at the prompt's last token or at its mask token."""
 
-    def __init__(self, lm: nn.Module, word_ids: Sequence[int]) -> None:
+    def __init__(self, lm: nn.Module, word_ids: Sequence[int], mask_id: int | None = None) -> None:
         super().__init__()
         prefix = getattr(lm, "base_model_prefix", "")
         backbone = getattr(lm, prefix, None)
-        if backbone is None or getattr(lm, "lm_head", None) is None:
-            raise EdgetuneError("label words need a causal LM with a backbone and an lm_head")
+        head = next((n for n in ("lm_head", "cls") if getattr(lm, n, None) is not None), None)
+        if backbone is None or head is None:
+            raise EdgetuneError("label words need a causal or masked LM with a backbone and an "
+                                "LM head")  # fmt: skip
         if len(set(word_ids)) != len(word_ids) or len(word_ids) < 2:
             raise EdgetuneError("label words need two or more distinct token ids")
-        self.base_model_prefix = prefix
+        self.base_model_prefix, self.head_name, self.mask_id = prefix, head, mask_id
         self.config = lm.config
         setattr(self, prefix, backbone)
-        self.lm_head = lm.lm_head
+        setattr(self, head, getattr(lm, head))
         self.register_buffer("word_ids", torch.tensor(list(word_ids)), persistent=False)
         object.__setattr__(self, "_lm", lm)  # not a child: no duplicate module names
 
@@ -51,12 +57,15 @@ class LabelWords(nn.Module):
     ) -> SequenceClassifierOutput:
         backbone = getattr(self, self.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)[0]
-        if attention_mask is None:
-            last = torch.full(input_ids.shape[:1], input_ids.shape[1] - 1, device=hidden.device)
+        if self.mask_id is not None:  # the first mask token of each row
+            at = (input_ids == self.mask_id).int().argmax(1)
+        elif attention_mask is None:
+            at = torch.full(input_ids.shape[:1], input_ids.shape[1] - 1, device=hidden.device)
         else:
-            last = attention_mask.sum(1) - 1
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
-        logits = self.lm_head(h)[:, self.word_ids]  # type: ignore[operator]  # (B, C)
+            at = attention_mask.sum(1) - 1
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), at]  # (B, d)
+        head = getattr(self, self.head_name)
+        logits = head(h)[:, self.word_ids]  # (B, C)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

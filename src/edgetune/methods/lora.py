@@ -33,17 +33,24 @@ def lora(model: nn.Module, settings: MethodSettings) -> Backprop:
     """`lora` is backprop over a PEFT model whose only trainable parameters are the adapters
     (and the head, for classification): the same AdamW step, state and resume; its export
     merges the adapters into the base weights in place."""
+    options = options_of(settings, LoraOptions, "lora")
+    return Backprop(adapt(model, options), replace(settings, options=options), name="lora")
+
+
+def adapt(model: nn.Module, options: LoraOptions) -> nn.Module:
+    """The PEFT model of `model` with LoRA adapters as `options` say: the adapters (and, for
+    classification, the head) require gradients, nothing else does. `mezo` over LoRA
+    (`trainable: lora`) perturbs the same tensors."""
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import Linear as LoraLinear
 
-    options = options_of(settings, LoraOptions, "lora")
     anatomy = describe(model)
     targets: list[str] = []
     for t in options.target_modules:
         targets += anatomy.leaf_names(t) if t in UNITS and t != "head" else [t]
     train_head = options.train_head
-    if train_head is None:
-        train_head = anatomy.task == "classify"
+    if train_head is None:  # a new classifier head trains; label words read the LM's own
+        train_head = anatomy.task == "classify" and not anatomy.label_words
     # head roots: top-level head modules ("classifier", "score") and the pooler
     roots = {
         n[: n.index(".pooler") + 7] if ".pooler" in n else n.split(".")[0] for n in anatomy.head
@@ -63,7 +70,6 @@ def lora(model: nn.Module, settings: MethodSettings) -> Backprop:
     try:
         with warnings.catch_warnings():  # PEFT warns of every layer type it does not ship
             warnings.filterwarnings("ignore", "Unsupported layer type", UserWarning)
-            adapted = get_peft_model(model, config)
+            return get_peft_model(model, config)
     except ValueError as e:
         raise EdgetuneError(f"lora: {e}") from None
-    return Backprop(adapted, replace(settings, options=options), name="lora")

@@ -20,6 +20,17 @@ z from a torch.Generator seeded with a hash of (step seed, i), so a step can be 
 (seed, g) alone: `history` keeps (seed, g, lr) since the last `clear_history()` (what a
 FedKSeed-style client ships) and `replay(seed, g, lr)` applies one.
 
+Subspaces and queries (options, `edgetune.methods.options.MezoOptions`):
+- `trainable: lora` confines theta to the factors of LoRA adapters (PEFT, as `lora` adds them;
+  the base stays frozen): the estimate lives in a space of a few hundred thousand dimensions
+  instead of the whole model (ZO over LoRA, as MobiZO and the ZO-LoRA line of work);
+- `perturbation_rank: k` draws each matrix's z as U V^T / sqrt(k) (LOZO, ICLR 2025): U row by
+  row in the same chunks as a dense z, V once per tensor, both from the seed;
+- `queries: n` averages n SPSA estimates per step, query q with seed mix_seed(step seed, q)
+  (query 0 of a one-query step uses the step seed itself). The update is applied query by
+  query, lr (g_q / n z_q + wd / n theta) each, and each is one history entry (seed_q, g_q / n,
+  lr), so a server replays the same n updates in the same order, bit for bit.
+
 Classification: encoders train their classifier head like any parameter (a head set first by a
 cheap fit, e.g. a few backprop steps on the head alone or a linear probe, is allowed and speeds
 MeZO up a lot); for a causal LM, classify through label words of the LM head
@@ -44,8 +55,10 @@ from edgetune.methods.base import (
     StepResult,
     check_finite,
     forward_loss,
+    merged_model,
     options_of,
 )
+from edgetune.methods.lora import adapt
 from edgetune.methods.optim import lr_lambda
 from edgetune.methods.options import MezoOptions
 from edgetune.methods.select import freeze_all, plan_modules, plan_parameters
@@ -72,6 +85,8 @@ class Mezo:
 
     def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
         self.options = options_of(settings, MezoOptions, self.name)
+        if self.options.lora is not None:
+            model = adapt(model, self.options.lora)
         self.model, self.settings = model, settings
         self.lam = lr_lambda(settings)
         self.tensors = self._select(model)
@@ -85,9 +100,16 @@ class Mezo:
         self.steps = 0
         self.history: list[tuple[int, float, float]] = []
 
+    @property
+    def queries(self) -> int:
+        """History entries per step: one per query."""
+        return self.options.queries
+
     def _select(self, model: nn.Module) -> list[_Tensor]:
         if self.options.trainable == "all":
             return [_Tensor(n, p, None) for n, p in model.named_parameters()]
+        if self.options.trainable == "lora":  # the adapters (and head) PEFT left trainable
+            return [_Tensor(n, p, None) for n, p in model.named_parameters() if p.requires_grad]
         anatomy = describe(model)
         scheme = resolve_scheme(self.options.trainable, anatomy.n_layers)
         out: list[_Tensor] = []
@@ -108,19 +130,29 @@ class Mezo:
 
     # -- z and perturbations ------------------------------------------------------------------
     def chunks(self, seed: int, i: int) -> Iterator[tuple[slice, torch.Tensor]]:
-        """z for trainable tensor i at step seed `seed`, as (rows, z[rows]) chunks of at most
+        """z for trainable tensor i at seed `seed`, as (rows, z[rows]) chunks of at most
         CHUNK elements along dim 0; chunk j draws from its own generator seeded with
-        mix_seed(mix_seed(seed, i), j), so z is regenerated piece by piece, never whole."""
+        mix_seed(mix_seed(seed, i), j), so z is regenerated piece by piece, never whole. With a
+        perturbation rank k, a matrix's chunk is U[rows] V^T / sqrt(k): chunk j draws U[rows]
+        from that generator, V (columns, k) comes once from mix_seed(mix_seed(seed, i), -1)."""
         t = self.tensors[i]
-        shape = t.view().shape
+        shape, device = t.view().shape, t.param.device
         row = max(1, math.prod(shape[1:]))
         step = max(1, CHUNK // row) if shape else 1
         base = mix_seed(seed, i)
+        k = self.options.perturbation_rank if len(shape) >= 2 else 0
+        if k:
+            g = torch.Generator(device=device).manual_seed(mix_seed(base, -1))
+            v = torch.randn(row, k, generator=g, device=device) / math.sqrt(k)  # (columns, k)
         for j, start in enumerate(range(0, shape[0] if shape else 1, step)):
             rows = slice(start, min(start + step, shape[0])) if shape else slice(None)
-            g = torch.Generator(device=t.param.device).manual_seed(mix_seed(base, j))
+            g = torch.Generator(device=device).manual_seed(mix_seed(base, j))
             n = (rows.stop - rows.start,) if shape else ()
-            z = torch.randn(n + tuple(shape[1:]), generator=g, device=t.param.device)
+            if k:  # (n, k) @ (k, columns), in the tensor's shape
+                u = torch.randn(rows.stop - rows.start, k, generator=g, device=device)
+                z = (u @ v.T).view(n + tuple(shape[1:]))
+            else:
+                z = torch.randn(n + tuple(shape[1:]), generator=g, device=device)
             yield rows, z.to(t.param.dtype)
 
     def z(self, seed: int, i: int) -> torch.Tensor:
@@ -186,10 +218,12 @@ class Mezo:
     def replay(
         self, seed: int, projected_grad: float, lr: float, weight_decay: float = 0.0
     ) -> None:
-        """theta <- theta - lr (g z(seed) + wd theta): one step's update from its (seed, g)."""
+        """theta <- theta - lr (g z(seed) + wd / n theta): one history entry's update from its
+        (seed, g); n is `queries`, so the n entries of a step decay theta by wd once."""
+        decay = weight_decay / self.queries
         with torch.no_grad():
             for i, t in enumerate(self.tensors):
-                wd = weight_decay if t.param.ndim >= 2 else 0.0
+                wd = decay if t.param.ndim >= 2 else 0.0
                 view = t.view()
                 for rows, z in self.chunks(seed, i):
                     v = view[rows]
@@ -199,25 +233,34 @@ class Mezo:
     def step(self, batches: Sequence[Batch]) -> StepResult:
         self.model.eval()  # both evaluations must see the same function: no dropout
         seed = mix_seed(self.settings.seed, self.steps)
+        n = self.queries
+        seeds = [seed] if n == 1 else [mix_seed(seed, q) for q in range(n)]
         eps, lr = self.options.eps, self.settings.lr * self.lam(self.steps)
-        losses = []
+        chunked = self.settings.chunked_loss
+        grads, losses = [], []
         with torch.no_grad():
-            for scale in (eps, -eps):
-                with self.perturbed(seed, scale):
-                    chunked = self.settings.chunked_loss
-                    total = sum(float(forward_loss(self.model, b, chunked)) for b in batches)
-                losses.append(total / len(batches))
-        loss_plus, loss_minus = losses
-        check_finite(loss_plus + loss_minus)
-        g = (loss_plus - loss_minus) / (2 * eps)
-        self.replay(seed, g, lr, self.settings.weight_decay)
-        self.history.append((seed, g, lr))
+            for s in seeds:  # every query at the same theta, before any update
+                pair = []
+                for scale in (eps, -eps):
+                    with self.perturbed(s, scale):
+                        total = sum(float(forward_loss(self.model, b, chunked)) for b in batches)
+                    pair.append(total / len(batches))
+                check_finite(pair[0] + pair[1])
+                grads.append((pair[0] - pair[1]) / (2 * eps))
+                losses.append(pair)
+        for s, g in zip(seeds, grads, strict=True):  # each query's share, as a server replays
+            self.replay(s, g / n, lr, self.settings.weight_decay)
+            self.history.append((s, g / n, lr))
         self.steps += 1
-        metrics = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus, "lr": lr}
+        loss_plus = sum(p for p, _ in losses) / n
+        loss_minus = sum(m for _, m in losses) / n
+        metrics = {"projected_grad": sum(grads) / n, "loss_plus": loss_plus,
+                   "loss_minus": loss_minus, "lr": lr}  # fmt: skip
         return StepResult((loss_plus + loss_minus) / 2, metrics)
 
     def clear_history(self) -> list[tuple[int, float, float]]:
-        """The (seed, projected gradient, lr) of every step since the last call, forgotten."""
+        """The (seed, projected gradient share, lr) of every query of every step since the
+        last call (`queries` entries a step), forgotten."""
         out, self.history = self.history, []
         return out
 
@@ -244,4 +287,4 @@ class Mezo:
         self.steps = int(state["steps"])
 
     def export_model(self) -> nn.Module:
-        return self.model
+        return merged_model(self.model)

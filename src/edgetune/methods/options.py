@@ -66,7 +66,8 @@ class LoraOptions:
     target_modules: tuple[str, ...] = ("qkv",)
     """Scheme units (qkv, attn_out, ffn1, ffn2) and/or module names PEFT matches by suffix."""
     train_head: bool | None = None
-    """Train the task head whole; default: yes for classification, no for LM."""
+    """Train the task head whole; default: yes for classification through a classifier head,
+    no for LM and for classification through label words (`data.label_words`)."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -88,13 +89,39 @@ class MezoOptions:
     eps: float = 1e-3
     """Perturbation scale."""
     trainable: str | UpdateScheme = "all"
-    """`all` (every parameter, embeddings included) or a scheme (name, YAML path, inline)."""
+    """What the estimate perturbs and trains: `all` (every parameter, embeddings included), a
+    scheme (name, YAML path, inline), or `lora` (only the factors of LoRA adapters added on
+    `target_modules` with rank `rank`, and a classifier head; the base stays frozen)."""
+    rank: int = 8
+    """LoRA rank of the adapters when trainable is `lora`."""
+    target_modules: tuple[str, ...] = ("qkv",)
+    """Where the adapters go when trainable is `lora` (as lora's option of that name)."""
+    queries: int = 1
+    """SPSA estimates averaged per step, each with its own seed (2 forwards each)."""
+    perturbation_rank: int = 0
+    """0: dense z ~ N(0, I). k > 0: each matrix's z is U V^T / sqrt(k), U (rows, k) and
+    V (columns, k) drawn from the seed (LOZO-style low-rank perturbations); vectors stay dense."""
 
     def __post_init__(self) -> None:
         if not self.eps > 0:
             raise EdgetuneError(f"mezo option eps must be a positive number, got {self.eps!r}")
-        if self.trainable != "all":
+        if self.trainable not in ("all", "lora"):
             _set(self, "trainable", read_scheme(self.trainable))
+        for key, least in (("rank", 1), ("queries", 1), ("perturbation_rank", 0)):
+            if getattr(self, key) < least:
+                raise EdgetuneError(
+                    f"mezo option {key} must be an integer >= {least}, got {getattr(self, key)!r}"
+                )
+        if isinstance(self.target_modules, str):
+            _set(self, "target_modules", (self.target_modules,))
+
+    @property
+    def lora(self) -> LoraOptions | None:
+        """The adapters the estimate lives in (trainable `lora`; alpha = 2 rank, lora's default
+        scale), else None."""
+        if self.trainable != "lora":
+            return None
+        return LoraOptions(r=self.rank, alpha=2.0 * self.rank, target_modules=self.target_modules)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,10 @@ class MethodSpec:
     """`module:attribute` of the callable (model, MethodSettings) -> Method (the protocol of
     `edgetune.methods.base`), imported on first use."""
     rule: Rule
-    """How a step spends compute and memory, for the cost model."""
+    """How a step spends compute and memory, for the cost model (under default options)."""
+    rule_of: Callable[[Any], Rule] | None = None
+    """The rule under given options, where options change it (`mezo` over LoRA trains
+    adapters); None: always `rule`."""
     optimizer: Callable[[Any], str] = lambda options: "adamw"
     """The cost model's optimizer (adamw, sgd, sgd-momentum) under these options."""
     sends: str = "delta"
@@ -64,6 +67,10 @@ class MethodSpec:
         if isinstance(options, self.options):
             return options
         return build(self.options, options or {}, "method", f"{self.name} option")
+
+    def rule_for(self, options: Any) -> Rule:
+        """How a step under these options spends compute and memory."""
+        return self.rule if self.rule_of is None else self.rule_of(options)
 
     def label(self, options: Any) -> str:
         """`sparse last-2`: the name, and the scheme where the method has one."""
@@ -110,6 +117,16 @@ def _lora_cost(options: LoraOptions, shape: ModelShape) -> dict[str, Any]:
     return {"lora_rank": options.r, "lora_units": tuple(dict.fromkeys(roles))}
 
 
+def _mezo_rule(options: MezoOptions) -> Rule:
+    return Rule("zeroth-order", "adapters" if options.lora is not None else "all")
+
+
+def _mezo_cost(options: MezoOptions, shape: ModelShape) -> dict[str, Any]:
+    """Queries per step, and LoRA's rank and roles when the estimate lives in adapters."""
+    lora = options.lora
+    return {"queries": options.queries, **(_lora_cost(lora, shape) if lora is not None else {})}
+
+
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in [
@@ -135,8 +152,8 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "mezo", "zeroth-order SPSA with the seed trick: inference memory", MezoOptions,
-            "edgetune.methods.mezo:Mezo", Rule("zeroth-order", "all"),
-            optimizer=lambda options: "sgd", sends="seeds",
+            "edgetune.methods.mezo:Mezo", Rule("zeroth-order", "all"), rule_of=_mezo_rule,
+            optimizer=lambda options: "sgd", sends="seeds", cost_inputs=_mezo_cost,
         ),
         MethodSpec(
             "lora", "low-rank adapters through PEFT", LoraOptions,

@@ -51,6 +51,7 @@ class Anatomy:
     head: tuple[str, ...]  # modules of the task head that own parameters
     output: tuple[str, ...]  # head modules that produce the logits (PEPITA's last layer)
     embeddings: tuple[str, ...]  # modules whose output is the input embedding (one per stack)
+    label_words: bool = False  # classifies through its LM head (`methods.label_words`)
 
     @property
     def n_layers(self) -> int:
@@ -130,8 +131,8 @@ def describe(model: nn.Module) -> Anatomy:
         and any(True for _ in m.parameters(recurse=False))
     )
 
-    # a causal LM scored on label words (edgetune.methods.label_words) classifies through
-    # its LM head
+    # an LM scored on label words (edgetune.methods.label_words) classifies through its LM
+    # head
     label_words = isinstance(getattr(model, "word_ids", None), torch.Tensor)
     classify = type(model).__name__.endswith("ForSequenceClassification") or label_words
     config: Any = model.config  # a transformers config (nn.Module types it Tensor | Module)
@@ -154,9 +155,8 @@ def describe(model: nn.Module) -> Anatomy:
         inp = model.get_input_embeddings()  # type: ignore[operator]  # transformers' method
         emb = tuple(n for n, m in modules.items() if m is inp)[:1]
     causal = layout.decoder and not classify
-    return Anatomy(
-        family, "classify" if classify else "lm", causal, tuple(blocks), units, head, output, emb
-    )
+    task = "classify" if classify else "lm"
+    return Anatomy(family, task, causal, tuple(blocks), units, head, output, emb, label_words)
 
 
 # -- Linear-like modules (nn.Linear and GPT-2's Conv1D) -----------------------------------

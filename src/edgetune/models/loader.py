@@ -12,6 +12,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -26,6 +27,7 @@ from edgetune.models.registry import SPECS
 from edgetune.paths import cache_dir
 
 TASKS = ("classify", "lm", "summarize", "chat")
+WORDS = "label-words"  # a classify task read through the LM head (`load_model(label_words=)`)
 
 
 @dataclass
@@ -45,15 +47,20 @@ def load_model(
     seed: int = 0,
     weights: str = "fp32",
     adapter: str | None = None,
+    label_words: bool = False,
 ) -> LoadedModel:
     """Resolve `name` (registry name, local folder, .gguf file or hub id) for `task`, its
     frozen base held in `weights` (`edgetune.precision`; fp32: a plain transformers model).
 
     Newly created weights (a classification head, or everything with random_init) are drawn
     from `seed`, so a run can be rebuilt exactly on resume. `adapter`: a PEFT adapter folder
-    applied over the model (`apply_adapter`).
+    applied over the model (`apply_adapter`). `label_words`: a classification task read
+    through the LM head, so the model is loaded with it (a causal LM, or an encoder as a masked
+    LM) and without a classifier head.
     """
-    loaded = _load(name, task, num_labels, random_init, seed, weights)
+    if label_words and task != "classify":
+        raise EdgetuneError("label words classify: they need the classify task")
+    loaded = _load(name, WORDS if label_words else task, num_labels, random_init, seed, weights)
     if adapter is not None:
         loaded.model = apply_adapter(loaded.model, Path(adapter))
     return loaded
@@ -83,7 +90,7 @@ def apply_adapter(model: nn.Module, folder: Path) -> nn.Module:
 
 
 def _load(name, task, num_labels, random_init, seed, weights) -> LoadedModel:
-    if task not in TASKS:
+    if task not in (*TASKS, WORDS):
         raise EdgetuneError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     if task == "classify" and not num_labels:
         raise EdgetuneError("classification needs the number of labels")
@@ -236,6 +243,10 @@ def _kind_of(config: PretrainedConfig) -> str:
 def _auto_class(config: PretrainedConfig, task: str):
     if task == "classify":
         return AutoModelForSequenceClassification
+    if task == WORDS and _kind_of(config) == ENCODER:
+        return AutoModelForMaskedLM
+    if task == WORDS and _kind_of(config) == ENCODER_DECODER:
+        raise EdgetuneError("label words need a causal or masked LM, not an encoder-decoder")
     if getattr(config, "is_encoder_decoder", False):
         return AutoModelForSeq2SeqLM
     if _kind_of(config) == ENCODER:
