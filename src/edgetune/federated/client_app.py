@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import numpy as np
@@ -19,7 +20,6 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from edgetune.data.tasks import TaskData
 from edgetune.evaluate import evaluate
 from edgetune.federated import payload
 from edgetune.federated.task import (
@@ -110,7 +110,7 @@ def evaluate_local(msg: Message, context: Context, overrides: Mapping[str, Any])
     _, held = client_rows(cfg, pid)
     s = session(cfg)
     rows = [s.data.splits["train"][i] for i in held]
-    local = TaskData(s.data.task, {"local": rows}, s.data.labels, s.data.raw, s.data.word_ids)
+    local = replace(s.data, splits={"local": rows})
     scores = evaluate(method.model, local, "local", s.pad_id, tokenizer=None)
     keep = {k: float(v) for k, v in scores.items() if k in ("accuracy", "macro_f1", "loss")}
     metrics = MetricRecord({"num-examples": len(held), "partition-id": pid, **keep})
