@@ -139,7 +139,7 @@ def lora_run(model: Path, data: Path, out: Path, *extra: str) -> Path:
     from edgetune.train import finetune
 
     cfg = load_config(None, [f"model.name={model}", f"data.name={data}", "data.task=chat",
-                             "data.seq_len=32", "train.method=lora", "train.batch_size=8",
+                             "data.seq_len=48", "train.method=lora", "train.batch_size=8",
                              "train.lr=1e-2", "train.max_steps=3", "train.warmup_ratio=0",
                              f"out={out}", *extra])  # fmt: skip
     finetune(cfg)
