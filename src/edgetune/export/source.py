@@ -1,9 +1,10 @@
 """The model an export writes: a run folder's, a model folder's or a registry model's, as one
 fp32 transformers model, and held-out token sequences to check the export on.
 
-A run folder (`config.yaml` and `model/`) holds either the merged model or, for LoRA over a
-held base (`model.weights`), a PEFT adapter: the adapter is merged into the base's fp32 weights
-here (a GGUF base dequantized), so every format starts from the same plain model.
+The run is read back the one way every command reads it (`edgetune.trained`), with its base in
+fp32: a run that saved only its adapter (LoRA over a held base, or `train.merge` off) has the
+adapter merged into the base's fp32 weights (a GGUF base dequantized), so every format starts
+from the same plain model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from edgetune.config import DataConfig, RunConfig, load_config
 from edgetune.errors import EdgetuneError
 from edgetune.models.bundled import bundled_file
-from edgetune.models.loader import load_model
+from edgetune.trained import adapter_folder, load_trained, run_task
 
 
 @dataclass
@@ -34,35 +35,22 @@ class RunModel:
 
 def open_model(where: str) -> RunModel:
     """The model of a run folder, a model folder or a registry name. A run's LoRA adapter
-    (`model/` over a held base, or `adapter/` beside the merged `model/`) is kept as
-    `adapter` too, for formats that write adapters."""
+    (`adapter/`) is kept as `adapter` too, for formats that write adapters."""
     path = Path(where)
-    cfg, adapter, merge, task = None, None, None, "lm"
-    if (path / "config.yaml").is_file() and (path / "model").is_dir():
+    cfg, adapter, task = None, None, "lm"
+    if (path / "config.yaml").is_file():
         cfg = load_config(path / "config.yaml")
-        task = cfg.data.task or _bundled_task(cfg.data)
-        if (path / "model" / "adapter_config.json").is_file():  # the adapter alone
-            adapter = merge = path / "model"
-            base = cfg.model.name
-        else:  # the merged model, and maybe its adapter beside it
-            base = str(path / "model")
-            if (path / "adapter" / "adapter_config.json").is_file():
-                adapter = path / "adapter"
+        task = run_task(cfg) or "lm"
+        adapter = adapter_folder(path)
         name = path.resolve().name
     else:
-        base, name = where, path.name if path.exists() else where
+        name = path.name if path.exists() else where
     if task == "classify":
         raise EdgetuneError(f"{where} holds a classifier; a causal LM is what this export writes")
-    loaded = load_model(base, "lm", adapter=None if merge is None else str(merge))
+    loaded = load_trained(where, "lm", weights="fp32")
     net = cast(PreTrainedModel, loaded.model.float().eval())
     return RunModel(name, net, loaded.tokenizer, task,
                     _source_gguf(cfg.model.name if cfg else where), adapter, cfg)  # fmt: skip
-
-
-def _bundled_task(data: DataConfig) -> str:
-    from edgetune.data.registry import DATASETS
-
-    return DATASETS[data.name].task if data.name in DATASETS else "lm"
 
 
 def _source_gguf(name: str) -> Path | None:
