@@ -22,7 +22,6 @@ error, and nothing is left in the output folder.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from torch import nn
 
 from edgetune.errors import EdgetuneError
 from edgetune.export import Exported
+from edgetune.export.compare import compare
 from edgetune.io import atomic_dir
 from edgetune.models.anatomy import inner_model
 from edgetune.models.lowbit import densify
@@ -231,40 +231,24 @@ def check_classifier(
         "texts": len(ids),
         "labels_equal": equal,
         "label_agreement": equal / len(ids),
-        "max_abs_logit_diff": diff,
+        "max_logit_diff": diff,
     }
 
 
 @torch.no_grad()
 def check_decoder(model: nn.Module, session: Any, ids: Sequence[Sequence[int]]) -> dict[str, float]:
     """Next-token logits of ONNX Runtime through its cache (half of each text as a prompt, the
-    rest a token at a time) against PyTorch's over the whole text: top-1 agreement, perplexity,
-    max abs difference, over every position that has a next token."""
-    agree = positions = 0
-    nll = {"onnx": 0.0, "pytorch": 0.0}
-    diff = 0.0
-    for row in ids:
-        if len(row) < 2:
-            continue
-        want = model(input_ids=torch.tensor([row])).logits[0].numpy()  # (seq, vocab)
-        got = cached_logits(session, row, prompt=max(1, len(row) // 2))
-        diff = max(diff, float(np.abs(got - want).max()))
-        target = np.asarray(row[1:])
-        agree += int((got[:-1].argmax(-1) == want[:-1].argmax(-1)).sum())
-        positions += len(target)
-        for name, logits in (("onnx", got), ("pytorch", want)):
-            nll[name] += float(_nll(logits[:-1], target).sum())
-    if not positions:
+    rest a token at a time) against PyTorch's over the whole text (`edgetune.export.compare`:
+    top-1 agreement, both perplexities, max abs difference), over every position that has a
+    next token."""
+    rows = [np.asarray(row) for row in ids if len(row) >= 2]
+    if not rows:
         raise EdgetuneError("the check texts hold no text of two tokens or more")
-    ppl = {k: math.exp(v / positions) for k, v in nll.items()}
-    return {
-        "positions": positions,
-        "top1_agreement": agree / positions,
-        "perplexity_pytorch": ppl["pytorch"],
-        "perplexity_onnx": ppl["onnx"],
-        "perplexity_rel_diff": abs(ppl["onnx"] - ppl["pytorch"]) / ppl["pytorch"],
-        "max_abs_logit_diff": diff,
-    }
+    return compare(
+        rows,
+        reference=lambda row: model(input_ids=torch.as_tensor(row[None])).logits[0].numpy(),
+        runtime=lambda row: cached_logits(session, row, prompt=max(1, len(row) // 2)),
+    )
 
 
 def cached_logits(session: Any, row: Sequence[int], prompt: int) -> np.ndarray:
@@ -290,25 +274,17 @@ def cached_logits(session: Any, row: Sequence[int], prompt: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _nll(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Negative log-likelihood of each target under float64 log-softmax of its logits."""
-    x = logits.astype(np.float64)
-    top = x.max(-1, keepdims=True)
-    log_z = np.log(np.exp(x - top).sum(-1)) + top[:, 0]
-    return log_z - x[np.arange(len(target)), target]
-
-
 def _enforce(figures: dict[str, float], decoder: bool) -> None:
     """An error naming the figure outside its tolerance."""
     if decoder:
-        agree, ppl = figures["top1_agreement"], figures["perplexity_rel_diff"]
+        agree, ppl = figures["agreement"], abs(figures["ppl_change"])
         if agree < AGREEMENT_MIN or ppl > PPL_TOL:
             raise EdgetuneError(
                 f"the ONNX decoder disagrees with PyTorch: top-1 agreement {agree:.2%} (at "
                 f"least {AGREEMENT_MIN:.0%}), perplexity {ppl:.2%} apart (at most {PPL_TOL:.0%})"
             )
-    elif figures["max_abs_logit_diff"] > LOGIT_TOL:
+    elif figures["max_logit_diff"] > LOGIT_TOL:
         raise EdgetuneError(
             f"the ONNX classifier's logits differ from PyTorch's by "
-            f"{figures['max_abs_logit_diff']:.2e} (tolerance {LOGIT_TOL:.0e})"
+            f"{figures['max_logit_diff']:.2e} (tolerance {LOGIT_TOL:.0e})"
         )
