@@ -247,7 +247,7 @@ def check_decoder(model: nn.Module, session: Any, ids: Sequence[Sequence[int]]) 
     return compare(
         rows,
         reference=lambda row: model(input_ids=torch.as_tensor(row[None])).logits[0].numpy(),
-        runtime=lambda row: cached_logits(session, row, prompt=max(1, len(row) // 2)),
+        runtime=lambda row: cached_logits(session, row.tolist(), prompt=max(1, len(row) // 2)),
     )
 
 
