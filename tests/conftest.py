@@ -77,3 +77,20 @@ def chat_run(tiny_llama, chat_jsonl, tmp_path_factory) -> Path:
     """A finished LoRA run of the tiny Llama on the tiny chat set: its adapter and its merged
     model."""
     return tiny.lora_run(tiny_llama, chat_jsonl, tmp_path_factory.mktemp("runs") / "chat")
+
+
+AROUND = 300 * 2**20  # the fixed runtime of `fixed_overhead`
+
+
+@pytest.fixture
+def fixed_overhead(monkeypatch) -> int:
+    """Every session's process overhead fixed at `AROUND` bytes (runtime; nothing loaded), as
+    a machine measures it: budgets in tests are then this plus a step's bytes, whatever the
+    machine and its load. The memory guard, which measures the real process, is off."""
+    from edgetune.forecast import Overhead
+    from edgetune.measure.guard import MemoryGuard
+    from edgetune.pipeline import Session
+
+    monkeypatch.setattr(Session, "overhead", lambda self: Overhead(AROUND))
+    monkeypatch.setattr(MemoryGuard, "for_run", lambda *a: None)
+    return AROUND

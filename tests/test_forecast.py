@@ -9,8 +9,9 @@ from rules import RULES
 from edgetune.config import load_config
 from edgetune.cost import NAMED_SHAPES, shape_from_config, step_cost
 from edgetune.errors import EdgetuneError
-from edgetune.forecast import StepInputs, model_shape, predict
-from edgetune.pipeline import load
+from edgetune.forecast import Overhead, StepInputs, model_shape, predict
+from edgetune.measure.guard import MemoryGuard
+from edgetune.pipeline import Session, load
 from edgetune.train import finetune
 
 
@@ -28,18 +29,31 @@ def test_forecast_is_the_cost_model_of_this_run(tiny_bert, topics_jsonl, tmp_pat
     assert fc.cost.memory.peak == want.memory.peak and fc.cost.flops == want.flops
     assert fc.latency_s is not None and fc.latency_s > 0
     assert "rpi4" in fc.line() and "peak" in fc.line()
-    assert "not the runtime's own memory" in fc.line()  # it says what it includes
+    # the whole process: this machine's measured runtime and what the load kept, then the step
+    assert fc.overhead.runtime > 100 * 2**20 and fc.overhead.loaded > 0
+    assert fc.peak == fc.overhead.total + fc.cost.memory.peak
+    assert "process peak" in fc.line() and "runtime" in fc.line()  # it says what it includes
     assert f"for {session.total_steps} steps" in fc.line()  # and the run's total time
 
 
-def test_a_run_over_budget_is_refused_naming_what_fits(tiny_bert, topics_jsonl, tmp_path):
-    need = load(_cfg(tiny_bert, topics_jsonl, tmp_path / "r")).forecast().cost.memory.peak
+def test_a_run_over_budget_is_refused_naming_what_fits(
+    tiny_bert, topics_jsonl, tmp_path, monkeypatch
+):
+    """The budget is the process's: the runtime and what the load kept (fixed here, as a
+    machine measures them) and the step."""
+    around = Overhead(300 * 2**20, 10 * 2**20)
+    monkeypatch.setattr(Session, "overhead", lambda self: around)
+    # the memory guard measures the real process, which this fixed overhead is not
+    monkeypatch.setattr(MemoryGuard, "for_run", lambda *a: None)
+    step = load(_cfg(tiny_bert, topics_jsonl, tmp_path / "r")).forecast().cost.memory.peak
+    budget = int(around.total + step * 0.9)
     with pytest.raises(EdgetuneError, match=r"more than .*what would fit: .*mezo") as err:
-        finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", f"train.budget={int(need * 0.9)}"))
-    assert "backprop" in str(err.value)
+        finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", f"train.budget={budget}"))
+    assert "backprop" in str(err.value) and "runtime 300MiB" in str(err.value)
     assert not (tmp_path / "r").exists()
     # the same run within budget trains
-    finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", f"train.budget={int(need * 1.1)}"))
+    budget = int(around.total + step * 1.1)
+    finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", f"train.budget={budget}"))
     assert (tmp_path / "r/metrics.json").is_file()
 
 

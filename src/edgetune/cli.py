@@ -69,7 +69,7 @@ def main() -> None:
         app()
     except EdgetuneError as e:
         err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        sys.exit(e.exit_code)
     except (MemoryError, RuntimeError, OSError) as e:
         if not out_of_memory(e):
             raise

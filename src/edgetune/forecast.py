@@ -10,10 +10,12 @@ batch, will cost; the budget check behind `--budget` and `--device`; the model-s
 method's cost traits come from its registry entry (`edgetune.methods.registry`): its `rule`,
 its optimizer and what its options mean to the cost model (`cost_inputs`).
 
-A budget is the memory the step's tensors may take, weights included: the forecast's `peak`
-(weights, gradients, optimizer state, activations and working buffers, split copies). It does
-not include the runtime's own footprint (the Python interpreter, PyTorch and the tokenizer,
-about 300-500 MiB of resident memory on a CPU), and the printed line says so. Torch-free.
+A budget is the whole process's resident memory, what `ps` shows: the step's `peak` (weights,
+gradients, optimizer state, activations and working buffers, split copies) plus the
+`Overhead` of the process around it: the runtime (the interpreter, PyTorch, transformers and
+edgetune, measured once per machine and software set: `edgetune.measure.runtime`) and what the
+run loaded besides its weights (tokenizer, tokenized data; measured as it loads). The printed
+line gives each part. Torch-free.
 """
 
 from __future__ import annotations
@@ -40,7 +42,30 @@ from edgetune.methods.registry import METHODS, get_method
 from edgetune.precision import WEIGHT_BYTES
 from edgetune.units import human, parse_bytes, seconds
 
-EXCLUDES = "the step's tensors, not the runtime's own memory"
+
+@dataclass(frozen=True)
+class Overhead:
+    """What a process holds besides the step's tensors: the runtime (interpreter, libraries,
+    the kernels' caches after a first step) and what the run loaded besides its weights
+    (tokenizer, tokenized data), in bytes; `source` says where the runtime figure comes from."""
+
+    runtime: float
+    loaded: float = 0.0
+    source: str = ""
+
+    @property
+    def total(self) -> float:
+        return self.runtime + self.loaded
+
+    def parts(self) -> str:
+        def b(x: float) -> str:
+            return human(x, "B", 1024)
+
+        loaded = f" + tokenizer and data {b(self.loaded)}" if self.loaded else ""
+        return f"runtime {b(self.runtime)}{loaded}"
+
+
+NO_OVERHEAD = Overhead(0.0)
 
 
 # -- shapes -----------------------------------------------------------------------------------
@@ -126,14 +151,21 @@ class Forecast:
     budget: float | None  # bytes the step may use (weights included)
     latency_s: float | None
     steps: int | None = None  # the run's optimizer steps, for its total time
+    overhead: Overhead = NO_OVERHEAD  # the process around the step
+    limit_name: str | None = None  # what sets `budget`: "the budget of 1 GiB", a cgroup's limit
+
+    @property
+    def peak(self) -> float:
+        """The process's forecast peak resident memory: the overhead and the step's peak."""
+        return self.overhead.total + self.cost.memory.peak
 
     @property
     def fits(self) -> bool | None:
-        return None if self.budget is None else self.cost.memory.peak <= self.budget
+        return None if self.budget is None else self.peak <= self.budget
 
     def line(self) -> str:
-        """One line: FLOPs, the peak and its parts (what it includes), latency and total time
-        on the device, and the budget."""
+        """One line: FLOPs, the process's peak and its parts, latency and total time on the
+        device, and the budget."""
         m = self.cost.memory
 
         def b(x: float) -> str:
@@ -142,9 +174,14 @@ class Forecast:
         parts = [
             f"forecast ({self.cost.method}, batch {self.cost.batch} x {self.cost.seq}): "
             f"{human(self.cost.flops, 'FLOP')} per step",
-            f"peak {b(m.peak)}, {EXCLUDES} (weights {b(m.weights)}, grads {b(m.gradients)}, "
-            f"optimizer {b(m.optimizer)}, activations {b(m.activations)}, working "
-            f"{b(m.workspace)}" + (f", split copies {b(m.copies)})" if m.copies else ")"),
+            (
+                f"process peak {b(self.peak)} = {self.overhead.parts()} + step {b(m.peak)} "
+                if self.overhead.total
+                else f"peak {b(m.peak)}, the step's tensors only "
+            )
+            + f"(weights {b(m.weights)}, grads {b(m.gradients)}, optimizer {b(m.optimizer)}, "
+            f"activations {b(m.activations)}, working {b(m.workspace)}"
+            + (f", split copies {b(m.copies)})" if m.copies else ")"),
         ]
         if self.device is not None:
             total = (
@@ -154,12 +191,14 @@ class Forecast:
             )
             parts.append(f"on {self.device.name}: {seconds(self.latency_s)} per step{total}")
         if self.budget is not None:
-            parts.append(f"budget {b(self.budget)}: {'fits' if self.fits else 'DOES NOT FIT'}")
+            parts.append(f"{self.limit_name or 'budget ' + b(self.budget)}: "
+                         f"{'fits' if self.fits else 'DOES NOT FIT'}")  # fmt: skip
         return "; ".join(parts)
 
 
 def budget_bytes(budget: str | float | None, device: str | None) -> float | None:
-    """The bytes a step may use: `budget` as given, else the device's memory, else None."""
+    """The bytes the process may use: `budget` as given, else the device's memory, else
+    None."""
     if budget is not None:
         return parse_bytes(budget)
     if device is not None:
@@ -192,9 +231,12 @@ def runs_held(trains: str) -> bool:
     return trains in ("adapters", "scheme")
 
 
-def held_alternatives(inputs: StepInputs, method: str, options: Any, limit: float) -> list[str]:
+def held_alternatives(
+    inputs: StepInputs, method: str, options: Any, limit: float, overhead: float = 0.0
+) -> list[str]:
     """The lower-precision bases (`model.weights`) under which this method's step fits in
-    `limit` bytes, with their peaks (none for a method that changes every weight)."""
+    `limit` bytes, with their process peaks (`overhead` bytes more; none for a method that
+    changes every weight)."""
     spec = get_method(method)
     if not runs_held(spec.rule_for(spec.parse(options)).trains):
         return []
@@ -204,7 +246,7 @@ def held_alternatives(inputs: StepInputs, method: str, options: Any, limit: floa
             continue
         cost = predict(replace(inputs, held_bytes=WEIGHT_BYTES[fmt]), method, options)
         if cost.memory.peak <= limit:
-            out.append(f"model.weights={fmt} ({human(cost.memory.peak, 'B', 1024)})")
+            out.append(f"model.weights={fmt} ({human(overhead + cost.memory.peak, 'B', 1024)})")
     return out
 
 
@@ -215,50 +257,84 @@ def check_budget(
     device: str | None,
     steps: int | None = None,
     run: tuple[str, Any] | None = None,
+    overhead: Overhead = NO_OVERHEAD,
+    enforced: tuple[float, str] | None = None,
+    clock: str | None = None,
 ) -> Forecast:
-    """A forecast against the budget (explicit bytes, else the device's memory). A step that
-    does not fit is refused, naming the methods' suggested alternatives that would, and the
-    lower-precision bases under which the run itself (`run`: its method and options) would."""
+    """A forecast of the process (`overhead` and the step) against its limit: the budget
+    (explicit bytes, else the device's memory), or the limit the system `enforced` on the
+    process (bytes and what sets it, e.g. a cgroup's) where that is lower. A run that does not
+    fit is refused, naming what would (`fitting_hint`). The step time is the device's, else
+    `clock`'s (a profile that times steps without setting a budget: `this-machine`)."""
     dev = load_device(device) if device else None
+    timer = dev
+    if timer is None and clock is not None:
+        timer = load_device(clock)
+        if not timer.peak(inputs.precision.activations):
+            timer = None  # not measured (this-machine before `edgetune bench hardware`)
     limit = budget_bytes(budget, device)
-    latency = roofline(cost, dev, inputs.precision.activations).latency_s if dev else None
-    fc = Forecast(cost, dev, limit, latency, steps)
+    where = None if limit is None else (
+        f"{dev.name}'s {human(limit, 'B', 1024)}" if dev and budget is None
+        else f"the budget of {human(limit, 'B', 1024)}"
+    )  # fmt: skip
+    if enforced is not None and (limit is None or enforced[0] < limit):
+        limit, where = enforced[0], f"{enforced[1]} of {human(enforced[0], 'B', 1024)}"
+    latency = roofline(cost, timer, inputs.precision.activations).latency_s if timer else None
+    fc = Forecast(cost, timer, limit, latency, steps, overhead, where)
     if fc.fits is False:
         assert limit is not None
-        fitting = [
-            f"{name} ({human(c.memory.peak, 'B', 1024)})"
-            for name, c in alternatives(inputs, cost.method).items()
-            if c.memory.peak <= limit
-        ]
-        where = (
-            f"{dev.name}'s {human(limit, 'B', 1024)}"
-            if dev and budget is None
-            else human(limit, "B", 1024)
-        )
-        held = held_alternatives(inputs, *run, limit) if run is not None else []
-        if held:
-            fitting = [f"this run with {h}" for h in held] + fitting
-        hint = (
-            ("what would fit: " + ", ".join(fitting))
-            if fitting
-            else "nothing among the built-in alternatives fits: try a smaller batch or sequence"
-        )
+        hint = fitting_hint(inputs, cost, limit - overhead.total, overhead.total, run)
+        parts = f"{overhead.parts()} + step" if overhead.total else "the step's tensors"
         raise EdgetuneError(
-            f"this run needs about {human(cost.memory.peak, 'B', 1024)} per step "
-            f"({cost.method}, batch {cost.batch} x {cost.seq}; {EXCLUDES}), more than "
-            f"{where}; {hint}"
+            f"this run needs about {human(fc.peak, 'B', 1024)} ({parts}: {cost.method}, batch "
+            f"{cost.batch} x {cost.seq}), more than {where}; {hint}"
         )
     return fc
 
 
+def fitting_hint(
+    inputs: StepInputs,
+    cost: StepCost,
+    room: float,
+    overhead: float,
+    run: tuple[str, Any] | None,
+) -> str:
+    """What would fit when a step may take `room` bytes beside `overhead`: the run itself at
+    a smaller batch or over a lower-precision base (`run`: its method and options), the
+    methods' suggested alternatives; each with its forecast process peak."""
+
+    def b(x: float) -> str:
+        return human(overhead + x, "B", 1024)
+
+    fitting = []
+    if run is not None:
+        smaller = [n for n in range(cost.batch - 1, 0, -1)
+                   if predict(replace(inputs, batch=n), *run).memory.peak <= room]  # fmt: skip
+        if smaller:
+            peak = predict(replace(inputs, batch=smaller[0]), *run).memory.peak
+            fitting.append(f"this run at train.batch_size={smaller[0]} ({b(peak)})")
+        fitting += [f"this run with {h}" for h in held_alternatives(inputs, *run, room, overhead)]
+    fitting += [f"{name} ({b(c.memory.peak)})"
+                for name, c in alternatives(inputs, cost.method).items()
+                if c.memory.peak <= room]  # fmt: skip
+    if not fitting:
+        return "nothing among the built-in alternatives fits: try a shorter sequence"
+    return "what would fit: " + ", ".join(fitting)
+
+
 def eval_batch(
-    inputs: StepInputs, cost: StepCost, budget: float | None, largest: int
+    inputs: StepInputs,
+    cost: StepCost,
+    budget: float | None,
+    largest: int,
+    overhead: Overhead = NO_OVERHEAD,
 ) -> tuple[int, float]:
-    """The evaluation's batch and its forecast peak: the largest batch up to `largest` whose
-    forward without autograd, beside what the run still holds then (weights, optimizer state,
-    split copies of `cost`), fits `budget` bytes (None: `largest`); refused when none does."""
+    """The evaluation's batch and its forecast process peak: the largest batch up to `largest`
+    whose forward without autograd, beside what the run still holds then (the `overhead`, and
+    the weights, optimizer state and split copies of `cost`), fits `budget` bytes (None:
+    `largest`); refused when none does."""
     m = cost.memory
-    held = m.weights + m.optimizer + m.copies
+    held = overhead.total + m.weights + m.optimizer + m.copies
 
     def peak(batch: int) -> float:
         return held + eval_peak(inputs.shape, batch, inputs.seq, inputs.tgt_seq, inputs.head,

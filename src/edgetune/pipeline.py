@@ -24,12 +24,20 @@ from torch import nn
 
 from edgetune.config import RunConfig
 from edgetune.cost import Precision, shape_from_config
+from edgetune.cost.device import THIS_MACHINE
 from edgetune.data.load import load_data
 from edgetune.data.tasks import TaskData, batches, epoch_order, tokenize
 from edgetune.errors import EdgetuneError
 from edgetune.families import ENCODER
-from edgetune.forecast import Forecast, StepInputs, check_budget, predict
-from edgetune.measure.memory import lean_allocator, trim_heap
+from edgetune.forecast import Forecast, Overhead, StepInputs, check_budget, predict
+from edgetune.measure.memory import (
+    anonymous_bytes,
+    anonymous_rss,
+    cgroup_limit,
+    lean_allocator,
+    trim_heap,
+)
+from edgetune.measure.runtime import runtime
 from edgetune.methods.base import Method, MethodSettings, scored_share
 from edgetune.methods.label_words import LabelWords
 from edgetune.methods.registry import build_method
@@ -59,6 +67,9 @@ class Session:
     cfg: RunConfig
     loaded: LoadedModel
     data: TaskData
+    resident: float = 0.0
+    """Bytes the load left resident besides the weights (tokenizer, tokenized data, what
+    loading kept), measured as it loaded."""
 
     @property
     def model(self) -> nn.Module:
@@ -150,7 +161,16 @@ class Session:
         inputs = self.step_inputs()
         cost = predict(inputs, cfg.train.method, cfg.method)
         return check_budget(cost, inputs, cfg.train.budget, cfg.train.device, self.total_steps,
-                            run=(cfg.train.method, cfg.method))  # fmt: skip
+                            run=(cfg.train.method, cfg.method),
+                            overhead=self.overhead(), enforced=enforced_limit(),
+                            clock=THIS_MACHINE)  # fmt: skip
+
+    def overhead(self) -> Overhead:
+        """The process around the step: this machine's runtime (measured once, cached) and
+        what this session's load left resident besides the weights."""
+        rt = runtime()
+        assert rt is not None  # runtime() measures what is not cached
+        return Overhead(rt.bytes, self.resident, rt.source)
 
     def with_config(self, cfg: RunConfig) -> Session:
         """This session under another config of the same model and data (another method, its
@@ -161,6 +181,12 @@ class Session:
         if cfg.train.seed != self.cfg.train.seed:
             raise EdgetuneError("a session's seed cannot change (it drew the new weights)")
         return replace(self, cfg=cfg)
+
+
+def enforced_limit() -> tuple[float, str] | None:
+    """The memory limit the kernel enforces on this process (its cgroup's), named."""
+    limit = cgroup_limit()
+    return None if limit is None else (float(limit), "the cgroup's memory limit")
 
 
 def checkpoint_blocks(model: nn.Module) -> None:
@@ -194,6 +220,8 @@ def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
         lean_allocator()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    trim_heap()
+    before = anonymous_rss()
     text = load_data(cfg.data)
     loaded = load_model(
         cfg.model.name,
@@ -215,8 +243,12 @@ def load(cfg: RunConfig, splits: tuple[str, ...] | None = None) -> Session:
         config: Any = loaded.model.config
         config.id2label = dict(enumerate(data.labels))
         config.label2id = {n: i for i, n in enumerate(data.labels)}
-    session = Session(cfg, loaded, data)
     trim_heap()  # the transients of loading and tokenizing are freed: give their pages back
+    after = anonymous_rss()
+    model = loaded.model
+    written = anonymous_bytes([*model.parameters(), *model.buffers()])  # weights not mapped
+    resident = 0.0 if before is None or after is None else max(0.0, after - before - written)
+    session = Session(cfg, loaded, data, resident)
     device = session.placement.device
     if device.type != "cpu":
         loaded.model.to(device)

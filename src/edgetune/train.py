@@ -29,11 +29,12 @@ from edgetune.checkpoint import (
 )
 from edgetune.config import RunConfig, load_config
 from edgetune.data.tasks import collate, epoch_order
-from edgetune.errors import EdgetuneError
+from edgetune.errors import EdgetuneError, MemoryStop
 from edgetune.evaluate import evaluate
-from edgetune.forecast import Forecast, eval_batch
+from edgetune.forecast import Forecast, eval_batch, fitting_hint
 from edgetune.io import atomic_write_text, exclusive
-from edgetune.measure.memory import peak_rss_mb
+from edgetune.measure.guard import MARGIN, MemoryGuard, Stop
+from edgetune.measure.memory import peak_rss_mb, rss_mb
 from edgetune.methods.base import Method
 from edgetune.models.quantized import held_bytes
 from edgetune.pipeline import Session, load
@@ -180,7 +181,7 @@ def _run(
     eval_size, eval_peak = t.eval_batch_size, None
     if t.final_eval or t.eval_every or t.eval_before:
         eval_size, eval_peak = eval_batch(session.step_inputs(), forecast.cost, forecast.budget,
-                                          t.eval_batch_size)  # fmt: skip
+                                          t.eval_batch_size, forecast.overhead)  # fmt: skip
         console.print(f"evaluation: batch {eval_size}, peak {eval_peak / 2**20:,.1f} MiB",
                       highlight=False)  # fmt: skip
 
@@ -195,6 +196,23 @@ def _run(
                             tokenizer=tokenizer, progress=progress,
                             chunked=t.chunked_loss)  # fmt: skip
 
+    def checkpoint() -> None:
+        """Save the run at `step`, a step's end, and its curves."""
+        kept = {k: metrics[k] for k in ("test_before", "validation_history", "resumed")
+                if k in metrics}  # fmt: skip
+        state = {
+            "method": method.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": torch.tensor(history, dtype=torch.float64),
+            "metrics": json.dumps(kept),
+        }
+        save_checkpoint(out, step, cfg.identity, method.trainable_state(), state,
+                        t.keep_checkpoints)  # fmt: skip
+        watch.plot()
+
+    guard = MemoryGuard.for_run(forecast.budget, forecast.limit_name)
+    if guard is not None:
+        console.print(f"memory guard: {guard.limit_name}", highlight=False)
     with progress, Watch(cfg, console, total, step, forecast) as watch:
         if t.eval_before and not resume:
             metrics["test_before"] = evaluated("test")
@@ -212,6 +230,8 @@ def _run(
                 micro.append(placement.batch(collate([data.splits["train"][i] for i in idx],
                                                      pad_id)))  # fmt: skip
             # -- the method's step
+            if guard is not None:
+                guard.before_step()
             start = time.perf_counter()
             with placement.compute():
                 result = method.step(micro)
@@ -226,19 +246,15 @@ def _run(
                 metrics.setdefault("validation_history", []).append({"step": step, **val})
                 watch.validation(step, val)
                 console.print(f"step {step}: validation {_fmt(val)}")
-            if (t.save_every and step % t.save_every == 0) or step == total:
-                kept = {k: metrics[k] for k in ("test_before", "validation_history", "resumed")
-                        if k in metrics}  # fmt: skip
-                state = {
-                    "method": method.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": torch.tensor(history, dtype=torch.float64),
-                    "metrics": json.dumps(kept),
-                }
-                save_checkpoint(
-                    out, step, cfg.identity, method.trainable_state(), state, t.keep_checkpoints
-                )
-                watch.plot()
+            due = (t.save_every and step % t.save_every == 0) or step == total
+            if due:
+                checkpoint()
+            # -- the memory guard: stop, saved, before the next step would not fit
+            stop = guard.after_step() if guard is not None and step < total else None
+            if stop is not None:
+                if not due:
+                    checkpoint()
+                raise MemoryStop(_stopped(session, forecast, stop, step, out))
         train_peak = peak_rss_mb()  # before evaluation and saving
         if t.final_eval:
             metrics["eval"] = evaluated("test")
@@ -268,12 +284,30 @@ def _run(
                          "weights_mb": (held["packed"] + held["dense"]) / 2**20}  # fmt: skip
     m = forecast.cost.memory
     metrics["forecast"] = {"peak_mb": m.peak / 2**20, "weights_mb": m.weights / 2**20,
+                           "process_peak_mb": forecast.peak / 2**20,
+                           "runtime_mb": forecast.overhead.runtime / 2**20,
+                           "loaded_mb": forecast.overhead.loaded / 2**20,
                            "flops": forecast.cost.flops, "eval_batch": eval_size,
                            "eval_peak_mb": eval_peak / 2**20 if eval_peak is not None else None,
                            "compute": placement.describe()}  # fmt: skip
     write_metrics(out / "metrics.json", metrics)
     write_summary(out / "summary.md", cfg, metrics)
     return RunResult(out, metrics)
+
+
+def _stopped(session: Session, forecast: Forecast, stop: Stop, step: int, out: Path) -> str:
+    """The one line of a run the memory guard stopped: why, what is saved, what would fit
+    (the forecast's alternatives, with the room this step measured)."""
+    own = rss_mb() * 2**20
+    others = max(0.0, stop.in_use - own)  # other processes in the cgroup
+    missed = max(0.0, own + stop.growth - forecast.peak)  # what the forecast left out
+    room = stop.limit * (1 - MARGIN) - others - missed - forecast.overhead.total
+    cfg = session.cfg
+    hint = fitting_hint(session.step_inputs(), forecast.cost, room, forecast.overhead.total,
+                        (cfg.train.method, cfg.method))  # fmt: skip
+    return (f"stopped after step {step} of {session.total_steps} before running out of memory: "
+            f"{stop.line()}; the run is saved: `edgetune finetune --out {out} --resume` "
+            f"continues it when there is room; {hint}")  # fmt: skip
 
 
 def _fmt(m: dict[str, float]) -> str:

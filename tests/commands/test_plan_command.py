@@ -41,14 +41,14 @@ def _args(tiny_bert, topics_jsonl, tmp_path, *extra):
     ]
 
 
-def test_plan_writes_a_scheme_within_the_budget(tiny_bert, topics_jsonl, tmp_path):
+def test_plan_writes_a_scheme_within_the_budget(tiny_bert, topics_jsonl, tmp_path, fixed_overhead):
     out = tmp_path / "plan.yaml"
     args = _args(
         tiny_bert,
         topics_jsonl,
         tmp_path,
         "--budget",
-        "6MB",
+        str(fixed_overhead + 6_000_000),
         "--out",
         str(out),
         "--plot",
@@ -59,10 +59,11 @@ def test_plan_writes_a_scheme_within_the_budget(tiny_bert, topics_jsonl, tmp_pat
     scheme = UpdateScheme.load(out)
     assert scheme.trains_head()
     raw = yaml.safe_load(out.read_text())
-    # the budget is the step's peak, weights included (as for finetune); the search's room is
-    # what is left beside the weights
+    # the budget is the process's peak (as for finetune): the step's peak, weights included,
+    # beside the runtime; the search's room is what is left beside both and the weights
     assert raw["forecast"]["peak_bytes"] <= 6e6
     assert raw["budget_bytes"] == 6e6 - raw["forecast"]["weights_bytes"]
+    assert "process peak" in result.output
     assert raw["forecast"]["training_bytes"] <= raw["budget_bytes"]
     assert (tmp_path / "gains.png").is_file()
     assert "wrote" in result.output
@@ -82,10 +83,11 @@ def test_plan_needs_a_budget_or_a_device(tiny_bert, topics_jsonl, tmp_path):
     assert "budget" in str(result.exception)
 
 
-def test_plan_within_a_step_limit_verified(tiny_bert, topics_jsonl, tmp_path):
+def test_plan_within_a_step_limit_verified(tiny_bert, topics_jsonl, tmp_path, fixed_overhead):
     # Prepare / Execute: memory for any scheme, a step limit, the two best schemes judged
     out = tmp_path / "fast.yaml"
-    extra = ("--budget", "64MB", "--max-step", "1.3", "--verify", "2", "--out", str(out))
+    budget = str(fixed_overhead + 64_000_000)
+    extra = ("--budget", budget, "--max-step", "1.3", "--verify", "2", "--out", str(out))
     result = CliRunner().invoke(_app(), _args(tiny_bert, topics_jsonl, tmp_path, *extra))
     # Assert: the forecast step within the limit, the judge's gain recorded and printed
     assert result.exit_code == 0, result.output

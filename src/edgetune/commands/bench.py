@@ -113,9 +113,14 @@ def hardware(
 
     from edgetune.io import atomic_write_text
     from edgetune.measure.gemm import measure_this_machine
+    from edgetune.measure.runtime import runtime
 
     torch.set_num_threads(threads)
     gemm = measure_this_machine(n=gemm_n)
+    rt = runtime(fresh=True)
+    assert rt is not None  # measured
+    _log(f"runtime: {rt.bytes / 2**20:,.0f} MiB resident after the imports and a first step "
+         f"({rt.source})")  # fmt: skip
     if steps_from is not None:
         if not steps_from.is_file():
             raise EdgetuneError(f"--steps-from: no file {steps_from}")

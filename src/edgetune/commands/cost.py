@@ -14,9 +14,11 @@ import typer
 from rich.table import Table
 
 from edgetune.commands import wide_console
-from edgetune.cost import Precision, device_names, load_device, not_measured_note
+from edgetune.cost import Precision, device_names, load_device, not_measured_note, paper
 from edgetune.errors import EdgetuneError
+from edgetune.families import ENCODER_DECODER
 from edgetune.forecast import Row, StepInputs, model_shape, sweep
+from edgetune.measure.runtime import runtime
 from edgetune.methods import METHODS, get_method
 from edgetune.units import human, seconds
 
@@ -60,6 +62,11 @@ def cost(
     lora_rank: int | None = typer.Option(None, help="LoRA rank (default: lora's own, 8)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
     plot: Path | None = typer.Option(None, help="Write a sweep figure (PNG) to this file."),
+    accounting: str = typer.Option(
+        "default",
+        help="default: edgetune's autograd-faithful accounting; paper: also the seed paper's "
+        "own conventions (Pau & Aymone 2024) beside it, for backprop, pepita and mempepita.",
+    ),
 ) -> None:
     """Predict MACs, FLOPs, memory, fit and latency of one training step per method.
 
@@ -73,7 +80,11 @@ def cost(
         edgetune cost --model smollm2-135m --method sparse,lora --scheme last-2 --seq 256
 
         edgetune cost --model gpt3-small --method backprop,mempepita --seq 32,2048 --plot s.png
+
+        edgetune cost --model distilbert --seq 128,2048 --accounting paper
     """
+    if accounting not in ("default", "paper"):
+        raise EdgetuneError(f"unknown --accounting {accounting!r}; use default or paper")
     shape = model_shape(model)
     names = [m.strip() for m in method.split(",") if m.strip()]
     seqs = _ints(seq, "seq")
@@ -99,10 +110,16 @@ def cost(
     inputs = StepInputs(shape, batch, seqs[0], head, labels, tgt_seq, precision=prec,
                         optimizer=optimizer)  # fmt: skip
     rows = sweep(inputs, methods, seqs, dev)
+    papers = _paper_rows(rows, shape) if accounting == "paper" else None
     if json_out:
-        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        out = [r.to_dict() for r in rows]
+        for d, extra in zip(out, papers or [{}] * len(out), strict=True):
+            d.update(extra)
+        typer.echo(json.dumps(out, indent=2))
     else:
         _print_table(rows, shape, dev, dtype, batch)
+        if papers is not None:
+            _print_paper(rows, papers, shape)
     if plot:
         from edgetune.report.figures import plot_sweep
 
@@ -134,6 +151,58 @@ def _print_table(rows: list[Row], shape, dev, dtype: str, batch: int) -> None:
                       "of peak FLOP/s and bandwidth (docs/cost-model.md)")  # fmt: skip
         if note := not_measured_note(dev):
             console.print(note)
+    rt = runtime(measure=False)
+    console.print(
+        "peak: the step's tensors, weights included; a training process adds the runtime ("
+        + (
+            f"{human(rt.bytes, 'B', 1024)} on this machine, {rt.source})"
+            if rt
+            else "measured on this machine by `edgetune bench hardware` or a first `finetune`)"
+        )
+        + ", its tokenizer and its data; `finetune` prints the process's peak",
+        highlight=False,
+    )
+
+
+def _paper_rows(rows: list[Row], shape) -> list[dict]:
+    """The seed paper's MACs and stored activations of each row (its rules only; batch 1 in
+    the paper, scaled by the batch here): {"paper_macs", "paper_activations"} or {}."""
+    out: list[dict] = []
+    for r in rows:
+        c = r.cost
+        if c.method not in paper.METHODS:
+            out.append({})
+            continue
+        enc = shape.kind == ENCODER_DECODER
+        p = paper.paper_shape(shape, src=c.seq if enc else 0)
+        m = (c.tgt_seq or c.seq) if enc else c.seq
+        out.append({"paper_macs": c.batch * paper.macs(p, m)[c.method],
+                    "paper_activations": c.batch * paper.activations(p, m)[c.method]})  # fmt: skip
+    return out
+
+
+def _print_paper(rows: list[Row], papers: list[dict], shape) -> None:
+    t = Table(title=f"{shape.name}: the seed paper's accounting beside edgetune's")
+    for col in ("method", "seq", "MACs (paper)", "MACs (edgetune)", "paper / edgetune",
+                "activations (paper, elements)", "activations (edgetune, bytes)"):  # fmt: skip
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for r, p in zip(rows, papers, strict=True):
+        if not p:
+            continue
+        c = r.cost
+        t.add_row(c.method, str(c.seq), human(p["paper_macs"]), human(c.macs),
+                  f"{p['paper_macs'] / c.macs:.2f}", human(p["paper_activations"]),
+                  human(c.memory.activations, "B", 1024))  # fmt: skip
+    console = wide_console()
+    console.print(t)
+    console.print(
+        "The paper (Pau & Aymone 2024) counts the embedding as a one-hot product, the softmax "
+        "backward as a full Jacobian product, the LayerNorm backward as d^2 per token and one "
+        "attention map per block, in elements (plotted as MB at 1 byte each); edgetune counts "
+        "what autograd runs and saves (docs/cost-model.md)."
+    )
+    if any(not p for p in papers):
+        console.print(f"The paper accounts only for {', '.join(paper.METHODS)}.")
 
 
 def devices(

@@ -14,7 +14,6 @@ from rich.table import Table
 
 from edgetune.commands import err, overrides, wide_console
 from edgetune.errors import EdgetuneError
-from edgetune.forecast import EXCLUDES
 from edgetune.units import human_bytes
 
 
@@ -123,9 +122,11 @@ def plan(
         )
     if verify < 0:
         raise EdgetuneError(f"--verify must be 0 or more, got {verify}")
+    session = load(cfg)
     result, table = make_plan(
-        load(cfg), budget, device, analysis, cache, err, max_step=max_step, verify=verify
+        session, budget, device, analysis, cache, err, max_step=max_step, verify=verify
     )
+    overhead = session.overhead()
     result.save(out)
     if plot:
         from edgetune.report.figures import plot_gains
@@ -157,8 +158,9 @@ def plan(
     f = result.forecast
     out_console.print(
         f"forecast (batch {f['batch']}, {f['seq']} tokens): training memory "
-        f"{human_bytes(f['training_bytes'])}, peak {human_bytes(f['peak_bytes'])} "
-        f"({EXCLUDES}), "
+        f"{human_bytes(f['training_bytes'])}, process peak "
+        f"{human_bytes(overhead.total + f['peak_bytes'])} ({overhead.parts()} + step "
+        f"{human_bytes(f['peak_bytes'])}), "
         f"step {f['step_forwards']:.2f}x a forward (FLOPs), "
         f"{f['trained_params'] / 1e6:.2f}M trained parameters; predicted held-out loss gain "
         f"{result.gain:.4f}"

@@ -17,6 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgetune.cost.shapes import ModelShape
+from edgetune.families import ENCODER_DECODER
+
+METHODS = ("backprop", "pepita", "mempepita")  # the rules the paper accounts for
+
 
 @dataclass(frozen=True)
 class PaperShape:
@@ -113,3 +118,13 @@ def params(p: PaperShape) -> float:
     """Parameters as the paper counts them for the memory figure (DistilBERT: 66 M)."""
     block = 4 * p.d_model**2 + 2 * p.d_model * p.d_ff + p.d_ff + p.d_model + 4 * p.d_model
     return p.vocab * p.d_model + p.n_layers * block
+
+
+def paper_shape(shape: ModelShape, src: int = 0) -> PaperShape:
+    """The paper's view of a model shape: stacks, widths, heads and vocabulary (its formulas
+    know nothing of gating, grouped keys or norms' kinds); `src` is the encoder input length of
+    an encoder-decoder."""
+    enc = shape.kind == ENCODER_DECODER
+    return PaperShape(shape.n_dec_layers if enc else shape.n_layers, shape.d_model, shape.d_ff,
+                      shape.n_heads, shape.vocab, n_enc=shape.n_layers if enc else 0,
+                      src=src if enc else 0)  # fmt: skip

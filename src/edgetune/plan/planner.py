@@ -4,9 +4,10 @@ within its memory budget (and step-time limit), forecast by the one cost-model a
     plan = make_plan(session, budget="64MB")        # or device="rpi4"
     plan.scheme, plan.forecast                      # an UpdateScheme and its forecast numbers
 
-The budget means what it means everywhere (`edgetune.forecast`): the step's peak memory,
-weights included. The search itself works in *training memory*, the budget minus the weights
-(what fine-tuning adds to holding the model), so the same plans come out for the same room.
+The budget means what it means everywhere (`edgetune.forecast`): the process's peak resident
+memory. The search itself works in *training memory*, the budget minus the process around the
+step (runtime, tokenizer, data) and the weights (what fine-tuning adds to holding the model),
+so the same plans come out for the same room.
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ def forecast_numbers(cost: StepCost) -> dict:
     }
 
 
-def training_budget(budget: str | float | None, device: str | None, weights: float) -> float:
-    """The search's room: the step's peak budget (`budget`, else the device's memory) minus
-    the weights, which every scheme holds."""
+def training_budget(
+    budget: str | float | None, device: str | None, weights: float, overhead: float = 0.0
+) -> float:
+    """The search's room: the process's budget (`budget`, else the device's memory) minus the
+    process around the step (`overhead`: runtime, tokenizer, data) and the weights, which
+    every scheme holds."""
     if (budget is None) == (device is None):
         raise EdgetuneError("give exactly one of a memory budget (e.g. 64MB) or a device")
     total = budget_bytes(budget, device)
@@ -83,9 +87,14 @@ def training_budget(budget: str | float | None, device: str | None, weights: flo
         if budget is not None
         else (f"{device}'s {human_bytes(total)}")
     )
-    if total <= weights:
-        raise EdgetuneError(f"the model's weights ({human_bytes(weights)}) do not fit {where}")
-    return total - weights
+    if total <= overhead + weights:
+        besides = (
+            f" beside the runtime, tokenizer and data ({human_bytes(overhead)})" if overhead else ""
+        )
+        raise EdgetuneError(
+            f"the model's weights ({human_bytes(weights)}) do not fit {where}{besides}"
+        )
+    return total - overhead - weights
 
 
 class Planner:
@@ -136,7 +145,7 @@ def make_plan(
     jointly (the analysis' protocol, cached) and keeps the best measured."""
     planner = Planner(session.step_inputs(), session.cfg.train.method, session.cfg.method)
     # the budget check needs only the shape: fail before an analysis that may take minutes
-    limit = training_budget(budget, device, planner.weights)
+    limit = training_budget(budget, device, planner.weights, session.overhead().total)
     table = analyze(session, settings, cache, console)
 
     def judge(schemes: list[UpdateScheme]) -> list[float]:

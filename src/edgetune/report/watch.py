@@ -3,14 +3,16 @@
 - `metrics.jsonl` in the run folder, one JSON object a line, flushed as it is written (`tail -f`
   follows it): per optimizer step `step`, `loss`, the numbers the method's step returns (`lr`;
   `grad_norm` where the step clips the gradients; MeZO's projected gradient and its two
-  losses), `step_s` (the method's step: forward, backward, update) and `rss_mb` (resident
-  memory after it); per validation `{"step": N, "validation": {...}}`. A resume first cuts it
-  back to its checkpoint's step, so the file is the run's, step for step.
+  losses), `step_s` (the method's step: forward, backward, update), `rss_mb` (resident
+  memory after it) and `eta_s` (the remaining time, as the log line says it); per validation
+  `{"step": N, "validation": {...}}`. A resume first cuts it back to its checkpoint's step, so
+  the file is the run's, step for step.
 - A plain line every `train.log_every` steps and after the last where the console is not a
   terminal (a log file, where the progress bar draws nothing): step, loss, lr, time per step,
   resident memory, remaining time.
 - The expected time of the run, said once: before the first step from the forecast where it has
-  a step time (a `--device`), else once the first steps are timed. The log lines and the
+  a step time (a `--device`, else this machine once `edgetune bench hardware` has measured it),
+  else once the first steps are timed. The log lines and the
   progress bar then give the remaining time from the median of the last steps.
 - `curves.png` (`edgetune.report.figures.plot_curves`) at every checkpoint, the last one at the
   end of training.
@@ -78,10 +80,10 @@ class Watch:
         log line when one is due, the expected time once. Returns the progress bar's fields."""
         self.times.append(step_s)
         rss = rss_mb()
-        self._write({"step": step, "loss": result.loss, **result.metrics, "step_s": step_s,
-                     "rss_mb": rss})  # fmt: skip
         per = statistics.median(self.times[-RECENT:])
         eta = per * (self.total - step)
+        self._write({"step": step, "loss": result.loss, **result.metrics, "step_s": step_s,
+                     "rss_mb": rss, "eta_s": eta})  # fmt: skip
         if not self.said and len(self.times) == FIRST and step < self.total:
             self.said = True
             self._say(f"expected time {_clock(sum(self.times) + eta)} for steps "
