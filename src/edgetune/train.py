@@ -287,6 +287,7 @@ def _run(
                            "process_peak_mb": forecast.peak / 2**20,
                            "runtime_mb": forecast.overhead.runtime / 2**20,
                            "loaded_mb": forecast.overhead.loaded / 2**20,
+                           "step_s": forecast.latency_s,
                            "flops": forecast.cost.flops, "eval_batch": eval_size,
                            "eval_peak_mb": eval_peak / 2**20 if eval_peak is not None else None,
                            "compute": placement.describe()}  # fmt: skip
