@@ -15,15 +15,18 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from torch import nn
 
+from edgetune.cost import load_device, roofline
+from edgetune.cost.device import THIS_MACHINE
 from edgetune.data.tasks import batches, epoch_order
 from edgetune.errors import EdgetuneError
+from edgetune.forecast import predict
 from edgetune.io import atomic_write_text
 from edgetune.methods.base import MethodSettings, scored_share
 from edgetune.methods.registry import build_method, get_method
@@ -42,6 +45,7 @@ from edgetune.plan.table import (
 )
 from edgetune.progress import progress_bar
 from edgetune.scheme import UnitUpdate, UpdateScheme
+from edgetune.units import seconds
 
 
 def _eval_loss(model: nn.Module, batches: list[dict]) -> tuple[float, float | None]:
@@ -188,6 +192,13 @@ def analyze(
     runs = _prepare(session, s, cache)
     table = runs.table
     todo = [c for c in to_measure(table.n_layers, s) if c.key not in table.entries]
+    if console is not None and todo:
+        expected = expected_time(session, s, [scheme_of([c], table.head, table.has_bias, c.key)
+                                              for c in todo])  # fmt: skip
+        if expected is not None:
+            console.print(f"contribution analysis: {len(todo)} candidates, expected time "
+                          f"{seconds(expected)} (the cost model on this machine; the bar "
+                          "corrects it as they run)", highlight=False)  # fmt: skip
     with progress_bar(console) as progress:
         bar = progress.add_task("contribution", total=len(todo), info="")
         for c in todo:
@@ -197,6 +208,27 @@ def analyze(
             progress.advance(bar)
     complete(table, s)
     return table
+
+
+def expected_time(
+    session: Session, s: AnalysisSettings, schemes: Sequence[UpdateScheme]
+) -> float | None:
+    """Seconds the analysis of `schemes` should take on this machine: per scheme, `s.steps`
+    sparse steps at the analysis batch and a forward over the held-out examples, each timed
+    by the cost model's roofline on `this-machine` (None before `edgetune bench hardware`
+    has measured its peak)."""
+    inputs = replace(session.step_inputs(), batch=s.batch_size)
+    dev = load_device(THIS_MACHINE)
+    dtype = inputs.precision.activations
+    if not dev.peak(dtype):
+        return None
+    total = 0.0
+    for scheme in schemes:
+        cost = predict(inputs, session.cfg.train.method, {"scheme": scheme})
+        step = roofline(cost, dev, dtype).latency_s or 0.0
+        forward = step * cost.fwd_flops / cost.flops  # of a batch; held-out in batches of 32
+        total += s.steps * step + forward * math.ceil(s.eval_examples / s.batch_size)
+    return total
 
 
 def measure_schemes(
