@@ -27,8 +27,14 @@ METHODS = ["backprop", "sparse", "mezo", "pepita", "mempepita", "hybrid"]
 def measured():
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs")
+    import edgetune
+
+    # the edgetune this test imports (not another install's), and tests/ for `rules`
+    path = os.pathsep.join(
+        [str(Path(edgetune.__file__).parents[1]), str(Path(__file__).parents[1])]
+    )
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+           "PYTHONPATH": path}  # fmt: skip
     script = Path(__file__).with_name("_rss_step.py")
     out = subprocess.run([sys.executable, str(script), "8", "256", *METHODS], env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
