@@ -306,3 +306,25 @@ def test_out_pointing_at_a_file_is_refused(tiny_bert, topics_jsonl, tmp_path):
     path.write_text("x")
     with pytest.raises(EdgetuneError, match="is a file"):
         finetune(_cfg(tiny_bert, topics_jsonl, path))
+
+
+def test_a_hybrid_with_a_budget_gets_the_most_backprop_blocks_that_fit(
+    tiny_bert, topics_jsonl, tmp_path
+):
+    """Neither backprop_blocks nor a scheme: the run plans the count (`plan_blocks`) and keeps
+    it in its config.yaml; a budget between the peaks of one and two blocks gives one."""
+    from edgetune.forecast import predict
+    from edgetune.methods.options import HybridOptions
+    from edgetune.pipeline import load
+
+    # Prepare: the tiny BERT has 2 blocks; a budget between the steps of 1 and 2 on top
+    probe = load(_cfg(tiny_bert, topics_jsonl, tmp_path / "p", "train.method=hybrid"))
+    one, two = (predict(probe.step_inputs(), "hybrid", HybridOptions(backprop_blocks=k))
+                for k in (1, 2))  # fmt: skip
+    budget = int((one.memory.peak + two.memory.peak) / 2)
+    out = tmp_path / "h"
+    # Execute
+    finetune(_cfg(tiny_bert, topics_jsonl, out, "train.method=hybrid", "train.max_steps=2",
+                  f"train.budget={budget}"))  # fmt: skip
+    # Assert
+    assert "backprop_blocks: 1" in (out / "config.yaml").read_text()

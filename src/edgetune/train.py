@@ -42,6 +42,7 @@ from edgetune.progress import progress_bar
 from edgetune.report.summary import write_metrics, write_summary
 from edgetune.report.watch import STARTED, Watch
 from edgetune.trained import save_trained
+from edgetune.units import human_bytes
 
 # settings a resume may change (recorded in metrics.json); any other difference is refused
 RESUMABLE = ("train.max_steps", "train.epochs", "train.eval_every", "train.save_every",
@@ -131,13 +132,27 @@ def _check_resume(cfg: RunConfig, out: Path) -> dict[str, Any]:
 
 def _planned(session: Session, console: Console) -> Session:
     """With a budget or device and a method whose update scheme is unset, the session under
-    the scheme planned for the budget on its own model and data (docs/planning.md)."""
+    the scheme planned for the budget on its own model and data (docs/planning.md); for a
+    method with a count of top blocks by backprop (`blocks_option`, unset too), the most
+    blocks that fit instead."""
     cfg = session.cfg
     option = cfg.spec.scheme_option
     if option is None or getattr(cfg.method, option) is not None:
         return session
     if not (cfg.train.budget or cfg.train.device):
         return session
+    blocks = cfg.spec.blocks_option
+    if blocks is not None:  # a count of top blocks by backprop, not a scheme, is planned
+        if getattr(cfg.method, blocks) is not None:
+            return session
+        from edgetune.plan.planner import plan_blocks
+
+        k, cost = plan_blocks(session.step_inputs(), cfg.train.method, cfg.method,
+                              cfg.train.budget, cfg.train.device)  # fmt: skip
+        peak = human_bytes(cost.memory.peak)
+        console.print(f"planned for the budget: {blocks}={k} (peak {peak}; kept in the run's "
+                      "config.yaml)")  # fmt: skip
+        return session.with_config(cfg.with_changes({f"method.{blocks}": k}))
     from edgetune.plan.planner import make_plan
 
     plan, _ = make_plan(session, cfg.train.budget, cfg.train.device, console=console)

@@ -7,7 +7,10 @@
 - bytes saved for backward within 10 % of what autograd's saved-tensor hooks see (and still
   holds at the end of the forward), for backprop
   and for sparse update schemes applied by the runtime's `sparse` method;
-- trained parameters exactly, a tied LM head's matrix counted once.
+- trained parameters exactly, a tied LM head's matrix counted once;
+- a hybrid step (backprop on the top blocks, zeroth-order below): all its FLOPs (two forwards,
+  the top's backward) equal to the counter's over the runtime's whole step, and the bytes
+  saved by its perturbed forward within 10 %, as a sparse scheme's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ def _build(cfg, cls_name):
 
 
 def _loss_fn(model, cfg, head):
+    batch = _batch(cfg, head)
+    return lambda: model(**batch).loss
+
+
+def _batch(cfg, head) -> dict:
     import torch
 
     g = torch.Generator().manual_seed(1)
@@ -44,7 +52,7 @@ def _loss_fn(model, cfg, head):
         kw["labels"] = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
     else:
         kw["labels"] = torch.randint(0, 2, (B,), generator=g)
-    return lambda: model(input_ids=ids, **kw).loss
+    return {"input_ids": ids, **kw}
 
 
 def _saved_at_end(loss_fn, model) -> int:
@@ -174,3 +182,51 @@ def test_sparse_encoder_decoder_layer_numbering(tiny, k):
     assert 2 * c.bwd_macs == pytest.approx(measured.backward, rel=1e-9)
     assert c.memory.activations == pytest.approx(saved, rel=0.10)
     assert c.trained_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama-tied", "gpt2", "t5"])
+@pytest.mark.parametrize("below", ["all", "lora"])
+def test_hybrid_flops_and_saved_bytes(tiny, family, below):
+    """The runtime's whole `hybrid` step under the counter: L- without a graph, L+ and the
+    top's backward, the updates (no matrix products). llama-tied: the embedding matrix is the
+    trained head's, so backprop trains it and the bottom's estimate leaves it out."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgetune.methods import build_method
+    from edgetune.methods.base import MethodSettings
+    from edgetune.methods.options import HybridOptions
+    from edgetune.methods.registry import METHODS
+    from edgetune.seeds import mix_seed
+
+    # Prepare
+    cfg, cls_name, head = tiny[family]
+    model = _build(cfg, cls_name)
+    shape = shape_from_config(cfg.to_dict())
+    options = HybridOptions(backprop_blocks=1, zo_trainable=below, rank=4)
+    m = build_method("hybrid", model, MethodSettings(lr=1e-4, total_steps=2, options=options))
+    spec = METHODS["hybrid"]
+    c = step_cost(shape, spec.rule_for(options), B, T, TGT, head=head,
+                  **spec.cost_inputs(options, shape))  # fmt: skip
+    batch = _batch(cfg, head)
+    with m.directions.perturbed(mix_seed(0, 0), options.eps):  # L+'s forward, saved tensors
+        saved = _saved_at_end(lambda: model(**batch).loss, model)
+    # Execute
+    with FlopCounterMode(display=False) as counter:
+        m.step([batch])
+    # Assert
+    assert 2 * (c.fwd_macs + c.bwd_macs) == pytest.approx(counter.get_total_flops(), rel=1e-9)
+    sparse = step_cost(
+        shape,
+        RULES["sparse"],
+        B,
+        T,
+        TGT,
+        head=head,
+        scheme=UpdateScheme.last_k(shape.n_layers + shape.n_dec_layers, 1),
+    )
+    assert c.bwd_macs == sparse.bwd_macs  # the top's backward only
+    assert c.memory.activations == pytest.approx(saved, rel=0.10)
+    top = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    bottom = sum(t.view().numel() for t in m.directions.tensors)
+    assert c.trained_params == top + bottom
+    assert c.memory.optimizer == 2 * 4 * top  # AdamW moments of the top only

@@ -2,13 +2,14 @@
 
 `_rss_step.py` runs in a fresh interpreter: tiny BERT with an MLM head, one thread; per method
 (the runtime's own: backprop, sparse, MeZO with its perturbed copies, PEPITA and MEMPEPITA with
-their hooks and passes) warm-up steps on a tiny batch (weights, optimizer state, library
-buffers become resident), a reset of the resident high-water mark, then two steps. The growth
-of the high-water mark over the resident set before the steps is compared with the predicted
-peak minus weights and optimizer state. glibc's mmap threshold is fixed
-(MALLOC_MMAP_THRESHOLD_) so that freed large blocks go back to the system and the resident set
-follows the live tensors. The shapes make the step's tensors (tens of MB) dominate allocator
-noise (a few MB; see docs/cost-model.md). Linux only (/proc/self/clear_refs).
+their hooks and passes, hybrid with sparse's step over the top block and MeZO's below it)
+warm-up steps on a tiny batch (weights, optimizer state, library buffers become resident), a
+reset of the resident high-water mark, then two steps. The growth of the high-water mark over
+the resident set before the steps is compared with the predicted peak minus weights and
+optimizer state. glibc's mmap threshold is fixed (MALLOC_MMAP_THRESHOLD_) so that freed large
+blocks go back to the system and the resident set follows the live tensors. The shapes make the
+step's tensors (tens of MB) dominate allocator noise (a few MB; see docs/cost-model.md). Linux
+only (/proc/self/clear_refs).
 """
 
 import json
@@ -19,15 +20,21 @@ from pathlib import Path
 
 import pytest
 
-METHODS = ["backprop", "sparse", "mezo", "pepita", "mempepita"]
+METHODS = ["backprop", "sparse", "mezo", "pepita", "mempepita", "hybrid"]
 
 
 @pytest.fixture(scope="module")
 def measured():
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs")
+    import edgetune
+
+    # the edgetune this test imports (not another install's), and tests/ for `rules`
+    path = os.pathsep.join(
+        [str(Path(edgetune.__file__).parents[1]), str(Path(__file__).parents[1])]
+    )
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+           "PYTHONPATH": path}  # fmt: skip
     script = Path(__file__).with_name("_rss_step.py")
     out = subprocess.run([sys.executable, str(script), "8", "256", *METHODS], env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -34,6 +34,10 @@ SETTINGS = {
         "llama": (1e-2, {"trainable": "last-1"}, 25),
     },
     "lora": {"bert": (1e-2, {"r": 4}, 5), "llama": (1e-2, {"r": 4}, 5)},
+    "hybrid": {
+        "bert": (1e-2, {"scheme": "last-1@0.5", "zo_lr": 1e-3}, 5),
+        "llama": (1e-2, {"scheme": "last-1@0.5", "zo_lr": 1e-3}, 5),
+    },
 }
 CASES = [pytest.param(m, k, id=f"{m}-{k}") for m in METHODS for k in MODELS]
 # tiny LMs of the other decoder families (tests/tiny.py), trained with Llama's settings

@@ -169,6 +169,20 @@ def test_sparse_over_a_held_base_trains_split_rows_and_keeps_the_rest_held(llama
     assert not any(isinstance(m, Packed) for m in exported.modules())
 
 
+def test_hybrid_over_a_held_base_trains_lora_below_and_refuses_all(llama_folder):
+    batch = tiny.batch("llama")
+    options = {"backprop_blocks": 1, "zo_trainable": "lora", "zo_lr": 1e-2}
+    method = build_method("hybrid", _held(llama_folder).model,
+                          MethodSettings(lr=1e-2, total_steps=3, options=options))  # fmt: skip
+    losses = [method.step([batch]).loss for _ in range(3)]
+    assert losses[-1] < losses[0]
+    keys = [t.key for t in method.directions.tensors]
+    assert keys and all("lora_" in k and "layers.0." in k for k in keys)
+    with pytest.raises(EdgetuneError, match="zo_trainable lora or frozen"):
+        build_method("hybrid", _held(llama_folder).model,
+                     MethodSettings(lr=1e-2, total_steps=3, options={}))  # fmt: skip
+
+
 def test_methods_that_change_every_weight_are_refused_over_a_held_base():
     for method in ("backprop", "mezo", "pepita", "mempepita"):
         with pytest.raises(EdgetuneError, match="holds the base frozen"):

@@ -36,6 +36,7 @@ vocabulary for an LM head, batch x labels for a classifier):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgetune.cost.graph import Event, Tape
@@ -44,13 +45,21 @@ CHUNK = 1 << 18  # elements of z MeZO draws at a time (edgetune.methods.mezo.CHU
 FP32 = 4  # bytes per element of the loss's log-softmax and the output error
 
 
-def mezo_peak(tape: Tape, weight_bytes: float, adapters: bool = False) -> float:
+def mezo_peak(
+    tape: Tape,
+    weight_bytes: float,
+    adapters: bool = False,
+    perturbs: Callable[[Event], bool] | None = None,
+) -> float:
     """Live bytes at the peak of a MeZO step beyond the weights: the largest set of a
     forward's live tensors with the perturbed copy (or perturbed rows) of that op's
     parameters. `adapters`: only the op's trained tensors (LoRA factors, a trained head) are
-    copied, and PEFT's LoRA branch adds B(A x), an output-sized tensor, beside the base's."""
+    copied, and PEFT's LoRA branch adds B(A x), an output-sized tensor, beside the base's.
+    `perturbs`: the ops whose parameters are perturbed (all unless given; a hybrid's bottom)."""
 
     def perturbation(_: int, e: Event) -> float:
+        if perturbs is not None and not perturbs(e):
+            return 0.0
         if adapters:
             n = sum(v for _, v in e.params)
             if not n:

@@ -22,6 +22,12 @@ existing one needs nothing here. The rules edgetune's methods use:
 - zeroth-order, adapters
                      SPSA over rank-r adapters on chosen linears (`mezo` with trainable
                      `lora`): the adapters are extra weights; only they are copied perturbed.
+- backward, scheme, zeroth-order below
+                     backprop over a scheme of the top blocks, SPSA below them (`hybrid`):
+                     the scheme's step (activations, gradients and optimizer state of the top
+                     only) plus a forward without a graph; z spans the embeddings and the
+                     blocks under the boundary (`below` all) or adapters on them (`adapters`);
+                     one module's perturbed copy at a time.
 
 Memory components: weights, gradients (PEPITA's: its updates), optimizer state, activations
 (kept across the step: saved for backward, or PEPITA's clean outputs and F e) and workspace
@@ -67,21 +73,34 @@ class Rule:
         or `linears` (every linear and the head; norms and embeddings stay frozen).
     lockstep: a forward-only rule that runs its modulated pass beside the clean one
         (MEMPEPITA), so no layer's activations outlive the layer.
+    below: a backward rule over a scheme that trains the blocks under the scheme's boundary
+        (`zo_blocks` of `step_cost`) and the embeddings by zeroth-order (ElasticZO's hybrid):
+        `all` their weights or `adapters` on them; None: they stay frozen.
     """
 
     update: str
     trains: str
     lockstep: bool = False
+    below: str | None = None
 
     def __post_init__(self) -> None:
         if self.update not in UPDATES or self.trains not in TRAINS:
             raise EdgetuneError(f"unknown rule ({self.update}, {self.trains})")
+        if self.below is not None and (
+            self.below not in ("all", "adapters")
+            or (self.update, self.trains) != ("backward", "scheme")
+        ):
+            raise EdgetuneError(
+                f"zeroth-order below a scheme trains all or adapters, under a backward rule "
+                f"over a scheme; got ({self.update}, {self.trains}, below {self.below})"
+            )
 
     @property
     def passes(self) -> int:
         """Times a step reads every weight: forward and backward, two perturbed forwards, or
-        PEPITA's two passes (three in lockstep)."""
-        return 3 if self.lockstep else 2
+        PEPITA's two passes (three in lockstep); a hybrid's two forwards and the top's
+        backward (three, an upper bound)."""
+        return 3 if self.lockstep or self.below else 2
 
 
 @dataclass(frozen=True)
@@ -220,6 +239,7 @@ def step_cost(
     checkpointing: bool = False,
     chunked_loss: bool = False,
     queries: int = 1,
+    zo_blocks: int = 0,
 ) -> StepCost:
     """Predict one training step of `rule` on `s` (`label` names it in the result).
     `softmax_jacobian` switches to the seed paper's convention of a full softmax Jacobian
@@ -231,7 +251,8 @@ def step_cost(
     of 4-bit codes unpacked beside it). `checkpointing`: blocks keep only their inputs and run
     their forward again in the backward. `chunked_loss`: a causal LM's frozen head and loss
     run a vocabulary chunk at a time (`Tape.chunked_head`). `queries`: a zeroth-order rule's
-    SPSA estimates per step (two forwards each)."""
+    SPSA estimates per step (two forwards each). `zo_blocks`: a rule with zeroth-order `below`
+    trains the embeddings and blocks 0..zo_blocks-1 by SPSA (its scheme the blocks above)."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if not 0 < scored <= 1:
@@ -293,6 +314,14 @@ def step_cost(
         work = max(fwd_peak - acts, bwd_transient, step) + dequant
         copies = tape.split_copies * p.nbytes("weights")
         peak = w + copies + opt + max(fwd_peak, bwd_peak, grads + step) + dequant
+        if rule.below is not None:  # the gradient-free forward and SPSA of the bottom
+            low = _below(s, rule.below, inp, p, zo_blocks, lora_rank, lora_units, tr.head)
+            fwd = 2 * low.fwd
+            elem_f = 2 * low.elementwise + 4 * low.params  # + z drawn thrice and the update
+            extra = low.adapters * p.nbytes("weights")  # adapters are extra weights
+            w, params, trained = w + extra, params + low.adapters, trained + low.params
+            work = max(work, low.peak + dequant)
+            peak = max(peak + extra, w + copies + opt + low.peak + dequant)
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, fwd, bwd, 0.0, elem_f, elem_b,
             Memory(w, grads, opt, acts, work, peak, copies), params, trained, rule.passes,
@@ -325,6 +354,53 @@ def step_cost(
         n_fwd * elem_f, 0.0, Memory(w, f.updates, opt, f.kept, work, w + opt + f.peak),
         params, trained, rule.passes,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Below:
+    """The zeroth-order bottom of a hybrid step: one forward's MACs and element-wise work (with
+    the bottom's adapters), the elements z spans, the adapters' parameters (extra weights) and
+    the live bytes at the peak of the gradient-free forward with one perturbed copy."""
+
+    fwd: float
+    elementwise: float
+    params: float
+    adapters: float
+    peak: float
+
+
+def _below(
+    s: ModelShape,
+    below: str,
+    inp: Inputs,
+    p: Precision,
+    zo_blocks: int,
+    lora_rank: int,
+    lora_units: tuple[str, ...],
+    head_trains: bool,
+) -> _Below:
+    n_blocks = s.n_layers + s.n_dec_layers
+    if not 0 <= zo_blocks <= n_blocks:
+        raise EdgetuneError(f"zo_blocks={zo_blocks} must lie in 0..{n_blocks} blocks")
+    adapters = below == "adapters"
+    if adapters:
+        bad = set(lora_units) - set(LORA_UNITS)
+        if bad:
+            raise EdgetuneError(f"unknown LoRA targets {sorted(bad)}; choose from {LORA_UNITS}")
+        lora = Train(lora_rank=lora_rank)
+        tr = Trainability(lambda u, i: lora if i < zo_blocks and u in lora_units else FROZEN,
+                          False, False)  # fmt: skip
+    else:  # counted as trained: the elements z spans
+        tr = Trainability(lambda u, i: FULL if i < zo_blocks else FROZEN, True, False)
+    tape = Tape(p.nbytes("activations"))
+    record(s, tape, tr, inp)  # trained: the bottom only (a stack's final norm below k with it)
+    segs = tape.segments
+    spanned = sum(g.trained_params for g in segs)
+    if not adapters and s.tied and head_trains and inp.head == "lm":  # a tied LM head: backprop
+        spanned -= s.vocab * s.emb_width
+    peak = mezo_peak(tape, p.nbytes("weights"), adapters, lambda e: bool(e.params))
+    return _Below(sum(g.fwd_macs for g in segs), sum(g.fwd_elementwise for g in segs), spanned,
+                  spanned if adapters else 0.0, peak)  # fmt: skip
 
 
 def eval_peak(

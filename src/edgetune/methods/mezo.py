@@ -71,7 +71,9 @@ CHUNK = 1 << 18  # elements of z generated at a time (1 MB in fp32)
 
 
 @dataclass
-class _Tensor:
+class ZoTensor:
+    """One tensor a zeroth-order estimate perturbs and trains (or the trained rows of one)."""
+
     key: str  # trainable_state key (row key for a part of a weight)
     param: nn.Parameter
     index: tuple[slice, ...] | None  # the part that trains; None: all of it
@@ -80,55 +82,20 @@ class _Tensor:
         return self.param.data if self.index is None else self.param.data[self.index]
 
 
-class Mezo:
-    name = "mezo"
+class Directions:
+    """Seeded directions z over a list of tensors, regenerated chunk by chunk and never stored;
+    the forward in which every module sees its tensors at theta + scale z (`perturbed`); and the
+    update theta <- theta - lr (g z + decay theta) (`replay`): MeZO's perturbation machinery,
+    which `mezo` runs over the tensors it trains and `hybrid` over the blocks below its
+    boundary."""
 
-    def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
-        self.options = options_of(settings, MezoOptions, self.name)
-        if self.options.lora is not None:
-            model = adapt(model, self.options.lora)
-        self.model, self.settings = model, settings
-        self.lam = lr_lambda(settings)
-        self.tensors = self._select(model)
-        if not self.tensors:
-            raise EdgetuneError("mezo: nothing to train")
-        freeze_all(model)  # no autograd anywhere
-        ids = {id(t.param) for t in self.tensors}
+    def __init__(self, model: nn.Module, tensors: list[ZoTensor], perturbation_rank: int = 0):
+        self.tensors, self.perturbation_rank = tensors, perturbation_rank
+        ids = {id(t.param) for t in tensors}
         self._owners = [
             m for m in model.modules() if any(id(p) in ids for p in m.parameters(recurse=False))
         ]
-        self.steps = 0
-        self.history: list[tuple[int, float, float]] = []
 
-    @property
-    def queries(self) -> int:
-        """History entries per step: one per query."""
-        return self.options.queries
-
-    def _select(self, model: nn.Module) -> list[_Tensor]:
-        if self.options.trainable == "all":
-            return [_Tensor(n, p, None) for n, p in model.named_parameters()]
-        if self.options.trainable == "lora":  # the adapters (and head) PEFT left trainable
-            return [_Tensor(n, p, None) for n, p in model.named_parameters() if p.requires_grad]
-        anatomy = describe(model)
-        scheme = resolve_scheme(self.options.trainable, anatomy.n_layers)
-        out: list[_Tensor] = []
-        for plan in plan_modules(model, anatomy, scheme):
-            out += [_Tensor(n, p, None) for n, p in plan_parameters(plan)]
-            if plan.split:
-                conv = is_conv1d(plan.module)
-                rows = slice(0, plan.rows)
-                index = (slice(None), rows) if conv else (rows,)
-                out.append(
-                    _Tensor(
-                        row_key(f"{plan.name}.weight", plan.rows, conv),
-                        cast(nn.Parameter, plan.module.weight),
-                        index,
-                    )
-                )
-        return out
-
-    # -- z and perturbations ------------------------------------------------------------------
     def chunks(self, seed: int, i: int) -> Iterator[tuple[slice, torch.Tensor]]:
         """z for trainable tensor i at seed `seed`, as (rows, z[rows]) chunks of at most
         CHUNK elements along dim 0; chunk j draws from its own generator seeded with
@@ -140,7 +107,7 @@ class Mezo:
         row = max(1, math.prod(shape[1:]))
         step = max(1, CHUNK // row) if shape else 1
         base = mix_seed(seed, i)
-        k = self.options.perturbation_rank if len(shape) >= 2 else 0
+        k = self.perturbation_rank if len(shape) >= 2 else 0
         if k:
             g = torch.Generator(device=device).manual_seed(mix_seed(base, -1))
             v = torch.randn(row, k, generator=g, device=device) / math.sqrt(k)  # (columns, k)
@@ -215,12 +182,8 @@ class Mezo:
             for pid, (original, _) in swapped.items():  # after an exception mid-forward
                 next(t.param for t in self.tensors if id(t.param) == pid).data = original
 
-    def replay(
-        self, seed: int, projected_grad: float, lr: float, weight_decay: float = 0.0
-    ) -> None:
-        """theta <- theta - lr (g z(seed) + wd / n theta): one history entry's update from its
-        (seed, g); n is `queries`, so the n entries of a step decay theta by wd once."""
-        decay = weight_decay / self.queries
+    def replay(self, seed: int, projected_grad: float, lr: float, decay: float = 0.0) -> None:
+        """theta <- theta - lr (g z(seed) + decay theta), decay on matrices only."""
         with torch.no_grad():
             for i, t in enumerate(self.tensors):
                 wd = decay if t.param.ndim >= 2 else 0.0
@@ -228,6 +191,73 @@ class Mezo:
                 for rows, z in self.chunks(seed, i):
                     v = view[rows]
                     v.sub_(lr * (projected_grad * z + wd * v))
+
+
+class Mezo:
+    name = "mezo"
+
+    def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
+        self.options = options_of(settings, MezoOptions, self.name)
+        if self.options.lora is not None:
+            model = adapt(model, self.options.lora)
+        self.model, self.settings = model, settings
+        self.lam = lr_lambda(settings)
+        tensors = self._select(model)
+        if not tensors:
+            raise EdgetuneError("mezo: nothing to train")
+        freeze_all(model)  # no autograd anywhere
+        self.directions = Directions(model, tensors, self.options.perturbation_rank)
+        self.steps = 0
+        self.history: list[tuple[int, float, float]] = []
+
+    @property
+    def tensors(self) -> list[ZoTensor]:
+        return self.directions.tensors
+
+    def chunks(self, seed: int, i: int) -> Iterator[tuple[slice, torch.Tensor]]:
+        return self.directions.chunks(seed, i)
+
+    def z(self, seed: int, i: int) -> torch.Tensor:
+        return self.directions.z(seed, i)
+
+    def perturbed(self, seed: int, scale: float):
+        """See `Directions.perturbed`."""
+        return self.directions.perturbed(seed, scale)
+
+    def replay(
+        self, seed: int, projected_grad: float, lr: float, weight_decay: float = 0.0
+    ) -> None:
+        """theta <- theta - lr (g z(seed) + wd / n theta): one history entry's update from its
+        (seed, g); n is `queries`, so the n entries of a step decay theta by wd once."""
+        self.directions.replay(seed, projected_grad, lr, weight_decay / self.queries)
+
+    @property
+    def queries(self) -> int:
+        """History entries per step: one per query."""
+        return self.options.queries
+
+    def _select(self, model: nn.Module) -> list[ZoTensor]:
+        if self.options.trainable == "all":
+            return [ZoTensor(n, p, None) for n, p in model.named_parameters()]
+        if self.options.trainable == "lora":  # the adapters (and head) PEFT left trainable
+            return [ZoTensor(n, p, None) for n, p in model.named_parameters() if p.requires_grad]
+        anatomy = describe(model)
+        scheme = resolve_scheme(self.options.trainable, anatomy.n_layers)
+        out: list[ZoTensor] = []
+        for plan in plan_modules(model, anatomy, scheme):
+            out += [ZoTensor(n, p, None) for n, p in plan_parameters(plan)]
+            if plan.split:
+                conv = is_conv1d(plan.module)
+                rows = slice(0, plan.rows)
+                index = (slice(None), rows) if conv else (rows,)
+                out.append(
+                    ZoTensor(
+                        row_key(f"{plan.name}.weight", plan.rows, conv),
+                        cast(nn.Parameter, plan.module.weight),
+                        index,
+                    )
+                )
+        return out
 
     # -- protocol -------------------------------------------------------------------------
     def step(self, batches: Sequence[Batch]) -> StepResult:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgetune.errors import EdgetuneError
-from edgetune.scheme import UpdateScheme, read_scheme
+from edgetune.scheme import UNITS, UpdateScheme, read_scheme, resolve_scheme
 
 
 def _set(obj: object, name: str, value: object) -> None:
@@ -122,6 +122,115 @@ class MezoOptions:
         if self.trainable != "lora":
             return None
         return LoraOptions(r=self.rank, alpha=2.0 * self.rank, target_modules=self.target_modules)
+
+
+@dataclass(frozen=True)
+class HybridOptions:
+    """Options of `hybrid`."""
+
+    backprop_blocks: int | None = None
+    """Top blocks trained by backpropagation, with the head (the boundary: blocks from
+    n - backprop_blocks up; 0: only the head). The blocks below the boundary and the input
+    embeddings train by zeroth-order (SPSA), as `zo_trainable` says. Unset: the lowest block
+    `scheme` trains; without a scheme, the most blocks whose step fits the run's budget
+    (`train.budget`, `train.device`; docs/planning.md), else 1."""
+    scheme: str | UpdateScheme | None = None
+    """A sparse update scheme over the top blocks (as sparse's option: name, YAML path, inline);
+    it names no block below the boundary. Unset: every unit of the top blocks and the head
+    (last-N, N = backprop_blocks)."""
+    zo_trainable: str = "all"
+    """What the zeroth-order estimate trains below the boundary: `all` (every weight of the
+    embeddings and the bottom blocks), `lora` (LoRA factors of rank `rank` on `target_modules`
+    of the bottom blocks; their base stays frozen) or `frozen` (nothing: the step is sparse
+    backprop over the top)."""
+    zo_lr: float = 1e-6
+    """Learning rate of the zeroth-order update (SGD; the run's learning rate and schedule
+    drive the top's AdamW, this one follows the same schedule)."""
+    eps: float = 1e-3
+    """Perturbation scale of the zeroth-order estimate."""
+    rank: int = 8
+    """LoRA rank of the bottom's adapters when zo_trainable is `lora`."""
+    target_modules: tuple[str, ...] = ("qkv",)
+    """Scheme units of the bottom blocks that get adapters when zo_trainable is `lora`."""
+    perturbation_rank: int = 0
+    """0: dense z; k > 0: low-rank z per matrix, as mezo's option of that name."""
+    dropout: bool = True
+    """Dropout in the top blocks (as sparse's option; both perturbed forwards draw the same
+    masks). The bottom runs without dropout, as MeZO does."""
+
+    ZO_TRAINABLE = ("all", "lora", "frozen")
+
+    def __post_init__(self) -> None:
+        if self.backprop_blocks is not None and self.backprop_blocks < 0:
+            raise EdgetuneError(
+                f"hybrid option backprop_blocks must be an integer >= 0, got "
+                f"{self.backprop_blocks!r}"
+            )
+        if self.scheme is not None:
+            _set(self, "scheme", read_scheme(self.scheme))
+        if self.zo_trainable not in self.ZO_TRAINABLE:
+            raise EdgetuneError(
+                f"hybrid option zo_trainable={self.zo_trainable!r}: use "
+                + ", ".join(self.ZO_TRAINABLE)
+            )
+        for key in ("zo_lr", "eps"):
+            if not getattr(self, key) > 0:
+                raise EdgetuneError(
+                    f"hybrid option {key} must be a positive number, got {getattr(self, key)!r}"
+                )
+        for key, least in (("rank", 1), ("perturbation_rank", 0)):
+            if getattr(self, key) < least:
+                raise EdgetuneError(
+                    f"hybrid option {key} must be an integer >= {least}, got {getattr(self, key)!r}"
+                )
+        if isinstance(self.target_modules, str):
+            _set(self, "target_modules", (self.target_modules,))
+        bad = [t for t in self.target_modules if t not in UNITS or t in ("head", "norm")]
+        if bad or not self.target_modules:
+            raise EdgetuneError(
+                f"hybrid option target_modules={list(self.target_modules)!r}: name scheme units "
+                "of a block (qkv, attn_out, ffn1, ffn2)"
+            )
+
+    def top_scheme(self, n_layers: int) -> UpdateScheme:
+        """The sparse scheme of the top blocks in a model of `n_layers` blocks: the `scheme`
+        option, checked to stay above the boundary, else last-N."""
+        boundary = self.boundary(n_layers)
+        if self.scheme is None:
+            return UpdateScheme.last_k(n_layers, n_layers - boundary)
+        scheme = resolve_scheme(self.scheme, n_layers)
+        low = scheme.lowest_layer()
+        if low is not None and low < boundary:
+            raise EdgetuneError(
+                f"hybrid: scheme {scheme.name!r} trains block {low}, below the boundary "
+                f"{boundary} ({n_layers - boundary} top blocks by backprop): raise "
+                "backprop_blocks, or name only the top blocks"
+            )
+        return scheme
+
+    def boundary(self, n_layers: int) -> int:
+        """The lowest block trained by backprop (n_layers: none, only the head); the blocks
+        under it train by zeroth-order."""
+        if self.backprop_blocks is None:
+            if self.scheme is None:
+                return max(0, n_layers - 1)
+            low = resolve_scheme(self.scheme, n_layers).lowest_layer()
+            return n_layers if low is None else low
+        if self.backprop_blocks > n_layers:
+            raise EdgetuneError(
+                f"hybrid option backprop_blocks={self.backprop_blocks}: the model has "
+                f"{n_layers} blocks"
+            )
+        return n_layers - self.backprop_blocks
+
+    @property
+    def lora(self) -> LoraOptions | None:
+        """The bottom's adapters (zo_trainable `lora`; alpha = 2 rank, as mezo's), else None;
+        their targets are narrowed to the bottom blocks when the model is known."""
+        if self.zo_trainable != "lora":
+            return None
+        return LoraOptions(r=self.rank, alpha=2.0 * self.rank, target_modules=self.target_modules,
+                           train_head=False)  # fmt: skip
 
 
 @dataclass(frozen=True)

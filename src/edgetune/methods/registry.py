@@ -24,6 +24,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.families import FAMILIES, MODEL_TYPES, roles_of_leaf
 from edgetune.fields import build
 from edgetune.methods.options import (
+    HybridOptions,
     LoraOptions,
     MezoOptions,
     NoOptions,
@@ -56,6 +57,10 @@ class MethodSpec:
     a codec) or `seeds` (its steps' seeds and scalars, which the server replays)."""
     scheme_option: str | None = None
     """The option that holds an UpdateScheme (the planner fills it for a budget)."""
+    blocks_option: str | None = None
+    """The option that holds how many top blocks train by backprop (`hybrid`); where it and
+    the scheme are unset, a run with a budget gets the most that fit (`plan.planner.plan_blocks`)
+    instead of a planned scheme."""
     suggestions: tuple[Mapping[str, Any], ...] = ({},)
     """Option sets named as alternatives when a run does not fit its budget."""
     cost_inputs: Callable[[Any, ModelShape], dict[str, Any]] = lambda options, shape: {}
@@ -127,6 +132,20 @@ def _mezo_cost(options: MezoOptions, shape: ModelShape) -> dict[str, Any]:
     return {"queries": options.queries, **(_lora_cost(lora, shape) if lora is not None else {})}
 
 
+def _hybrid_rule(options: HybridOptions) -> Rule:
+    below = {"all": "all", "lora": "adapters"}.get(options.zo_trainable)
+    return Rule("backward", "scheme", below=below)
+
+
+def _hybrid_cost(options: HybridOptions, shape: ModelShape) -> dict[str, Any]:
+    """The top's scheme, the boundary (blocks under it train by zeroth-order) and, for
+    adapters below it, LoRA's rank and roles."""
+    n = _blocks(shape)
+    lora = options.lora
+    return {"scheme": options.top_scheme(n), "zo_blocks": options.boundary(n),
+            **(_lora_cost(lora, shape) if lora is not None else {})}  # fmt: skip
+
+
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in [
@@ -154,6 +173,13 @@ METHODS: dict[str, MethodSpec] = {
             "mezo", "zeroth-order SPSA with the seed trick: inference memory", MezoOptions,
             "edgetune.methods.mezo:Mezo", Rule("zeroth-order", "all"), rule_of=_mezo_rule,
             optimizer=lambda options: "sgd", sends="seeds", cost_inputs=_mezo_cost,
+        ),
+        MethodSpec(
+            "hybrid", "backprop on the top blocks, zeroth-order (SPSA) below them",
+            HybridOptions, "edgetune.methods.hybrid:Hybrid",
+            Rule("backward", "scheme", below="all"),
+            rule_of=_hybrid_rule, cost_inputs=_hybrid_cost, suggestions=(),
+            scheme_option="scheme", blocks_option="backprop_blocks",
         ),
         MethodSpec(
             "lora", "low-rank adapters through PEFT", LoraOptions,

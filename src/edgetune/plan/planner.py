@@ -128,6 +128,38 @@ class Planner:
         return predict(self.inputs, self.method, self.options).memory.weights
 
 
+def plan_blocks(
+    inputs: StepInputs,
+    method: str,
+    options: object,
+    budget: str | float | None = None,
+    device: str | None = None,
+) -> tuple[int, StepCost]:
+    """The most top blocks trained by backprop (the method's `blocks_option`; `hybrid`'s
+    boundary) whose forecast step fits the budget (the step's peak, weights included; or a
+    device's memory), with that step's forecast: every count from all blocks down to none,
+    the first that fits."""
+    from edgetune.methods.registry import get_method
+
+    spec = get_method(method)
+    option = spec.blocks_option
+    if option is None:
+        raise EdgetuneError(f"method {method} has no count of backprop blocks to plan")
+    limit = budget_bytes(budget, device)
+    if limit is None:
+        raise EdgetuneError("give a memory budget (e.g. 64MB) or a device")
+    opts = spec.parse(options)
+    n = inputs.shape.n_layers + inputs.shape.n_dec_layers
+    for k in range(n, -1, -1):
+        cost = predict(inputs, method, replace(opts, **{option: k}))
+        if cost.memory.peak <= limit:
+            return k, cost
+    raise EdgetuneError(
+        f"{method} does not fit {human_bytes(limit)} even with no block by backprop (peak "
+        f"{human_bytes(cost.memory.peak)}): raise the budget, or lower the batch or sequence"
+    )
+
+
 def make_plan(
     session: Session,
     budget: str | float | None = None,
