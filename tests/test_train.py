@@ -309,7 +309,7 @@ def test_out_pointing_at_a_file_is_refused(tiny_bert, topics_jsonl, tmp_path):
 
 
 def test_a_hybrid_with_a_budget_gets_the_most_backprop_blocks_that_fit(
-    tiny_bert, topics_jsonl, tmp_path
+    tiny_bert, topics_jsonl, tmp_path, fixed_overhead
 ):
     """Neither backprop_blocks nor a scheme: the run plans the count (`plan_blocks`) and keeps
     it in its config.yaml; a budget between the peaks of one and two blocks gives one."""
@@ -321,7 +321,7 @@ def test_a_hybrid_with_a_budget_gets_the_most_backprop_blocks_that_fit(
     probe = load(_cfg(tiny_bert, topics_jsonl, tmp_path / "p", "train.method=hybrid"))
     one, two = (predict(probe.step_inputs(), "hybrid", HybridOptions(backprop_blocks=k))
                 for k in (1, 2))  # fmt: skip
-    budget = int((one.memory.peak + two.memory.peak) / 2)
+    budget = int(fixed_overhead + (one.memory.peak + two.memory.peak) / 2)
     out = tmp_path / "h"
     # Execute
     finetune(_cfg(tiny_bert, topics_jsonl, out, "train.method=hybrid", "train.max_steps=2",

@@ -147,9 +147,10 @@ def _planned(session: Session, console: Console) -> Session:
             return session
         from edgetune.plan.planner import plan_blocks
 
+        around = session.overhead().total
         k, cost = plan_blocks(session.step_inputs(), cfg.train.method, cfg.method,
-                              cfg.train.budget, cfg.train.device)  # fmt: skip
-        peak = human_bytes(cost.memory.peak)
+                              cfg.train.budget, cfg.train.device, around)  # fmt: skip
+        peak = human_bytes(around + cost.memory.peak)
         console.print(f"planned for the budget: {blocks}={k} (peak {peak}; kept in the run's "
                       "config.yaml)")  # fmt: skip
         return session.with_config(cfg.with_changes({f"method.{blocks}": k}))

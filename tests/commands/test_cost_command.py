@@ -88,3 +88,23 @@ def test_devices_lists_profiles(app, tmp_path, monkeypatch):
     for name in ("stm32h7", "rpi4", "jetson-agx-orin", "mtia-v1", "h100", "this-machine"):
         assert name in r.output
     assert "not measured yet" in r.output and "NVIDIA A100 datasheet" in r.output
+
+
+def test_cost_accounting_paper_is_the_paper_s_own_beside_ours(app):
+    """`--accounting paper` gives the seed paper's MACs and activation counts (its block
+    formulas, `edgetune.cost.paper`) beside edgetune's, for the rules the paper covers."""
+    from edgetune.cost import paper
+
+    r = CliRunner().invoke(app, ["cost", "--model", "distilbert", "--method", "backprop,lora",
+                                 "--seq", "2048", "--accounting", "paper", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    bp, lora = json.loads(r.output)
+    assert bp["paper_macs"] == paper.macs(paper.DISTILBERT, 2048)["backprop"]
+    assert bp["paper_activations"] == paper.activations(paper.DISTILBERT, 2048)["backprop"]
+    assert bp["paper_macs"] > bp["macs"]  # the one-hot embedding and the softmax Jacobian
+    assert "paper_macs" not in lora  # the paper accounts for backprop, pepita, mempepita
+    table = CliRunner().invoke(app, ["cost", "--model", "distilbert", "--seq", "128",
+                                     "--accounting", "paper"])  # fmt: skip
+    assert table.exit_code == 0 and "seed paper's accounting" in table.output
+    bad = CliRunner().invoke(app, ["cost", "--accounting", "papers"])
+    assert isinstance(bad.exception, EdgetuneError) and "default or paper" in str(bad.exception)

@@ -10,7 +10,7 @@ from edgetune.pipeline import load
 from edgetune.plan.analysis import analyze, measure_schemes
 from edgetune.plan.table import AnalysisSettings, Candidate, scheme_of
 from edgetune.report.figures import plot_gains
-from edgetune.scheme import UpdateScheme
+from edgetune.scheme import UpdateScheme, resolve_scheme
 
 
 def _config(tiny_bert, topics_jsonl, *extra):
@@ -142,3 +142,23 @@ def test_random_init_is_part_of_the_cache_key():
     s = AnalysisSettings()
     assert _fingerprint(Loaded(), s) != _fingerprint(Loaded("model.random_init=true"), s)
     assert _fingerprint(Loaded(), s) == _fingerprint(Loaded(), s)
+
+
+def test_the_analysis_time_is_expected_from_the_cost_model_on_this_machine(
+    cfg, tmp_path, monkeypatch
+):
+    """Unknown before this machine's peak is measured; then each candidate's short run at the
+    cost model's step time, so more steps take longer."""
+    from dataclasses import replace
+
+    from edgetune.plan.analysis import expected_time
+
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path))
+    schemes = [resolve_scheme("last-1", 2), resolve_scheme("last-2", 2)]
+    assert expected_time(cfg, SETTINGS, schemes) is None
+    (tmp_path / "this-machine.json").write_text(json.dumps(
+        {"when": "now", "peak_flops": {"fp32": 1e10}, "bandwidth": 1e10}))  # fmt: skip
+    two = expected_time(cfg, SETTINGS, schemes)
+    four = expected_time(cfg, replace(SETTINGS, steps=4), schemes)
+    assert two is not None and four is not None and 0 < two < four
+    assert expected_time(cfg, SETTINGS, schemes[:1]) < two

@@ -134,11 +134,12 @@ def plan_blocks(
     options: object,
     budget: str | float | None = None,
     device: str | None = None,
+    overhead: float = 0.0,
 ) -> tuple[int, StepCost]:
     """The most top blocks trained by backprop (the method's `blocks_option`; `hybrid`'s
-    boundary) whose forecast step fits the budget (the step's peak, weights included; or a
-    device's memory), with that step's forecast: every count from all blocks down to none,
-    the first that fits."""
+    boundary) whose forecast fits the budget (the process's peak: `overhead` bytes around the
+    step and the step's peak; or a device's memory), with that step's forecast: every count
+    from all blocks down to none, the first that fits."""
     from edgetune.methods.registry import get_method
 
     spec = get_method(method)
@@ -152,11 +153,12 @@ def plan_blocks(
     n = inputs.shape.n_layers + inputs.shape.n_dec_layers
     for k in range(n, -1, -1):
         cost = predict(inputs, method, replace(opts, **{option: k}))
-        if cost.memory.peak <= limit:
+        if overhead + cost.memory.peak <= limit:
             return k, cost
     raise EdgetuneError(
-        f"{method} does not fit {human_bytes(limit)} even with no block by backprop (peak "
-        f"{human_bytes(cost.memory.peak)}): raise the budget, or lower the batch or sequence"
+        f"{method} does not fit {human_bytes(limit)} even with no block by backprop (process "
+        f"peak {human_bytes(overhead + cost.memory.peak)}): raise the budget, or lower the "
+        "batch or sequence"
     )
 
 
