@@ -66,8 +66,8 @@ def test_a_run_records_every_step_and_validation_and_draws_its_curves(
     ]  # fmt: skip
     steps = [r for r in records if "loss" in r]
     for r in steps:
-        assert set(r) == {"step", "loss", "lr", "grad_norm", "step_s", "rss_mb"}
-        assert r["step_s"] > 0 and r["rss_mb"] > 0 and r["grad_norm"] > 0
+        assert set(r) == {"step", "loss", "lr", "grad_norm", "step_s", "rss_mb", "eta_s"}
+        assert r["step_s"] > 0 and r["rss_mb"] > 0 and r["grad_norm"] > 0 and r["eta_s"] >= 0
     assert [r["loss"] for r in steps] == result.metrics["train"]["loss_history"]
     assert [{"step": r["step"], **r["validation"]} for r in records if "validation" in r] == (
         result.metrics["validation_history"]
