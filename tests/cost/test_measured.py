@@ -31,7 +31,8 @@ def _build(cfg, cls_name):
     return getattr(transformers, cls_name)(cfg).eval()  # eval: dropout off
 
 
-def _loss_fn(model, cfg, head):
+def _batch(cfg, head):
+    """A fixed batch of random ids and labels for the model's head."""
     import torch
 
     g = torch.Generator().manual_seed(1)
@@ -44,7 +45,12 @@ def _loss_fn(model, cfg, head):
         kw["labels"] = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
     else:
         kw["labels"] = torch.randint(0, 2, (B,), generator=g)
-    return lambda: model(input_ids=ids, **kw).loss
+    return {"input_ids": ids, **kw}
+
+
+def _loss_fn(model, cfg, head):
+    batch = _batch(cfg, head)
+    return lambda: model(**batch).loss
 
 
 def _saved_at_end(loss_fn, model) -> int:
@@ -174,3 +180,40 @@ def test_sparse_encoder_decoder_layer_numbering(tiny, k):
     assert 2 * c.bwd_macs == pytest.approx(measured.backward, rel=1e-9)
     assert c.memory.activations == pytest.approx(saved, rel=0.10)
     assert c.trained_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+FORWARD_MODE = ["bert", "bert-mlm", "distilbert", "gpt2", "llama-gqa", "llama-tied", "qwen3",
+                "t5"]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", FORWARD_MODE)
+@pytest.mark.parametrize("trainable", ["all", "lora"])
+def test_forward_mode_flops_are_a_forward_and_its_backward(tiny, family, trainable):
+    """The runtime's `forward_grad` jvp (one forward with tangents) counted by FlopCounterMode
+    against the registry's rule and cost inputs for these options: each matrix product whose
+    output carries a tangent forms two more, one per operand, a frozen weight's zero tangent
+    included (over LoRA: every frozen linear above the first adapter). Over all parameters
+    that is a forward and its backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgetune.methods import METHODS, build_method
+    from edgetune.methods.base import MethodSettings
+
+    cfg, cls_name, head = tiny[family]
+    model = _build(cfg, cls_name)
+    spec = METHODS["forward_grad"]
+    options = spec.parse({"trainable": trainable, "rank": 4})
+    m = build_method("forward_grad", model, MethodSettings(lr=1e-3, total_steps=1,
+                                                           options=options))  # fmt: skip
+    batch = _batch(cfg, head)
+    with FlopCounterMode(display=False) as counter:
+        m.directional_derivative(0, [batch])
+    shape = shape_from_config(cfg.to_dict())
+    c = step_cost(shape, spec.rule_for(options), B, T, TGT, head=head,
+                  **spec.cost_inputs(options, shape))  # fmt: skip
+    bp = step_cost(shape, RULES["backprop"], B, T, TGT, head=head)
+    assert 2 * c.fwd_macs == pytest.approx(counter.get_total_flops(), rel=1e-9)
+    assert c.bwd_macs == 0 and c.fwd_macs <= bp.macs
+    if trainable == "all":  # every product carries tangents: a forward and its backward
+        assert c.fwd_macs == bp.macs
+    assert c.trained_params == sum(t.param.numel() for t in m.tensors)

@@ -34,6 +34,7 @@ SETTINGS = {
         "llama": (1e-2, {"trainable": "last-1"}, 25),
     },
     "lora": {"bert": (1e-2, {"r": 4}, 5), "llama": (1e-2, {"r": 4}, 5)},
+    "forward_grad": {"bert": (5e-2, {"rank": 4}, 15), "llama": (5e-2, {"rank": 4}, 15)},
 }
 CASES = [pytest.param(m, k, id=f"{m}-{k}") for m in METHODS for k in MODELS]
 # tiny LMs of the other decoder families (tests/tiny.py), trained with Llama's settings

@@ -24,6 +24,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.families import FAMILIES, MODEL_TYPES, roles_of_leaf
 from edgetune.fields import build
 from edgetune.methods.options import (
+    ForwardGradOptions,
     LoraOptions,
     MezoOptions,
     NoOptions,
@@ -121,8 +122,13 @@ def _mezo_rule(options: MezoOptions) -> Rule:
     return Rule("zeroth-order", "adapters" if options.lora is not None else "all")
 
 
-def _mezo_cost(options: MezoOptions, shape: ModelShape) -> dict[str, Any]:
-    """Queries per step, and LoRA's rank and roles when the estimate lives in adapters."""
+def _forward_grad_rule(options: ForwardGradOptions) -> Rule:
+    return Rule("forward-mode", "adapters" if options.lora is not None else "all")
+
+
+def _mezo_cost(options: MezoOptions | ForwardGradOptions, shape: ModelShape) -> dict[str, Any]:
+    """Queries per step, and LoRA's rank and roles when the estimate lives in adapters (`mezo`
+    and `forward_grad`)."""
     lora = options.lora
     return {"queries": options.queries, **(_lora_cost(lora, shape) if lora is not None else {})}
 
@@ -153,6 +159,12 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "mezo", "zeroth-order SPSA with the seed trick: inference memory", MezoOptions,
             "edgetune.methods.mezo:Mezo", Rule("zeroth-order", "all"), rule_of=_mezo_rule,
+            optimizer=lambda options: "sgd", sends="seeds", cost_inputs=_mezo_cost,
+        ),
+        MethodSpec(
+            "forward_grad", "forward gradient: one forward with a seeded tangent (jvp)",
+            ForwardGradOptions, "edgetune.methods.forward_grad:ForwardGrad",
+            Rule("forward-mode", "adapters"), rule_of=_forward_grad_rule,
             optimizer=lambda options: "sgd", sends="seeds", cost_inputs=_mezo_cost,
         ),
         MethodSpec(
