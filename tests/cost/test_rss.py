@@ -28,7 +28,9 @@ def measured():
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).parents[1])}  # fmt: skip
+           # the tests' folder first, then the caller's path (a checkout's src/ over the install)
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH")]))}  # fmt: skip
     script = Path(__file__).with_name("_rss_step.py")
     out = subprocess.run([sys.executable, str(script), "8", "256", *METHODS], env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
