@@ -19,7 +19,9 @@ bit, the same `queries` (n tangents at the same theta, applied one after the oth
 
 What differs from MeZO: the tangents of every trained tensor exist whole during the forward
 (`jvp` takes them as tensors), so the step holds one copy of the trained parameters beside the
-weights, and the forward carries each activation downstream of a trained tensor twice.
+weights, and the forward carries each activation downstream of a trained tensor twice; a
+matrix product whose output carries a tangent costs three (PyTorch's formula forms both
+operand terms, multiplying a frozen operand's missing tangent as zeros).
 """
 
 from __future__ import annotations
@@ -42,12 +44,12 @@ class _Loss(nn.Module):
     """The mean loss of micro-batches as a module's forward, so that `functional_call` can
     run it with the trained tensors swapped for the ones `jvp` passes (names under `model.`)."""
 
-    def __init__(self, model: nn.Module, chunked: bool) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.chunked = model, chunked
+        self.model = model
 
     def forward(self, batches: Sequence[Batch]) -> torch.Tensor:
-        return torch.stack([forward_loss(self.model, b, self.chunked) for b in batches]).mean()
+        return torch.stack([forward_loss(self.model, b) for b in batches]).mean()
 
 
 class ForwardGrad(Mezo):
@@ -69,7 +71,7 @@ class ForwardGrad(Mezo):
     def directional_derivative(self, seed: int, batches: Sequence[Batch]) -> tuple[float, float]:
         """(L(theta), <grad L(theta), v>) with v = z(seed) over the trainable tensors: one
         forward of the model with tangents, no backward."""
-        loss_of = _Loss(self.model, self.settings.chunked_loss)
+        loss_of = _Loss(self.model)
         names = [f"model.{t.key}" for t in self.tensors]
 
         def f(*params: torch.Tensor) -> torch.Tensor:
