@@ -10,8 +10,9 @@ cost model describes) and dropout 0 (dropout masks are not modelled). Checks (is
   backprop and the sparse scheme (requires_grad set by the real `sparse` method);
 - peak memory: predicted `memory.peak - weights - optimizer state` vs the growth of the resident
   high-water mark over two training steps of the real method in a fresh interpreter (15 %),
-  for backprop, sparse, mezo, pepita and mempepita. As tests/cost/_rss_step.py: a warm-up step on a
-  1 x 8 batch makes weights, optimizer state and library buffers resident, then the
+  for backprop, sparse, mezo, pepita, mempepita and forward_grad (over LoRA). As
+  tests/cost/_rss_step.py: a warm-up step on a 1 x 8 batch makes weights, optimizer state and
+  library buffers resident, then the
   high-water mark is reset (/proc/self/clear_refs, Linux) and glibc's mmap threshold is fixed
   (MALLOC_MMAP_THRESHOLD_=65536) so freed blocks leave the resident set.
 
@@ -40,7 +41,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "t5-small": {"head": "lm", "labels": 2, "flops": (2, 128, 32), "rss": (8, 128, 32),
                  "scheme": "last-2"},
 }  # fmt: skip
-RSS_METHODS = ["backprop", "sparse", "mezo", "pepita", "mempepita"]
+RSS_METHODS = ["backprop", "sparse", "mezo", "pepita", "mempepita", "forward_grad"]
 
 
 def build(name: str):

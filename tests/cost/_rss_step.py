@@ -13,16 +13,20 @@ from rules import RULES
 
 from edgetune.cost import shape_from_config, step_cost
 from edgetune.measure.memory import resident_growth
-from edgetune.methods import build_method
+from edgetune.methods import METHODS, build_method
 from edgetune.methods.base import MethodSettings
 from edgetune.scheme import UpdateScheme
 
 T.logging.set_verbosity_error()
 torch.set_num_threads(1)
 OPTIMIZER = {"mezo": "sgd", "pepita": "sgd", "mempepita": "sgd"}  # the rest: AdamW
+# a measured name that is a method under options: (method, options)
+VARIANTS = {"forward_grad": ("forward_grad", {"trainable": "all"}),
+            "forward_grad-lora": ("forward_grad", {"trainable": "lora"})}  # fmt: skip
 
 
-def measure(method: str, batch: int, seq: int) -> dict:
+def measure(name: str, batch: int, seq: int) -> dict:
+    method, options = VARIANTS.get(name, (name, {}))
     torch.manual_seed(0)
     cfg = T.BertConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2,
                        num_attention_heads=4, intermediate_size=512, max_position_embeddings=seq,
@@ -30,7 +34,7 @@ def measure(method: str, batch: int, seq: int) -> dict:
     cfg._attn_implementation = "eager"
     model = T.BertForMaskedLM(cfg).eval()
     scheme = UpdateScheme.qkv_ffn1(2, 1)
-    options = {"scheme": scheme} if method in ("sparse", "hybrid") else {}
+    options = {"scheme": scheme} if method in ("sparse", "hybrid") else options
     m = build_method(method, model, MethodSettings(lr=1e-6, total_steps=10, options=options))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 256, (batch, seq), generator=g)
@@ -39,9 +43,14 @@ def measure(method: str, batch: int, seq: int) -> dict:
     full = {"input_ids": ids, "labels": labels}
     growth = resident_growth(lambda: (m.step([small]), m.step([small])),
                              lambda: (m.step([full]), m.step([full])))  # fmt: skip
-    c = step_cost(shape_from_config(cfg.to_dict()), RULES[method], batch, seq, head="lm",
-                  scheme=scheme, optimizer=OPTIMIZER.get(method, "adamw"),
-                  zo_blocks=1)  # fmt: skip
+    shape, spec = shape_from_config(cfg.to_dict()), METHODS[method]
+    if name in VARIANTS:  # the registry's rule, optimizer and cost inputs for its options
+        opts = spec.parse(options)
+        c = step_cost(shape, spec.rule_for(opts), batch, seq, head="lm",
+                      optimizer=spec.optimizer(opts), **spec.cost_inputs(opts, shape))  # fmt: skip
+    else:
+        c = step_cost(shape, RULES[method], batch, seq, head="lm", scheme=scheme,
+                      optimizer=OPTIMIZER.get(method, "adamw"), zo_blocks=1)  # fmt: skip
     # weights and optimizer state were resident before the measured steps
     return {"measured": growth,
             "predicted": c.memory.peak - c.memory.weights - c.memory.optimizer}  # fmt: skip

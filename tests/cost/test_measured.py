@@ -40,6 +40,7 @@ def _loss_fn(model, cfg, head):
 
 
 def _batch(cfg, head) -> dict:
+    """A fixed batch of random ids and labels for the model's head."""
     import torch
 
     g = torch.Generator().manual_seed(1)
@@ -230,3 +231,40 @@ def test_hybrid_flops_and_saved_bytes(tiny, family, below):
     bottom = sum(t.view().numel() for t in m.directions.tensors)
     assert c.trained_params == top + bottom
     assert c.memory.optimizer == 2 * 4 * top  # AdamW moments of the top only
+
+
+FORWARD_MODE = ["bert", "bert-mlm", "distilbert", "gpt2", "llama-gqa", "llama-tied", "qwen3",
+                "t5"]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", FORWARD_MODE)
+@pytest.mark.parametrize("trainable", ["all", "lora"])
+def test_forward_mode_flops_are_a_forward_and_its_backward(tiny, family, trainable):
+    """The runtime's `forward_grad` jvp (one forward with tangents) counted by FlopCounterMode
+    against the registry's rule and cost inputs for these options: each matrix product whose
+    output carries a tangent forms two more, one per operand, a frozen weight's zero tangent
+    included (over LoRA: every frozen linear above the first adapter). Over all parameters
+    that is a forward and its backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgetune.methods import METHODS, build_method
+    from edgetune.methods.base import MethodSettings
+
+    cfg, cls_name, head = tiny[family]
+    model = _build(cfg, cls_name)
+    spec = METHODS["forward_grad"]
+    options = spec.parse({"trainable": trainable, "rank": 4})
+    m = build_method("forward_grad", model, MethodSettings(lr=1e-3, total_steps=1,
+                                                           options=options))  # fmt: skip
+    batch = _batch(cfg, head)
+    with FlopCounterMode(display=False) as counter:
+        m.directional_derivative(0, [batch])
+    shape = shape_from_config(cfg.to_dict())
+    c = step_cost(shape, spec.rule_for(options), B, T, TGT, head=head,
+                  **spec.cost_inputs(options, shape))  # fmt: skip
+    bp = step_cost(shape, RULES["backprop"], B, T, TGT, head=head)
+    assert 2 * c.fwd_macs == pytest.approx(counter.get_total_flops(), rel=1e-9)
+    assert c.bwd_macs == 0 and c.fwd_macs <= bp.macs
+    if trainable == "all":  # every product carries tangents: a forward and its backward
+        assert c.fwd_macs == bp.macs
+    assert c.trained_params == sum(t.param.numel() for t in m.tensors)

@@ -251,3 +251,28 @@ def test_zeroth_order_queries_and_adapters():
     assert _step_bytes(ada) < _step_bytes(one) < _step_bytes(bp_lora)
     with pytest.raises(EdgetuneError, match="query"):
         step_cost(S, zo, 4, 128, queries=0)
+
+
+def test_forward_mode_queries_tangents_and_adapters():
+    """Forward-mode over all parameters: a forward and its backward's MACs a query, one
+    query's peak whatever the count, the tangents a copy of the trained tensors and each live
+    activation twice (more than MeZO holds, less than backprop's saved activations and
+    optimizer state); over adapters the tangents shrink to the adapters'."""
+    fm, fm_lora = Rule("forward-mode", "all"), Rule("forward-mode", "adapters")
+    one, three = step_cost(S, fm, 4, 128), step_cost(S, fm, 4, 128, queries=3)
+    bp, zo = step_cost(S, RULES["backprop"], 4, 128), step_cost(S, RULES["mezo"], 4, 128)
+    assert one.fwd_macs == bp.macs and three.fwd_macs == 3 * one.fwd_macs
+    assert one.bwd_macs == 0 and (one.passes, three.passes) == (2, 6)
+    assert three.memory.peak == one.memory.peak
+    assert one.memory.gradients == 4 * one.trained_params == 4 * bp.trained_params
+    assert one.memory.optimizer == one.memory.activations == 0
+    assert zo.memory.peak < one.memory.peak < bp.memory.peak
+    units = {"lora_rank": 8, "lora_units": ("q", "k", "v")}
+    ada = step_cost(S, fm_lora, 4, 128, **units)
+    assert ada.trained_params == step_cost(S, RULES["lora"], 4, 128, **units).trained_params
+    assert ada.memory.gradients == 4 * ada.trained_params
+    # from the first adapted block up every activation carries a tangent, as over all
+    assert ada.memory.workspace == one.memory.workspace and ada.fwd_macs < one.fwd_macs
+    assert ada.memory.peak - ada.memory.weights < one.memory.peak - one.memory.weights
+    with pytest.raises(EdgetuneError, match="query"):
+        step_cost(S, fm, 4, 128, queries=0)

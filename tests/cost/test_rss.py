@@ -2,14 +2,14 @@
 
 `_rss_step.py` runs in a fresh interpreter: tiny BERT with an MLM head, one thread; per method
 (the runtime's own: backprop, sparse, MeZO with its perturbed copies, PEPITA and MEMPEPITA with
-their hooks and passes, hybrid with sparse's step over the top block and MeZO's below it)
-warm-up steps on a tiny batch (weights, optimizer state, library buffers become resident), a
-reset of the resident high-water mark, then two steps. The growth of the high-water mark over
-the resident set before the steps is compared with the predicted peak minus weights and
-optimizer state. glibc's mmap threshold is fixed (MALLOC_MMAP_THRESHOLD_) so that freed large
-blocks go back to the system and the resident set follows the live tensors. The shapes make the
-step's tensors (tens of MB) dominate allocator noise (a few MB; see docs/cost-model.md). Linux
-only (/proc/self/clear_refs).
+their hooks and passes, hybrid with sparse's step over the top block and MeZO's below it, the
+forward gradient's jvp over all parameters and over LoRA) warm-up steps on a tiny batch
+(weights, optimizer state, library buffers become resident), a reset of the resident
+high-water mark, then two steps. The growth of the high-water mark over the resident set before
+the steps is compared with the predicted peak minus weights and optimizer state. glibc's mmap
+threshold is fixed (MALLOC_MMAP_THRESHOLD_) so that freed large blocks go back to the system
+and the resident set follows the live tensors. The shapes make the step's tensors (tens of MB)
+dominate allocator noise (a few MB; see docs/cost-model.md). Linux only (/proc/self/clear_refs).
 """
 
 import json
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-METHODS = ["backprop", "sparse", "mezo", "pepita", "mempepita", "hybrid"]
+METHODS = ["backprop", "sparse", "mezo", "pepita", "mempepita", "hybrid", "forward_grad",
+           "forward_grad-lora"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -112,13 +112,15 @@ def _stepped(fl_config: dict, method: str, options: dict | None = None):
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{}, {"method.queries": 3, "method.perturbation_rank": 2},
-     {"method.trainable": "lora", "method.rank": 2, "method.queries": 2}],
-    ids=["plain", "queries-low-rank", "lora-queries"],
+    ("method", "options"),
+    [("mezo", {}), ("mezo", {"method.queries": 3, "method.perturbation_rank": 2}),
+     ("mezo", {"method.trainable": "lora", "method.rank": 2, "method.queries": 2}),
+     ("forward_grad", {"method.trainable": "lora", "method.rank": 2, "method.queries": 2})],
+    ids=["plain", "queries-low-rank", "lora-queries", "forward-grad"],
 )  # fmt: skip
-def test_mezo_seed_replay_gives_the_client_weights(fl_config, options):
-    client, start, cfg, fed = _stepped(fl_config, "mezo", options)
+def test_seed_replay_gives_the_client_weights(fl_config, method, options):
+    """mezo and forward_grad send seeds: the server's replay reaches the client's bits."""
+    client, start, cfg, fed = _stepped(fl_config, method, options)
     steps = client.clear_history()
     arrays = payload.encode_seeds(steps)
     # 24 bytes a query: the estimator adds entries, never model-sized tensors

@@ -38,6 +38,7 @@ SETTINGS = {
         "bert": (1e-2, {"scheme": "last-1@0.5", "zo_lr": 1e-3}, 5),
         "llama": (1e-2, {"scheme": "last-1@0.5", "zo_lr": 1e-3}, 5),
     },
+    "forward_grad": {"bert": (5e-2, {"rank": 4}, 15), "llama": (5e-2, {"rank": 4}, 15)},
 }
 CASES = [pytest.param(m, k, id=f"{m}-{k}") for m in METHODS for k in MODELS]
 # tiny LMs of the other decoder families (tests/tiny.py), trained with Llama's settings

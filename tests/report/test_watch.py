@@ -15,7 +15,7 @@ from edgetune.config import load_config
 from edgetune.report.watch import Watch
 from edgetune.train import finetune
 
-TIMED = ("step_s", "rss_mb")  # the fields that differ between two runs of the same steps
+TIMED = ("step_s", "rss_mb", "eta_s")  # the fields that differ between two runs of the same steps
 
 
 def _cfg(model, data, out, *extra):
@@ -99,8 +99,11 @@ def test_resume_cuts_the_record_back_to_its_checkpoint(
     assert untimed(tmp_path / "stopped") == untimed(tmp_path / "whole")
 
 
-def test_a_headless_run_logs_plain_lines_with_the_expected_time(tiny_bert, topics_jsonl, tmp_path):
-    # Prepare
+def test_a_headless_run_logs_plain_lines_with_the_expected_time(
+    tiny_bert, topics_jsonl, tmp_path, monkeypatch, fixed_overhead
+):
+    # Prepare: this machine's peak not measured (no this-machine.json in the cache)
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
     console = _headless()
     # Execute
     finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r", "train.log_every=2"), console=console)
@@ -116,6 +119,22 @@ def test_a_headless_run_logs_plain_lines_with_the_expected_time(tiny_bert, topic
                      log, re.MULTILINE)  # fmt: skip
     assert log.index("expected time") < log.index("step 4/6")
     assert "━" not in log  # no progress bar in a file
+
+
+def test_with_this_machine_measured_the_expected_time_comes_before_step_1(
+    tiny_bert, topics_jsonl, tmp_path, monkeypatch, fixed_overhead
+):
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "this-machine.json").write_text(
+        '{"when": "now", "peak_flops": {"fp32": 1e10}, "bandwidth": 1e10}')  # fmt: skip
+    console = _headless()
+    finetune(_cfg(tiny_bert, topics_jsonl, tmp_path / "r"), console=console)
+    log = console.file.getvalue()
+    said = re.search(r"^expected time \S+ for steps 1-6: the forecast's .* a step on "
+                     r"this-machine", log, re.MULTILINE)  # fmt: skip
+    assert said and log.index(said.group(0)) < log.index("after training")
+    assert log.count("expected time") == 1
 
 
 def test_log_every_0_logs_no_step_and_the_forecast_says_the_expected_time(

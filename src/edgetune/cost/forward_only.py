@@ -1,4 +1,5 @@
-"""What the forward-only rules hold at the peak of a step: MeZO, PEPITA and MEMPEPITA.
+"""What the forward-only rules hold at the peak of a step: MeZO, PEPITA and MEMPEPITA, and
+the forward gradient's forward-mode pass.
 
 Each peak is the recorded forward replayed without autograd (`Tape.peak_bytes(no_grad=True)`:
 the live tensors of a transformers forward, attention maps held to the end of their block, the
@@ -14,6 +15,12 @@ the peak is one forward's):
 - a table lookup trained whole is not copied: its hook fills z[ids] into a new (rows, width)
   tensor and returns the looked-up rows plus it, a second new tensor;
 - the update afterwards works chunk by chunk (a few `CHUNK`-sized temporaries: not modelled).
+
+The forward gradient (`forward_grad`: one `torch.func.jvp` forward a query): every tensor
+downstream of a trained one lives with its tangent (`Tape.peak_bytes(dual=True)`); while an
+op forms a tangent, one more tensor of its output's size exists. The tangents of the trained
+tensors (held whole during the forward) are counted apart (`gradients`), as the update's
+chunks are not.
 
 PEPITA / MEMPEPITA (`PepitaCore.accumulate`), with e the output error (R rows x W: tokens x
 vocabulary for an LM head, batch x labels for a classifier):
@@ -71,6 +78,19 @@ def mezo_peak(
         return e.weights * weight_bytes + max(0.0, chunks - e.out_bytes)
 
     return tape.peak_bytes(0.0, no_grad=True, extra=perturbation)[0]
+
+
+def forward_mode_peak(tape: Tape) -> float:
+    """Live bytes at the peak of a forward with forward-mode AD (`forward_grad`) beyond the
+    weights and the tangents of the trained tensors: the recorded forward replayed without
+    autograd, each tensor downstream of a trained one (`out_rg`) with its tangent beside it,
+    and while an op forms its output's tangent one more tensor of that size (a product's
+    first term while the second is added; the softmax's y * t while it is reduced)."""
+
+    def forming(_: int, e: Event) -> float:
+        return e.out_bytes if e.out_rg else 0.0
+
+    return tape.peak_bytes(0.0, no_grad=True, dual=True, extra=forming)[0]
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,10 @@ class Segment:
     saved: dict[int, float] = field(default_factory=dict)
     # weight-update MACs of a forward-only rule (dW = delta^T x per trained weight)
     update_macs: float = 0.0
+    # MACs of the tangent products of a forward with forward-mode AD: PyTorch's formula for a
+    # product whose output carries a tangent forms both operand terms (dA B + A dB), a
+    # missing tangent taken as zeros and multiplied all the same
+    tangent_macs: float = 0.0
     trained_params: float = 0.0
 
     @property
@@ -214,6 +218,7 @@ class Tape:
         extra: Callable[[int, Event], float] | None = None,
         kept: set[int] | None = None,
         checkpointed: bool = False,
+        dual: bool = False,
     ) -> tuple[float, float, float]:
         """Activation-side peaks of one step, by replaying the ops: (forward, backward).
 
@@ -226,6 +231,8 @@ class Tape:
         `stop_at`: a forward that ends where that segment begins. `checkpointed`: every block
         (a `layer.i` segment) saves only its input in the forward; the backward runs the
         block's forward again and holds what it saves while it goes back through the block.
+        `dual`: a forward with forward-mode AD, in which every tensor downstream of a trained
+        parameter (`out_rg`) carries a tangent of its size beside it, for as long as it lives.
 
         Backward, ops in reverse: the activations still saved, the parameter gradients formed
         so far, and the op's output gradient and input gradients; an op's saved tensors are
@@ -270,8 +277,9 @@ class Tape:
                     saved[sid] = v
                     outside += 0.0 if sid in live else v
             if e.out not in live:
-                live[e.out] = e.out_bytes
-                live_total += e.out_bytes
+                size = 2 * e.out_bytes if dual and e.out_rg else e.out_bytes
+                live[e.out] = size
+                live_total += size
                 outside -= e.out_bytes if e.out in saved else 0.0
             if kept and i in kept:
                 saved[e.out] = e.out_bytes
@@ -334,7 +342,10 @@ class Tape:
             self.save(x)
         if t.bias and bias:
             self.count_params(d_out)
-        y = self.new(rows * d_out, x.rg or t.weight > 0 or (t.bias and bias) or t.lora_rank > 0)
+        base_rg = x.rg or t.weight > 0 or (t.bias and bias)
+        if base_rg:
+            s.tangent_macs += 2 * macs
+        y = self.new(rows * d_out, base_rg or t.lora_rank > 0)
         if t.lora_rank:  # y += B(A x): A (r, d_in), B (d_out, r) train; x and A x are saved
             r = t.lora_rank
             lmacs = rows * r * (d_in + d_out)
@@ -342,6 +353,7 @@ class Tape:
             s.bwd_weight_macs += lmacs
             s.update_macs += lmacs
             s.bwd_input_macs += rows * r * d_out + (rows * r * d_in if x.rg else 0)
+            s.tangent_macs += 2 * lmacs
             self.count_params(r * d_in)
             self.count_params(r * d_out)
             self.save(x)
@@ -364,6 +376,8 @@ class Tape:
         s = self.seg
         s.fwd_macs += macs
         s.bwd_input_macs += macs * (a.rg + b.rg)
+        if a.rg or b.rg:
+            s.tangent_macs += 2 * macs
         if b.rg:
             self.save(self.new(a.numel) if copy_a else a)
         if a.rg:

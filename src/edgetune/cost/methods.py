@@ -28,6 +28,15 @@ existing one needs nothing here. The rules edgetune's methods use:
                      only) plus a forward without a graph; z spans the embeddings and the
                      blocks under the boundary (`below` all) or adapters on them (`adapters`);
                      one module's perturbed copy at a time.
+- forward-mode, all  the forward gradient (`forward_grad` with trainable `all`): one forward a
+                     query with forward-mode AD, a tangent beside every activation downstream of
+                     a trained tensor; each matrix product whose output carries a tangent
+                     forms two more (one per operand, zeros for a frozen one: PyTorch's
+                     formula), three forwards' MACs where everything trains; the tangents of
+                     the trained tensors are held whole, nothing is saved.
+- forward-mode, adapters
+                     the forward gradient over rank-r adapters (`forward_grad` over `lora`,
+                     Spry): tangents span the adapters only.
 
 Memory components: weights, gradients (PEPITA's: its updates), optimizer state, activations
 (kept across the step: saved for backward, or PEPITA's clean outputs and F e) and workspace
@@ -43,7 +52,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from edgetune.cost.blocks import Inputs, Trainability, record
-from edgetune.cost.forward_only import FP32, mezo_peak, pepita_peak
+from edgetune.cost.forward_only import FP32, forward_mode_peak, mezo_peak, pepita_peak
 from edgetune.cost.graph import FROZEN, FULL, Tape, Train
 from edgetune.cost.shapes import ModelShape, n_params
 from edgetune.errors import EdgetuneError
@@ -51,7 +60,7 @@ from edgetune.families import ENCODER_DECODER
 from edgetune.precision import dense_chunk
 from edgetune.scheme import UpdateScheme
 
-UPDATES = ("backward", "zeroth-order", "forward-only")
+UPDATES = ("backward", "zeroth-order", "forward-only", "forward-mode")
 TRAINS = ("all", "scheme", "adapters", "linears")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 OPTIMIZER_STATES = {"adamw": 2, "sgd": 0, "sgd-momentum": 1}
@@ -68,7 +77,8 @@ class Rule:
     """How a learning rule spends one step, in the cost model's terms.
 
     update: `backward` (forward, backward, optimizer step), `zeroth-order` (two perturbed
-        forwards, no gradient) or `forward-only` (PEPITA's two forwards and local updates).
+        forwards, no gradient), `forward-only` (PEPITA's two forwards and local updates) or
+        `forward-mode` (one forward with tangents: a directional derivative, no backward).
     trains: `all` parameters, a `scheme` (an UpdateScheme), `adapters` (LoRA on chosen units)
         or `linears` (every linear and the head; norms and embeddings stay frozen).
     lockstep: a forward-only rule that runs its modulated pass beside the clean one
@@ -198,8 +208,9 @@ def _trainability(
     rule: Rule, head: str, scheme: UpdateScheme | None, lora_rank: int, lora_units
 ) -> Trainability:
     if rule.trains == "all":  # zeroth-order perturbs every weight but needs no gradient
-        grads = FULL if rule.update == "backward" else FROZEN
-        backward = rule.update == "backward"
+        # forward-mode carries tangents where a backward would carry gradients: same rg
+        backward = rule.update in ("backward", "forward-mode")
+        grads = FULL if backward else FROZEN
         return Trainability(lambda u, i: grads, backward, backward)
     if rule.trains == "linears":  # linears and head learn; embeddings, norms do not
         # the output layer learns (dW_L = e^T h'); a tied one is the embedding matrix
@@ -251,8 +262,9 @@ def step_cost(
     of 4-bit codes unpacked beside it). `checkpointing`: blocks keep only their inputs and run
     their forward again in the backward. `chunked_loss`: a causal LM's frozen head and loss
     run a vocabulary chunk at a time (`Tape.chunked_head`). `queries`: a zeroth-order rule's
-    SPSA estimates per step (two forwards each). `zo_blocks`: a rule with zeroth-order `below`
-    trains the embeddings and blocks 0..zo_blocks-1 by SPSA (its scheme the blocks above)."""
+    SPSA estimates per step (two forwards each), or a forward-mode rule's tangents (one
+    forward each). `zo_blocks`: a rule with zeroth-order `below` trains the embeddings and
+    blocks 0..zo_blocks-1 by SPSA (its scheme the blocks above)."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if not 0 < scored <= 1:
@@ -337,6 +349,19 @@ def step_cost(
             2 * queries * elem_f + (3 * queries + 1) * zo, 0.0,
             Memory(w, 0.0, 0.0, 0.0, mezo_peak(tape, p.nbytes("weights"), adapters)), params,
             float(zo), 2 * queries,
+        )  # fmt: skip
+    if rule.update == "forward-mode":  # one forward with tangents a query
+        if queries < 1:
+            raise EdgetuneError(f"a forward-mode step needs at least one query, got {queries}")
+        tangents = trained * p.nbytes("weights")  # v of every trained tensor, whole
+        dual = forward_mode_peak(tape)
+        tangent = sum(g.tangent_macs for g in segs)  # two products per product with a tangent
+        return StepCost(
+            # the tangents drawn twice a query (the forward, the update), and the update
+            method, s.name, batch, seq, inp.tgt_seq, queries * (fwd + tangent), 0.0, 0.0,
+            queries * (elem_f + elem_b) + (2 * queries + 1) * trained, 0.0,
+            Memory(w, tangents, 0.0, 0.0, dual, w + dequant + tangents + dual), params,
+            trained, 2 * queries,
         )  # fmt: skip
     # PEPITA family: F e projects the output error (rows, width) to the input width
     update = sum(g.update_macs for g in segs) + e_rows * e_width * s.emb_width

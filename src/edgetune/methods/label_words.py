@@ -48,6 +48,13 @@ class LabelWords(nn.Module):
     def get_input_embeddings(self) -> nn.Module:
         return self._lm.get_input_embeddings()  # type: ignore[union-attr, operator]
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether the LM recomputes its blocks' activations. PEFT asks before it makes the
+        input embeddings' output require grad (absent, it assumes so), which a plain backward
+        does not need and a forward-mode pass (`forward_grad`) refuses."""
+        return bool(getattr(self._lm, "is_activation_checkpointing", False))
+
     def forward(
         self,
         input_ids: torch.Tensor,

@@ -123,9 +123,16 @@ class Directions:
             yield rows, z.to(t.param.dtype)
 
     def z(self, seed: int, i: int) -> torch.Tensor:
-        """The whole direction for trainable tensor i (for tests and federated replays)."""
-        parts = [z for _, z in self.chunks(seed, i)]
-        return torch.cat(parts) if parts[0].ndim else parts[0]
+        """The whole direction for trainable tensor i, filled chunk by chunk (no second copy
+        of it while it is made): `forward_grad`'s tangent, and for tests."""
+        view = self.tensors[i].view()
+        out = torch.empty(view.shape, dtype=view.dtype, device=view.device)
+        for rows, z in self.chunks(seed, i):
+            if out.ndim:
+                out[rows] = z
+            else:
+                out.copy_(z)
+        return out
 
     @contextmanager
     def perturbed(self, seed: int, scale: float):
@@ -195,18 +202,19 @@ class Directions:
 
 class Mezo:
     name = "mezo"
+    options_type: type = MezoOptions  # `forward_grad` (a subclass) reads its own
 
     def __init__(self, model: nn.Module, settings: MethodSettings) -> None:
-        self.options = options_of(settings, MezoOptions, self.name)
+        self.options: Any = options_of(settings, self.options_type, self.name)
         if self.options.lora is not None:
             model = adapt(model, self.options.lora)
         self.model, self.settings = model, settings
         self.lam = lr_lambda(settings)
         tensors = self._select(model)
         if not tensors:
-            raise EdgetuneError("mezo: nothing to train")
+            raise EdgetuneError(f"{self.name}: nothing to train")
         freeze_all(model)  # no autograd anywhere
-        self.directions = Directions(model, tensors, self.options.perturbation_rank)
+        self.directions = Directions(model, tensors, self.perturbation_rank)
         self.steps = 0
         self.history: list[tuple[int, float, float]] = []
 
@@ -235,6 +243,11 @@ class Mezo:
     def queries(self) -> int:
         """History entries per step: one per query."""
         return self.options.queries
+
+    @property
+    def perturbation_rank(self) -> int:
+        """0: dense directions; k: each matrix's direction is rank k (`Directions.chunks`)."""
+        return self.options.perturbation_rank
 
     def _select(self, model: nn.Module) -> list[ZoTensor]:
         if self.options.trainable == "all":
@@ -306,7 +319,7 @@ class Mezo:
             if key not in by_key:
                 raise EdgetuneError(
                     f"checkpoint tensor {key!r} ({parse_key(key)[0]}) is not "
-                    "trained by this mezo configuration"
+                    f"trained by this {self.name} configuration"
                 )
             copy_checked(by_key[key].view(), value, key)
 

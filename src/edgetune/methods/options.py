@@ -117,11 +117,50 @@ class MezoOptions:
 
     @property
     def lora(self) -> LoraOptions | None:
-        """The adapters the estimate lives in (trainable `lora`; alpha = 2 rank, lora's default
-        scale), else None."""
-        if self.trainable != "lora":
-            return None
-        return LoraOptions(r=self.rank, alpha=2.0 * self.rank, target_modules=self.target_modules)
+        """The adapters the estimate lives in (trainable `lora`), else None."""
+        return _adapters(self.trainable, self.rank, self.target_modules)
+
+
+def _adapters(trainable: object, rank: int, targets: tuple[str, ...]) -> LoraOptions | None:
+    """The LoRA adapters a rule over adapter factors adds (trainable `lora`; alpha = 2 rank,
+    lora's default scale), else None."""
+    if trainable != "lora":
+        return None
+    return LoraOptions(r=rank, alpha=2.0 * rank, target_modules=targets)
+
+
+@dataclass(frozen=True)
+class ForwardGradOptions:
+    """Options of `forward_grad`."""
+
+    trainable: str = "lora"
+    """What the tangent spans and the step trains: `lora` (the factors of LoRA adapters added
+    on `target_modules` with rank `rank`, and a classifier head; the base stays frozen: Spry's
+    setting) or `all` (every parameter, embeddings included)."""
+    rank: int = 8
+    """LoRA rank of the adapters when trainable is `lora`."""
+    target_modules: tuple[str, ...] = ("qkv",)
+    """Where the adapters go when trainable is `lora` (as lora's option of that name)."""
+    queries: int = 1
+    """Forward gradients averaged per step, each with its own tangent (one forward each)."""
+
+    def __post_init__(self) -> None:
+        if self.trainable not in ("all", "lora"):
+            raise EdgetuneError(
+                f"forward_grad option trainable={self.trainable!r}: use all or lora"
+            )
+        for key in ("rank", "queries"):
+            if getattr(self, key) < 1:
+                raise EdgetuneError(
+                    f"forward_grad option {key} must be an integer >= 1, got {getattr(self, key)!r}"
+                )
+        if isinstance(self.target_modules, str):
+            _set(self, "target_modules", (self.target_modules,))
+
+    @property
+    def lora(self) -> LoraOptions | None:
+        """The adapters the tangents live in (trainable `lora`), else None."""
+        return _adapters(self.trainable, self.rank, self.target_modules)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from edgetune.errors import EdgetuneError
 from edgetune.families import FAMILIES, MODEL_TYPES, roles_of_leaf
 from edgetune.fields import build
 from edgetune.methods.options import (
+    ForwardGradOptions,
     HybridOptions,
     LoraOptions,
     MezoOptions,
@@ -126,8 +127,13 @@ def _mezo_rule(options: MezoOptions) -> Rule:
     return Rule("zeroth-order", "adapters" if options.lora is not None else "all")
 
 
-def _mezo_cost(options: MezoOptions, shape: ModelShape) -> dict[str, Any]:
-    """Queries per step, and LoRA's rank and roles when the estimate lives in adapters."""
+def _forward_grad_rule(options: ForwardGradOptions) -> Rule:
+    return Rule("forward-mode", "adapters" if options.lora is not None else "all")
+
+
+def _mezo_cost(options: MezoOptions | ForwardGradOptions, shape: ModelShape) -> dict[str, Any]:
+    """Queries per step, and LoRA's rank and roles when the estimate lives in adapters (`mezo`
+    and `forward_grad`)."""
     lora = options.lora
     return {"queries": options.queries, **(_lora_cost(lora, shape) if lora is not None else {})}
 
@@ -180,6 +186,12 @@ METHODS: dict[str, MethodSpec] = {
             Rule("backward", "scheme", below="all"),
             rule_of=_hybrid_rule, cost_inputs=_hybrid_cost, suggestions=(),
             scheme_option="scheme", blocks_option="backprop_blocks",
+        ),
+        MethodSpec(
+            "forward_grad", "forward gradient: one forward with a seeded tangent (jvp)",
+            ForwardGradOptions, "edgetune.methods.forward_grad:ForwardGrad",
+            Rule("forward-mode", "adapters"), rule_of=_forward_grad_rule,
+            optimizer=lambda options: "sgd", sends="seeds", cost_inputs=_mezo_cost,
         ),
         MethodSpec(
             "lora", "low-rank adapters through PEFT", LoraOptions,
