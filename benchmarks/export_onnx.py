@@ -1,4 +1,4 @@
-"""ONNX export checked in ONNX Runtime on the real models, through what
+r"""ONNX export checked in ONNX Runtime on the real models, through what
 `edgetune export RUN --format onnx --check` runs (`edgetune.export`: `open_model`, `held_out`,
 the `onnx` format's writer and check).
 
@@ -13,9 +13,11 @@ the `onnx` format's writer and check).
 
 Writes benchmarks/results/export_onnx.{json,md}. Times are not measured (accuracy only).
 
-    edgetune finetune --config configs/demo.yaml --max-steps 30 --out runs/r8-short
+    edgetune finetune --config configs/demo.yaml --max-steps 30 --out runs/r8-short \
+        train.threads=1 train.eval_before=false
     edgetune finetune --model smollm2-135m --data instructions --method lora --seq-len 128 \
-        --batch-size 4 --max-steps 30 --out runs/smol-lora train.threads=1 train.final_eval=false
+        --batch-size 4 --max-steps 30 --lr 1e-3 --out runs/smol-lora train.threads=1 \
+        train.final_eval=false
     python benchmarks/export_onnx.py --classifier runs/r8-short --decoder runs/smol-lora
 """
 
