@@ -1,17 +1,24 @@
-"""ONNX export checked in ONNX Runtime on the real models (`edgetune.export.onnx`).
+r"""ONNX export checked in ONNX Runtime on the real models, through what
+`edgetune export RUN --format onnx --check` runs (`edgetune.export`: `open_model`, `held_out`,
+the `onnx` format's writer and check).
 
 - classifier: a MiniLM fine-tuned on Reuters-R8 (a run folder), exported and run on the WHOLE
   R8 test split (2,189 stories, cut to the run's seq_len): labels equal to PyTorch's, max abs
   logit difference;
-- decoder: SmolLM2-135M (a run folder, else the bundled base weights), exported with its KV
-  cache and run on `instructions` test conversations (chat template, prompt and answer, cut to
-  256 tokens) until at least 1,000 next-token positions: top-1 agreement and perplexity against
-  PyTorch fp32, each text's first half as one prompt and the rest a token at a time.
+- decoder: a SmolLM2-135M run folder (a LoRA run: its adapter merged into the base; else the
+  bundled base weights), exported with its KV cache and run on its data set's test split (the
+  run's chat template and seq_len; `instructions` for the base) until at least 1,000
+  next-token positions: top-1 agreement and perplexity against PyTorch fp32, each text's first
+  half as one prompt and the rest a token at a time.
 
 Writes benchmarks/results/export_onnx.{json,md}. Times are not measured (accuracy only).
 
-    edgetune finetune --config configs/demo.yaml --max-steps 30 --out runs/r8-short
-    python benchmarks/export_onnx.py --classifier runs/r8-short [--decoder runs/smol-lora]
+    edgetune finetune --config configs/demo.yaml --max-steps 30 --out runs/r8-short \
+        train.threads=1 train.eval_before=false
+    edgetune finetune --model smollm2-135m --data instructions --method lora --seq-len 128 \
+        --batch-size 4 --max-steps 30 --lr 1e-3 --out runs/smol-lora train.threads=1 \
+        train.final_eval=false
+    python benchmarks/export_onnx.py --classifier runs/r8-short --decoder runs/smol-lora
 """
 
 from __future__ import annotations
@@ -21,46 +28,44 @@ import json
 import tempfile
 from pathlib import Path
 
-import yaml
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
 from edgetune.bench.tables import write_json_md
-from edgetune.config import DataConfig
-from edgetune.data.load import load_data
-from edgetune.export.onnx import export
-from edgetune.models.bundled import bundled_path
+from edgetune.export import export
+from edgetune.export.source import RunModel, held_out, open_model
 
 RESULTS = Path(__file__).parent / "results"
 DECODER_POSITIONS = 1000  # at least this many next-token positions
-DECODER_LEN = 256
+
+
+def _describe(model: RunModel, where: str) -> dict:
+    cfg = model.cfg
+    if cfg is None:
+        return {"model": f"{where} (base weights)"}
+    t = cfg.train
+    length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
+    return {"model": f"{cfg.model.name} {cfg.spec.label(cfg.method)} ({where}, {length}, "
+            f"batch {t.batch_size})"}  # fmt: skip
 
 
 def classifier(run: Path, out: Path) -> dict:
-    seq_len = yaml.safe_load((run / "config.yaml").read_text())["data"]["seq_len"]
-    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
-    tokenizer = AutoTokenizer.from_pretrained(run / "model")
-    texts = list(load_data(DataConfig(name="reuters-r8")).splits["test"]["text"])
-    done = export(model, tokenizer, out, check_texts=texts, max_len=seq_len)
-    return {"model": str(run), "data": "reuters-r8 test", "seq_len": seq_len, **done.figures,
-            "onnx_mb": _mb(done.files)}  # fmt: skip
+    model = open_model(str(run))
+    assert model.cfg is not None
+    texts = held_out(model, 1)  # a classifier: every text of the test split
+    done = export(model, "onnx", out, None, texts)
+    return {**_describe(model, str(run)), "data": f"{model.cfg.data.name} test",
+            "seq_len": model.cfg.data.seq_len, **done.figures,
+            "failures": done.failures, "onnx_mb": _mb(done.files)}  # fmt: skip
 
 
 def decoder(run: Path | None, out: Path) -> dict:
-    where = run / "model" if run else bundled_path("smollm2-135m")
-    model = AutoModelForCausalLM.from_pretrained(where)
-    tokenizer = AutoTokenizer.from_pretrained(where)
-    texts, positions = [], 0
-    for row in load_data(DataConfig(name="instructions")).splits["test"]:
-        user = [{"role": "user", "content": row["text"]}]
-        prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        texts.append(f"{prompt} {row['target']}{tokenizer.eos_token}")
-        positions += min(DECODER_LEN, len(tokenizer(texts[-1])["input_ids"])) - 1
-        if positions >= DECODER_POSITIONS:
-            break
-    done = export(model, tokenizer, out, check_texts=texts, max_len=DECODER_LEN)
-    return {"model": str(run) if run else "smollm2-135m (bundled base)",
-            "data": f"instructions test, {len(texts)} conversations", "max_len": DECODER_LEN,
-            **done.figures, "onnx_mb": _mb(done.files)}  # fmt: skip
+    where = str(run) if run else "smollm2-135m"
+    model = open_model(where)
+    sequences = held_out(model, DECODER_POSITIONS, None if run else "instructions")
+    data = model.cfg.data if model.cfg is not None else None
+    done = export(model, "onnx", out, None, sequences)
+    return {**_describe(model, where),
+            "data": f"{data.name if data else 'instructions'} test, {len(sequences)} texts",
+            "max_len": max(len(s) for s in sequences), **done.figures,
+            "failures": done.failures, "onnx_mb": _mb(done.files)}  # fmt: skip
 
 
 def _mb(files: list[Path]) -> float:
@@ -80,7 +85,7 @@ def table(result: dict) -> str:
         ]
     if d := result.get("decoder"):
         lines += [
-            f"Decoder: {d['model']} on {d['data']} (cut to {d['max_len']} tokens), "
+            f"Decoder: {d['model']} on {d['data']} (the longest {d['max_len']} tokens), "
             f"model.onnx {d['onnx_mb']:.1f} MB, read through the KV cache\n",
             "| positions | top-1 agreement | perplexity PyTorch | perplexity ONNX Runtime "
             "| relative change | max abs logit difference |",
@@ -89,13 +94,21 @@ def table(result: dict) -> str:
             f"{d['ppl_reference']:.4f} | {d['ppl_runtime']:.4f} | "
             f"{d['ppl_change']:+.2e} | {d['max_logit_diff']:.2e} |\n",
         ]
+    failed = [f"- {part}: {line}" for part in ("classifier", "decoder")
+              for line in result.get(part, {}).get("failures", [])]  # fmt: skip
+    if failed:
+        lines += ["Checks failed:\n", *failed, ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classifier", type=Path, help="a MiniLM run folder on reuters-r8")
-    parser.add_argument("--decoder", type=Path, help="a SmolLM2 run folder (default: base)")
+    parser.add_argument(
+        "--decoder",
+        type=Path,
+        help="a SmolLM2 run folder, LoRA or full (default: the bundled base)",
+    )
     parser.add_argument("--only", choices=("classifier", "decoder"))
     args = parser.parse_args()
     result = {}

@@ -52,7 +52,16 @@ def topic_rows(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.fixture
 def topics_jsonl(tmp_path) -> Path:
-    path = tmp_path / "topics.jsonl"
+    return _write_topics(tmp_path / "topics.jsonl")
+
+
+@pytest.fixture(scope="session")
+def topics_file(tmp_path_factory) -> Path:
+    """The topics set of `topics_jsonl`, one file for the session (for session-wide runs)."""
+    return _write_topics(tmp_path_factory.mktemp("topics") / "topics.jsonl")
+
+
+def _write_topics(path: Path) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in topic_rows(240)))
     return path
 

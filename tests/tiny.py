@@ -1,5 +1,6 @@
 """The one factory of tiny random models for the tests: a config per family, the model, a
-fixed batch, a saved model folder with a bundled tokenizer, and a finished LoRA run.
+fixed batch, a saved model folder with a bundled tokenizer, and finished runs (LoRA on chat, a
+classifier).
 
 Models are built from transformers config classes (no network) with dropout 0, so a
 training-mode step is deterministic; `model(kind)` returns the same weights every call
@@ -142,6 +143,20 @@ def lora_run(model: Path, data: Path, out: Path, *extra: str) -> Path:
                              "data.seq_len=48", "train.method=lora", "train.batch_size=8",
                              "train.lr=1e-2", "train.max_steps=3", "train.warmup_ratio=0",
                              f"out={out}", *extra])  # fmt: skip
+    finetune(cfg)
+    return out
+
+
+def classify_run(model: Path, data: Path, out: Path, *extra: str) -> Path:
+    """A finished run of three full backprop steps of a tiny classifier on a labelled data
+    file, with `section.key=value` settings `extra`."""
+    from edgetune.config import load_config
+    from edgetune.train import finetune
+
+    cfg = load_config(None, [f"model.name={model}", f"data.name={data}", "data.task=classify",
+                             "data.seq_len=16", "train.batch_size=8", "train.lr=1e-2",
+                             "train.max_steps=3", "train.warmup_ratio=0", f"out={out}",
+                             *extra])  # fmt: skip
     finetune(cfg)
     return out
 

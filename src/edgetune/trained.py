@@ -40,7 +40,7 @@ def save_trained(method: Method, out: Path, tokenizer, base: str, merge: bool = 
     model: Any = method.model
     if hasattr(model, "peft_config"):  # a PEFT model: its adapter on its own
         for config in model.peft_config.values():
-            config.base_model_name_or_path = _portable(base)
+            config.base_model_name_or_path = portable(base)
         with atomic_dir(out / ADAPTER) as tmp:
             # the vocabulary never changes here: no look-up of the base's config (on the hub)
             model.save_pretrained(tmp, save_embedding_layers=False)
@@ -54,7 +54,7 @@ def save_trained(method: Method, out: Path, tokenizer, base: str, merge: bool = 
     return [*written, MERGED]
 
 
-def _portable(name: str) -> str:
+def portable(name: str) -> str:
     """A model name that means the same from any working folder: a local path made absolute;
     a registry name or hub id as it is."""
     return str(Path(name).resolve()) if Path(name).exists() else name

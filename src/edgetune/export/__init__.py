@@ -1,7 +1,8 @@
 """Export a trained model to a device runtime's file format, and check it in that runtime.
 
 One table, `FORMATS`, maps a format name (`edgetune export --format`) to its writer and its
-checker; a format is one module of this package (`gguf`: llama.cpp). What every format shares:
+checker; a format is one module of this package (`gguf`: llama.cpp; `onnx`: ONNX Runtime;
+`delta`: a sparse run's trained rows over its base). What every format shares:
 
 - `RunModel` (`edgetune.export.source`): the model of a run folder, model folder or registry
   name, as one fp32 transformers model (a LoRA adapter merged), with where its base came from;
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetune.errors import EdgetuneError
-from edgetune.export import gguf
+from edgetune.export import delta, gguf, onnx
 from edgetune.export.source import RunModel
 
 
@@ -35,10 +36,13 @@ class Format:
     write: Callable[[RunModel, Path, str], list[Path]]  # (model, out folder, quant) -> files
     # (model, files, quant, held-out token sequences) -> (figures, failures)
     check: Callable[[RunModel, list[Path], str, list], tuple[dict[str, float], list[str]]]
+    held_out: bool = True  # whether the check reads held-out text (else it gets an empty list)
 
 
 FORMATS: dict[str, Format] = {
     "gguf": Format(gguf.QUANTS, gguf.write, gguf.check),
+    "onnx": Format(onnx.QUANTS, onnx.write, onnx.check),
+    "delta": Format(delta.QUANTS, delta.write, delta.check, held_out=False),
 }
 
 

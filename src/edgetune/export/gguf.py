@@ -56,6 +56,9 @@ Q = gguf.GGMLQuantizationType
 def write(model: RunModel, out: Path, quant: str) -> list[Path]:
     """Write `model` as `out/<name>-<quant>.gguf`; returns [that file]."""
     config = model.model.config
+    if model.task == "classify":
+        raise EdgetuneError(f"{model.name} is a classifier; GGUF export writes causal LMs "
+                            "(a classifier goes to ONNX: --format onnx)")  # fmt: skip
     if config.model_type not in ARCHS:
         raise EdgetuneError(
             f"GGUF export writes {', '.join(ARCHS)} models, not {config.model_type!r}"
