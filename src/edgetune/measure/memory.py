@@ -23,10 +23,16 @@ _earlier_peak_mb = 0.0  # the peak before the last `reset_peak`
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (ru_maxrss: KiB on Linux), the
-    peaks before any `reset_peak` included."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(_earlier_peak_mb, peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024)
+    """Peak resident set size of this process so far, in MiB, the peaks before any
+    `reset_peak` included. Linux: the address space's high-water mark (VmHWM), which starts
+    afresh at exec; getrusage's ru_maxrss (elsewhere) carries a forking parent's peak into the
+    child that execs."""
+    try:
+        peak = _status_bytes("VmHWM") / 2**20
+    except (OSError, StopIteration):
+        raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = raw / 2**20 if sys.platform == "darwin" else raw / 1024
+    return max(_earlier_peak_mb, peak)
 
 
 def reset_peak() -> int:
