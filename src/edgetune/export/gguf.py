@@ -46,7 +46,7 @@ QUANTS = ("f16", "q8_0", "source")
 ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA}  # transformers model_type -> llama.cpp architecture
 # tokenizer.json pre-tokenizer -> llama.cpp's pre-tokenizer name (its regex set)
 PRE = {
-    "ByteLevel": "gpt2",  # GPT-2's regex alone
+    "ByteLevel": "gpt-2",  # GPT-2's regex alone (llama.cpp spells it with a hyphen)
     "Digits+ByteLevel": "smollm",  # each digit its own piece, then GPT-2's regex
 }
 FILE_TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
