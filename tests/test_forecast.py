@@ -58,7 +58,7 @@ def test_a_run_over_budget_is_refused_naming_what_fits(
 
 
 def test_sparse_with_a_budget_and_no_scheme_plans_one_on_the_loaded_model(
-    tiny_bert, topics_jsonl, tmp_path, monkeypatch
+    tiny_bert, topics_jsonl, tmp_path, monkeypatch, fixed_overhead
 ):
     """One load, one forecast: the plan is made on the model the run trains, its scheme is
     kept in the run's config.yaml (no file elsewhere to lose), and the plan's forecast is the
