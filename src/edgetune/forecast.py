@@ -20,6 +20,7 @@ line gives each part. Torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -308,11 +309,13 @@ def fitting_hint(
 
     fitting = []
     if run is not None:
-        smaller = [n for n in range(cost.batch - 1, 0, -1)
-                   if predict(replace(inputs, batch=n), *run).memory.peak <= room]  # fmt: skip
-        if smaller:
-            peak = predict(replace(inputs, batch=smaller[0]), *run).memory.peak
-            fitting.append(f"this run at train.batch_size={smaller[0]} ({b(peak)})")
+
+        def step_peak(n: int) -> float:
+            return predict(replace(inputs, batch=n), *run).memory.peak
+
+        if cost.batch > 1 and step_peak(1) <= room:
+            n = largest_batch(step_peak, cost.batch - 1, room)
+            fitting.append(f"this run at train.batch_size={n} ({b(step_peak(n))})")
         fitting += [f"this run with {h}" for h in held_alternatives(inputs, *run, room, overhead)]
     fitting += [f"{name} ({b(c.memory.peak)})"
                 for name, c in alternatives(inputs, cost.method).items()
@@ -349,11 +352,18 @@ def eval_batch(
             f"budget of {human(budget, 'B', 1024)}; train without it (train.final_eval=false "
             "train.eval_every=0)"
         )
-    low, high = 1, largest  # the peak grows with the batch: bisect for the largest that fits
+    low = largest_batch(peak, largest, budget)
+    return low, peak(low)
+
+
+def largest_batch(peak: Callable[[int], float], largest: int, limit: float) -> int:
+    """The largest batch from 1 to `largest` whose `peak` fits `limit` (batch 1 must fit);
+    the peak grows with the batch, so a bisection."""
+    low, high = 1, largest
     while low < high:
         mid = (low + high + 1) // 2
-        low, high = (mid, high) if peak(mid) <= budget else (low, mid - 1)
-    return low, peak(low)
+        low, high = (mid, high) if peak(mid) <= limit else (low, mid - 1)
+    return low
 
 
 # -- sweeps (`edgetune cost`) -----------------------------------------------------------------

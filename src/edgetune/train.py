@@ -34,7 +34,7 @@ from edgetune.evaluate import evaluate
 from edgetune.forecast import Forecast, eval_batch, fitting_hint
 from edgetune.io import atomic_write_text, exclusive
 from edgetune.measure.guard import MARGIN, MemoryGuard, Stop
-from edgetune.measure.memory import peak_rss_mb, rss_mb
+from edgetune.measure.memory import peak_rss_mb
 from edgetune.methods.base import Method
 from edgetune.models.quantized import held_bytes
 from edgetune.pipeline import Session, load
@@ -315,9 +315,8 @@ def _run(
 def _stopped(session: Session, forecast: Forecast, stop: Stop, step: int, out: Path) -> str:
     """The one line of a run the memory guard stopped: why, what is saved, what would fit
     (the forecast's alternatives, with the room this step measured)."""
-    own = rss_mb() * 2**20
-    others = max(0.0, stop.in_use - own)  # other processes in the cgroup
-    missed = max(0.0, own + stop.growth - forecast.peak)  # what the forecast left out
+    others = max(0.0, stop.in_use - stop.own)  # other processes in the cgroup
+    missed = max(0.0, stop.own + stop.growth - forecast.peak)  # what the forecast left out
     room = stop.limit * (1 - MARGIN) - others - missed - forecast.overhead.total
     cfg = session.cfg
     hint = fitting_hint(session.step_inputs(), forecast.cost, room, forecast.overhead.total,

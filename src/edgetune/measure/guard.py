@@ -38,6 +38,7 @@ class Stop:
 
     predicted: float
     in_use: float
+    own: float  # of `in_use`, this process's resident set
     growth: float
     limit: float
     limit_name: str
@@ -82,4 +83,4 @@ class MemoryGuard:
         predicted = in_use + growth
         if predicted <= self.limit * (1 - MARGIN):
             return None
-        return Stop(predicted, in_use, growth, self.limit, self.limit_name)
+        return Stop(predicted, in_use, own, growth, self.limit, self.limit_name)
