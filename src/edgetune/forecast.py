@@ -36,6 +36,7 @@ from edgetune.cost import (
     roofline,
     shape_from_config,
     step_cost,
+    step_time,
 )
 from edgetune.errors import EdgetuneError
 from edgetune.families import ENCODER_DECODER
@@ -280,7 +281,7 @@ def check_budget(
     )  # fmt: skip
     if enforced is not None and (limit is None or enforced[0] < limit):
         limit, where = enforced[0], f"{enforced[1]} of {human(enforced[0], 'B', 1024)}"
-    latency = roofline(cost, timer, inputs.precision.activations).latency_s if timer else None
+    latency = step_time(cost, timer, inputs.precision.activations) if timer else None
     fc = Forecast(cost, timer, limit, latency, steps, overhead, where)
     if fc.fits is False:
         assert limit is not None
@@ -417,7 +418,8 @@ def sweep(
             bound = "unknown"
             if device is not None:
                 r = roofline(c, device, inputs.precision.activations)
-                fits, latency, bound = r.fits, r.latency_s, r.bound
+                fits, bound = r.fits, r.bound
+                latency = step_time(c, device, inputs.precision.activations)
             rows.append(Row(
                 c, device.name if device else None, fits, latency, bound,
                 c.macs / ref.macs - 1, c.memory.peak / ref.memory.peak - 1,

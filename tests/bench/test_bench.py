@@ -146,12 +146,13 @@ def test_cli_bench_methods_and_hardware(setup, monkeypatch, tmp_path):
     assert (tmp_path / "methods-minilm.png").is_file()
     assert "| mezo |" in res.stdout
     res = runner.invoke(_app(), ["bench", "hardware", *common, "--gemm-n", "64",
+                                 "--kernel-sides", "16,64", "--kernel-sizes", "2",
                                  "--only", "sparse qkv-ffn1-2"])  # fmt: skip
     assert res.exit_code == 0, res.output
     hw = json.loads((tmp_path / "hardware.json").read_text())
     assert hw["gemm"]["peak_flops"]["fp32"] > 0
     assert (tmp_path / "cache" / "this-machine.json").is_file()  # the profile's numbers
-    assert hw["rows"][0]["predicted_step_s"] > 0  # roofline now knows this machine
+    assert hw["rows"][0]["predicted_step_s"] > 0  # its timed kernels now know this machine
 
 
 def test_cli_rejects_bad_input(setup):

@@ -63,13 +63,17 @@ def test_edgetune_model_mempepita_activation_claim(name):
     more than the claimed 50-94 % below backprop's saved activations. Its working set is not:
     edgetune's runtime runs the modulated pass on the concatenated batch (2B) and its
     output-layer update holds three copies of the 2B-row logits, so with an LM head
-    activations + workspace fall by less than half (docs/cost-model.md)."""
+    activations + workspace fall by less than half against backprop without dropout (the
+    paper's accounting has none; docs/cost-model.md). Backprop in train mode also keeps each
+    dropout's noise and output, which only widens the gap."""
     s = _shape(name)
     for seq in (32, 128, 512, 1024, 2048):
         bp, mp = (step_cost(s, RULES[m], 1, seq) for m in ("backprop", "mempepita"))
+        no_dropout = step_cost(s, RULES["backprop"], 1, seq, train_mode="off")
         assert 1 - mp.memory.activations / bp.memory.activations > 0.94
         peak = lambda c: c.memory.activations + c.memory.workspace  # noqa: E731
-        assert 0.0 < 1 - peak(mp) / peak(bp) < 0.60
+        assert 0.0 < 1 - peak(mp) / peak(no_dropout) < 0.60
+        assert peak(bp) > peak(no_dropout)
 
 
 def test_edgetune_model_only_mempepita_fits_128mb():

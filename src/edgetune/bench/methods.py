@@ -151,14 +151,14 @@ def worker_inference(setup: Setup) -> dict[str, Any]:
 
 def _prediction(session) -> dict[str, Any]:
     """The cost model's FLOPs, peak memory and `this-machine` latency for this step."""
-    from edgetune.cost import bytes_moved, load_device, roofline
+    from edgetune.cost import bytes_moved, load_device, step_time
     from edgetune.forecast import predict
 
     cfg = session.cfg
     c = predict(session.step_inputs(), cfg.train.method, cfg.method)
-    r = roofline(c, load_device("this-machine"))
+    latency = step_time(c, load_device("this-machine"))
     return {"flops": c.flops, "matmul_flops": 2 * c.macs, "peak_mb": c.memory.peak / 2**20,
-            "latency_s": r.latency_s, "bytes_moved": bytes_moved(c, c.passes)}  # fmt: skip
+            "latency_s": latency, "bytes_moved": bytes_moved(c, c.passes)}  # fmt: skip
 
 
 def worker_step(setup: Setup, v: Variant) -> dict[str, Any]:

@@ -101,14 +101,22 @@ def hardware(
     rounds: int = typer.Option(3, help="Timed steps per method."),
     threads: int = typer.Option(2, help="torch threads for the GEMM and the steps."),
     gemm_n: int = typer.Option(1024, help="GEMM size n (n x n times n x n)."),
+    kernel_sides: str = typer.Option(
+        "16,64,256,1024,4096", help="Side lengths of the step-time model's GEMM grid."
+    ),
+    kernel_sizes: int = typer.Option(
+        9, min=2, help="Sizes timed per element-wise, draw and AdamW table (from the smallest)."
+    ),
     only: str | None = typer.Option(None, help="Comma-separated variant labels to time."),
     steps_from: Path | None = typer.Option(
         None, help="Take the step measurements from a `bench methods` JSON instead."
     ),
     out: Path = typer.Option(Path("bench"), help="Folder for hardware.json and hardware.md."),
 ) -> None:
-    """Measure this machine's GEMM peak per dtype (saved for the `this-machine` profile), then
-    per method: achieved FLOP/s, MFU, tokens/s, and predicted vs measured step time."""
+    """Measure this machine's GEMM peak per dtype and time its kernels (a GEMM grid, element-
+    wise kernels, draws, the AdamW step: saved for the `this-machine` profile and its step-time
+    model), then per method: achieved FLOP/s, MFU, tokens/s, and predicted vs measured step
+    time. A minute or two of measuring before the steps."""
     import torch
 
     from edgetune.io import atomic_write_text
@@ -116,7 +124,15 @@ def hardware(
     from edgetune.measure.runtime import runtime
 
     torch.set_num_threads(threads)
-    gemm = measure_this_machine(n=gemm_n)
+    try:
+        sides = tuple(sorted({int(v) for v in kernel_sides.split(",")}))
+    except ValueError:
+        raise EdgetuneError(
+            f"--kernel-sides: comma-separated integers, got {kernel_sides!r}"
+        ) from None
+    if len(sides) < 2 or sides[0] < 1:
+        raise EdgetuneError(f"--kernel-sides: at least two positive sides, got {kernel_sides!r}")
+    gemm = measure_this_machine(n=gemm_n, sides=sides, sizes=kernel_sizes)
     rt = runtime(fresh=True)
     assert rt is not None  # measured
     _log(f"runtime: {rt.bytes / 2**20:,.0f} MiB resident after the imports and a first step "

@@ -65,6 +65,7 @@ def record(s: ModelShape, tape: Tape, tr: Trainability, inp: Inputs) -> None:
             src = _block(s, tape, tr, i, src, b, t)
         tape.begin("encoder.final_norm")  # trains with the last encoder block's norms
         src = tape.norm(src, b * t, s.norm, tr.unit("norm", s.n_layers - 1))
+        src = tape.dropout(src, s.dropout)
         tape.release(emb)
         tape.held.append(src)  # the encoder's output, in the model's locals
         tape.begin("decoder.embeddings")
@@ -86,6 +87,8 @@ def record(s: ModelShape, tape: Tape, tr: Trainability, inp: Inputs) -> None:
     tape.begin("head")
     if s.final_norm:  # trains with the last block's norms
         x = tape.norm(x, rows, s.norm, tr.unit("norm", n_blocks - 1))
+        if s.family == "t5":
+            x = tape.dropout(x, s.dropout)
     tape.release(emb)
     tape.held.append(x)  # the base model's output object holds its last hidden state
     chunkable = s.kind == DECODER and not s.logit_softcap  # as the runtime's chunked loss
@@ -112,6 +115,7 @@ def _embed(s: ModelShape, tape: Tape, rows: int, trained: bool) -> Node:
         x = tape.norm(x, rows, s.norm, Train(1.0, True) if trained else FROZEN)
     if s.emb_scale:  # Gemma: * sqrt(d), a new tensor (the scale is a buffer)
         x = tape.pointwise(x)
+    x = tape.dropout(x, s.dropout)
     if s.emb_size and s.emb_size != s.d_model:  # ALBERT's projection to the hidden width
         x = tape.linear(x, rows, e, s.d_model, Train(1.0, True) if trained else FROZEN, True)
     return x
@@ -170,17 +174,18 @@ def _attention(
     if s.n_kv_heads != s.n_heads:
         k, v = tape.copy(k, b * n * h * hd), tape.copy(v, b * n * h * hd)
         contiguous = True
-    scores = tape.matmul(q, k, b * h * t * keys * hd, b * h * t * keys, copy_b=not contiguous)
+    scores = tape.matmul(q, k, (b * h, t, hd, keys), copy_b=not contiguous)
     scores = tape.pointwise(scores)  # * scaling (T5: 1.0): a new (B, h, T, N) map
     if s.family == "t5":  # + the stack's (1, h, T, N) position bias (zeros for cross-attention)
         bias = _once(tape, ("t5-bias", i >= s.n_layers, kv is not None), h * t * keys)
         scores = tape.add(scores, bias)
     if causal:  # eager decoders add a (B, 1, T, N) float mask, one per attention kind
         scores = tape.add(scores, _once(tape, ("mask", b * t * keys, kind), b * t * keys))
-    p = tape.softmax(scores, b * h * t)
-    ctx = tape.matmul(p, v, b * h * t * keys * hd, rows * s.q_width, copy_a=False,
-                      copy_b=not contiguous)  # (B, T, h*hd)  # fmt: skip
+    p = tape.dropout(tape.softmax(scores, b * h * t), s.attn_dropout)
+    ctx = tape.matmul(p, v, (b * h, t, keys, hd), copy_a=False, copy_b=not contiguous)
     out = tape.linear(ctx, rows, s.q_width, s.d_model, t_out, s.bias)
+    if s.family != "distilbert":  # the output's dropout (DistilBERT has none there)
+        out = tape.dropout(out, s.dropout)
     tape.release(x, q, k)  # the module's input and locals until it returns
     return out, p
 
@@ -204,7 +209,11 @@ def _ffn(s: ModelShape, tape: Tape, tr: Trainability, i: int, x: Node, rows: int
         a = tape.mul(tape.act(gate, s.act), up)
     else:
         a = tape.act(tape.linear(x, rows, s.d_model, s.d_ff, t1, s.bias), s.act)
+    if s.family == "t5":  # T5 drops the hidden activations too
+        a = tape.dropout(a, s.dropout)
     out = tape.linear(a, rows, s.d_ff, s.d_model, t2, s.bias)
+    if s.family != "albert":  # ALBERT's FFN output goes to its norm as it is
+        out = tape.dropout(out, s.dropout)
     tape.release(x)  # the module's input until it returns
     return out
 
@@ -287,7 +296,8 @@ def _head(
     # first token: a view that keeps the whole (B, T, d) storage alive when saved
     first = Node(x.numel, x.nbytes_el, x.rg, x.storage)
     y = tape.linear(first, b, d, d, th, True)  # pooler / pre_classifier / dense
-    y = tape.act(y, "relu" if s.family == "distilbert" else "tanh")
+    y = tape.dropout(tape.act(y, "relu" if s.family == "distilbert" else "tanh"),
+                     s.classifier_dropout)  # fmt: skip
     return tape.linear(y, b, d, c, th, True), b
 
 

@@ -6,8 +6,10 @@ dtype, memory bandwidth (bytes/s) and power (W) where public, each as `{value, s
 peak FLOP/s and bandwidth from `edgetune bench hardware`, cached in
 `<cache_dir>/this-machine.json`. A number nobody measured or published stays unknown (None).
 
-Latency of a step (roofline): max(FLOPs / (peak x efficiency), bytes moved / (bandwidth x
-efficiency)). A step fits when its predicted peak memory is at most the device's memory.
+Time of a step (`step_time`): on `this-machine`, once `edgetune bench hardware` has timed its
+kernels, the sum of the step's kernels' measured times (`edgetune.cost.latency`); elsewhere the
+roofline: max(FLOPs / (peak x efficiency), bytes moved / (bandwidth x efficiency)). A step fits
+when its predicted peak memory is at most the device's memory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import overload
 
+from edgetune.cost.latency import Kernels
 from edgetune.cost.methods import DTYPE_BYTES, OPTIMIZER_STATES, StepCost
 from edgetune.errors import EdgetuneError
 from edgetune.paths import cache_dir
@@ -48,10 +51,15 @@ class Device:
     bandwidth: Sourced | None = None
     power: Sourced | None = None
     measured: bool = False
+    kernels: dict = field(default_factory=dict)  # this machine's kernel tables, as measured
 
     def peak(self, dtype: str) -> float | None:
         p = self.peak_flops.get(dtype)
         return p.value if p else None
+
+    def timed(self, dtype: str) -> Kernels | None:
+        """The kernel tables for products in `dtype` (None: not measured)."""
+        return Kernels.from_json(self.kernels, dtype) if self.kernels else None
 
 
 @overload
@@ -108,6 +116,7 @@ def measured_path():
 def _this_machine(name: str, raw: dict) -> Device:
     peaks: dict[str, Sourced] = {}
     bandwidth = None
+    kernels: dict = {}
     path = measured_path()
     if path.is_file():
         try:
@@ -121,8 +130,9 @@ def _this_machine(name: str, raw: dict) -> Device:
             peaks[dt] = Sourced(float(v), f"{src}: median GEMM")
         if data.get("bandwidth"):
             bandwidth = Sourced(float(data["bandwidth"]), f"{src}: median copy")
+        kernels = data.get("kernels") or {}
     return Device(name, raw.get("title", name), "measured", _system_memory(), peaks, bandwidth,
-                  None, measured=True)  # fmt: skip
+                  None, measured=True, kernels=kernels)  # fmt: skip
 
 
 def not_measured_note(dev: Device) -> str | None:
@@ -180,6 +190,16 @@ def roofline(
     return Roofline(compute, memory, fits)
 
 
+def step_time(c: StepCost, dev: Device, dtype: str = "fp32") -> float | None:
+    """Seconds of step `c` on `dev` computing in `dtype`: the sum of its kernels' times where
+    `dev` has timed them (`this-machine` after `edgetune bench hardware`), else the roofline's
+    latency (None where the device has no peak for `dtype`)."""
+    tables = dev.timed(dtype)
+    if tables is not None and c.work.gemms:
+        return tables.seconds(c.work)
+    return roofline(c, dev, dtype).latency_s
+
+
 __all__ = [
     "EFFICIENCY",
     "OPTIMIZER_STATES",
@@ -190,4 +210,5 @@ __all__ = [
     "load_device",
     "not_measured_note",
     "roofline",
+    "step_time",
 ]

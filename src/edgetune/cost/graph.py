@@ -34,11 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _ids = itertools.count()
+Gemm = tuple[int, int, int, int]  # (batch, m, k, n): batch products of (m, k) by (k, n)
 
 # tensors of the input's size an activation saves, and its forward FLOPs per element
 ACT_SAVES = {"gelu": 1, "gelu_pytorch_tanh": 1, "silu": 1, "relu": 1, "tanh": 1, "gelu_new": 4}
 ACT_FLOPS = {"gelu": 8, "gelu_pytorch_tanh": 8, "silu": 4, "relu": 1, "tanh": 4, "gelu_new": 9}
 SAVES_OUTPUT = ("relu", "tanh")  # their backward needs the output, not the input
+TRAIN_MODES = ("off", "all", "trained")
 
 
 @dataclass
@@ -70,7 +72,13 @@ class Event:
     saved: list[tuple[int, float]]
     segment: str = ""
     weights: float = 0.0  # elements of the parameters its module owns, trained or not
-    kind: str = "op"  # linear | norm | lookup (an embedding table) | op
+    kind: str = "op"  # linear | norm | lookup (an embedding table) | dropout (its noise) | op
+    # its matrix products as (batch, m, k, n): an (m, k) by (k, n) product `batch` times; those
+    # of the forward, and those its backward runs for input and for weight gradients
+    gemms: tuple[Gemm, ...] = ()
+    dx_gemms: tuple[Gemm, ...] = ()
+    dw_gemms: tuple[Gemm, ...] = ()
+    tangent_gemms: tuple[Gemm, ...] = ()  # with forward-mode AD: the tangent's products
 
 
 @dataclass(frozen=True)
@@ -116,11 +124,18 @@ class Segment:
 
 
 class Tape:
-    """Records ops into segments. `act` is bytes per activation element."""
+    """Records ops into segments. `act` is bytes per activation element. `train_mode`: where
+    dropout runs: `off` (the model in eval mode), `all` (train mode throughout) or `trained`
+    (train mode from the lowest trained module up: the modules a gradient reaches)."""
 
-    def __init__(self, act_bytes: float, softmax_jacobian: bool = False) -> None:
+    def __init__(
+        self, act_bytes: float, softmax_jacobian: bool = False, train_mode: str = "off"
+    ) -> None:
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode {train_mode!r}: one of {TRAIN_MODES}")
         self.act_bytes = act_bytes
         self.softmax_jacobian = softmax_jacobian
+        self.train_mode = train_mode
         self.segments: list[Segment] = []
         self.seg = self.begin("start")
         self._global: set[int] = set()
@@ -199,6 +214,10 @@ class Tape:
         flops: float = 0.0,
         weights: float = 0.0,
         kind: str = "op",
+        gemms: tuple[Gemm, ...] = (),
+        dx_gemms: tuple[Gemm, ...] = (),
+        dw_gemms: tuple[Gemm, ...] = (),
+        tangent_gemms: tuple[Gemm, ...] = (),
     ) -> None:
         self.seg.fwd_elementwise += flops
         if out.rg:
@@ -206,7 +225,8 @@ class Tape:
         self.events.append(Event(
             out.storage, out.nbytes, out.rg, [(n.storage, n.nbytes) for n in inputs],
             sum(n.nbytes for n in inputs if n.rg) if out.rg else 0.0, self._pending_params,
-            self._pending_saved, self.seg.name, weights, kind,
+            self._pending_saved, self.seg.name, weights, kind, gemms, dx_gemms, dw_gemms,
+            tangent_gemms,
         ))  # fmt: skip
         self._pending_saved, self._pending_params = [], []
 
@@ -331,9 +351,14 @@ class Tape:
         macs = rows * d_in * d_out
         self.matrix(d_out, d_in, t.weight >= 1, key)
         s.fwd_macs += macs
+        gemms: list[Gemm] = [(1, rows, d_in, d_out)]
+        dx: list[Gemm] = []
+        dw: list[Gemm] = []
         if x.rg:
             s.bwd_input_macs += macs
+            dx.append((1, rows, d_out, d_in))  # dX = dY W
         if t.weight > 0:
+            dw.append((1, max(1, round(t.weight * d_out)), rows, d_in))  # dW = dY^T X
             s.bwd_weight_macs += t.weight * macs
             s.update_macs += t.weight * macs
             self.count_params(t.weight * d_in * d_out, key)
@@ -343,8 +368,10 @@ class Tape:
         if t.bias and bias:
             self.count_params(d_out)
         base_rg = x.rg or t.weight > 0 or (t.bias and bias)
+        tangent: list[Gemm] = []
         if base_rg:
             s.tangent_macs += 2 * macs
+            tangent += 2 * gemms[:1]
         y = self.new(rows * d_out, base_rg or t.lora_rank > 0)
         if t.lora_rank:  # y += B(A x): A (r, d_in), B (d_out, r) train; x and A x are saved
             r = t.lora_rank
@@ -358,22 +385,30 @@ class Tape:
             self.count_params(r * d_out)
             self.save(x)
             self.save(self.new(rows * r))
-        self._op(y, x, weights=d_in * d_out + (d_out if bias else 0), kind="linear")
+            gemms += [(1, rows, d_in, r), (1, rows, r, d_out)]
+            tangent += 2 * gemms[-2:]
+            # dB = dY^T (A x), dA = d(A x)^T x; d(A x) = dY B, and dX through A when x needs it
+            dw += [(1, d_out, rows, r), (1, r, rows, d_in)]
+            dx += [(1, rows, d_out, r)] + ([(1, rows, r, d_in)] if x.rg else [])
+        self._op(y, x, weights=d_in * d_out + (d_out if bias else 0), kind="linear",
+                 gemms=tuple(gemms), dx_gemms=tuple(dx), dw_gemms=tuple(dw),
+                 tangent_gemms=tuple(tangent))  # fmt: skip
         return y
 
     def matmul(
         self,
         a: Node,
         b: Node,
-        macs: float,
-        out_numel: int,
+        shape: Gemm,
         copy_a: bool = True,
         copy_b: bool = True,
     ) -> Node:
-        """A product of two activations (attention scores, attention-weighted values). bmm
-        saves each operand when the other needs a gradient; a non-contiguous operand is saved
-        as the contiguous copy matmul makes (`copy_*`)."""
+        """A product of two activations (attention scores, attention-weighted values), `shape`
+        (batch, m, k, n). bmm saves each operand when the other needs a gradient; a
+        non-contiguous operand is saved as the contiguous copy matmul makes (`copy_*`)."""
         s = self.seg
+        n_b, m, k, n = shape
+        macs = n_b * m * k * n
         s.fwd_macs += macs
         s.bwd_input_macs += macs * (a.rg + b.rg)
         if a.rg or b.rg:
@@ -382,8 +417,11 @@ class Tape:
             self.save(self.new(a.numel) if copy_a else a)
         if a.rg:
             self.save(self.new(b.numel) if copy_b else b)
-        y = self.new(out_numel, a.rg or b.rg)
-        self._op(y, a, b)
+        y = self.new(n_b * m * n, a.rg or b.rg)
+        dx = [(n_b, m, n, k)] if a.rg else []  # dA = dY B^T
+        dx += [(n_b, k, m, n)] if b.rg else []  # dB = A^T dY
+        self._op(y, a, b, gemms=(shape,), dx_gemms=tuple(dx),
+                 tangent_gemms=(shape, shape) if y.rg else ())  # fmt: skip
         return y
 
     def softmax(self, x: Node, rows: int) -> Node:
@@ -410,6 +448,21 @@ class Tape:
                 for _ in range(ACT_SAVES.get(kind, 1) - 1):
                     self.save(self.new(x.numel))
         self._op(y, x, flops=ACT_FLOPS.get(kind, 8) * x.numel)
+        return y
+
+    def dropout(self, x: Node, p: float) -> Node:
+        """Dropout of probability `p` where the module runs in train mode (`train_mode`), as
+        PyTorch runs it on a CPU: a noise tensor of x's size and dtype drawn (bernoulli_, then
+        divided by 1 - p in place), and x * noise, which saves the noise when x needs a
+        gradient. Elsewhere x itself."""
+        if p <= 0 or self.train_mode == "off" or (self.train_mode == "trained" and not x.rg):
+            return x
+        noise = self.new(x.numel)
+        self._op(noise, flops=2 * x.numel, kind="dropout")
+        if x.rg:
+            self.save(noise)
+        y = self.new(x.numel, x.rg)
+        self._op(y, x, noise, flops=x.numel)
         return y
 
     def mul(self, a: Node, b: Node) -> Node:
@@ -531,7 +584,10 @@ class Tape:
             self.save(self.new(rows, nbytes_el=4))  # log-sum-exp
             self.save(self.new(rows, nbytes_el=8))  # targets
         logits = self.new(2 * rows * min(chunk, vocab), False, nbytes_el=4)  # and its exp
-        self._op(logits, x, weights=vocab * width, kind="linear")
+        product = (1, rows, width, vocab)
+        again = ((1, rows, width, vocab), (1, rows, vocab, width)) if x.rg else ()
+        self._op(logits, x, weights=vocab * width, kind="linear", gemms=(product,),
+                 dx_gemms=again)  # fmt: skip
         loss = self.new(1, x.rg, nbytes_el=4)
         self._op(loss, logits)
 

@@ -49,11 +49,20 @@ the same moment.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from edgetune.cost.blocks import Inputs, Trainability, record
 from edgetune.cost.forward_only import FP32, forward_mode_peak, mezo_peak, pepita_peak
 from edgetune.cost.graph import FROZEN, FULL, Tape, Train
+from edgetune.cost.latency import (
+    Work,
+    backward_work,
+    forward_work,
+    optimizer_work,
+    perturbation_work,
+    trained_tensors,
+    update_work,
+)
 from edgetune.cost.shapes import ModelShape, n_params
 from edgetune.errors import EdgetuneError
 from edgetune.families import ENCODER_DECODER
@@ -179,6 +188,7 @@ class StepCost:
     params: float  # a float once adapters' (float) counts are added
     trained_params: float
     passes: int = 2  # times the step reads every weight (the roofline's memory traffic)
+    work: Work = field(default_factory=Work)  # its kernels (`edgetune.cost.latency`)
 
     @property
     def macs(self) -> float:
@@ -251,6 +261,7 @@ def step_cost(
     chunked_loss: bool = False,
     queries: int = 1,
     zo_blocks: int = 0,
+    train_mode: str | None = None,
 ) -> StepCost:
     """Predict one training step of `rule` on `s` (`label` names it in the result).
     `softmax_jacobian` switches to the seed paper's convention of a full softmax Jacobian
@@ -264,7 +275,9 @@ def step_cost(
     run a vocabulary chunk at a time (`Tape.chunked_head`). `queries`: a zeroth-order rule's
     SPSA estimates per step (two forwards each), or a forward-mode rule's tangents (one
     forward each). `zo_blocks`: a rule with zeroth-order `below` trains the embeddings and
-    blocks 0..zo_blocks-1 by SPSA (its scheme the blocks above)."""
+    blocks 0..zo_blocks-1 by SPSA (its scheme the blocks above). `train_mode`: where dropout
+    runs (`Tape`); by default as edgetune's methods run: a backward rule in train mode (over a
+    scheme, from the lowest trained module up), the others in eval mode."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if not 0 < scored <= 1:
@@ -283,7 +296,11 @@ def step_cost(
     inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels, scored,
                  chunked_loss)  # fmt: skip
     tr = _trainability(rule, head, scheme, lora_rank, lora_units)
-    tape = Tape(act, softmax_jacobian)
+    if train_mode is None:
+        train_mode = "off"
+        if rule.update == "backward":
+            train_mode = "trained" if rule.trains == "scheme" else "all"
+    tape = Tape(act, softmax_jacobian, train_mode)
     record(s, tape, tr, inp)
     segs = tape.segments
     fwd = sum(g.fwd_macs for g in segs)
@@ -326,6 +343,14 @@ def step_cost(
         work = max(fwd_peak - acts, bwd_transient, step) + dequant
         copies = tape.split_copies * p.nbytes("weights")
         peak = w + copies + opt + max(fwd_peak, bwd_peak, grads + step) + dequant
+        kernels = (
+            forward_work(tape.events)
+            + backward_work(tape.events)
+            + optimizer_work(trained_tensors(tape.events), optimizer, p.nbytes("grads"))
+        )
+        if checkpointing:  # the blocks that run a backward run their forward again
+            kernels += forward_work([e for e in tape.events if e.segment.startswith("layer.")
+                                     and (e.dx_gemms or e.dw_gemms or e.out_rg)])  # fmt: skip
         if rule.below is not None:  # the gradient-free forward and SPSA of the bottom
             low = _below(s, rule.below, inp, p, zo_blocks, lora_rank, lora_units, tr.head)
             fwd = 2 * low.fwd
@@ -334,21 +359,27 @@ def step_cost(
             w, params, trained = w + extra, params + low.adapters, trained + low.params
             work = max(work, low.peak + dequant)
             peak = max(peak + extra, w + copies + opt + low.peak + dequant)
+            kernels += low.work
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, fwd, bwd, 0.0, elem_f, elem_b,
             Memory(w, grads, opt, acts, work, peak, copies), params, trained, rule.passes,
+            kernels,
         )  # fmt: skip
     if rule.update == "zeroth-order":  # two forwards a query, perturbation and update passes
         if queries < 1:
             raise EdgetuneError(f"a zeroth-order step needs at least one query, got {queries}")
         zo = trained if rule.trains == "adapters" else params  # what z spans
         adapters = rule.trains == "adapters"
+        spanned = trained_tensors(tape.events) if adapters else _matrices(tape)
+        kernels = forward_work(tape.events).times(2 * queries) + perturbation_work(
+            spanned, p.nbytes("weights"), 3 * queries, 2 * queries, queries
+        )
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, 2 * queries * fwd, 0.0, 0.0,
             # + z drawn three times a query (two perturbations, the update) and the update
             2 * queries * elem_f + (3 * queries + 1) * zo, 0.0,
             Memory(w, 0.0, 0.0, 0.0, mezo_peak(tape, p.nbytes("weights"), adapters)), params,
-            float(zo), 2 * queries,
+            float(zo), 2 * queries, kernels,
         )  # fmt: skip
     if rule.update == "forward-mode":  # one forward with tangents a query
         if queries < 1:
@@ -356,12 +387,15 @@ def step_cost(
         tangents = trained * p.nbytes("weights")  # v of every trained tensor, whole
         dual = forward_mode_peak(tape)
         tangent = sum(g.tangent_macs for g in segs)  # two products per product with a tangent
+        kernels = forward_work(tape.events, dual=True).times(queries) + perturbation_work(
+            trained_tensors(tape.events), p.nbytes("weights"), 2 * queries, 0, queries
+        )
         return StepCost(
             # the tangents drawn twice a query (the forward, the update), and the update
             method, s.name, batch, seq, inp.tgt_seq, queries * (fwd + tangent), 0.0, 0.0,
             queries * (elem_f + elem_b) + (2 * queries + 1) * trained, 0.0,
             Memory(w, tangents, 0.0, 0.0, dual, w + dequant + tangents + dual), params,
-            trained, 2 * queries,
+            trained, 2 * queries, kernels,
         )  # fmt: skip
     # PEPITA family: F e projects the output error (rows, width) to the input width
     update = sum(g.update_macs for g in segs) + e_rows * e_width * s.emb_width
@@ -374,11 +408,27 @@ def step_cost(
                     g_bytes)  # fmt: skip
     n_fwd = 3 if lockstep else 2
     work = max(0.0, f.peak - f.updates - f.kept)
+    # the clean forward, the modulated one (lockstep: clean and modulated at twice the batch),
+    # each trained linear's local update, the error's projection F e and the optimizer's step
+    second = forward_work(modulated.events) if lockstep else forward_work(tape.events)
+    kernels = (
+        forward_work(tape.events)
+        + second
+        + update_work(tape.events)
+        + optimizer_work(trained_tensors(tape.events), optimizer, g_bytes, clip=False)
+    )
+    kernels.gemms[(1, e_rows, e_width, s.emb_width)] += 1
     return StepCost(
         method, s.name, batch, seq, inp.tgt_seq, n_fwd * fwd, 0.0, update,
         n_fwd * elem_f, 0.0, Memory(w, f.updates, opt, f.kept, work, w + opt + f.peak),
-        params, trained, rule.passes,
+        params, trained, rule.passes, kernels,
     )  # fmt: skip
+
+
+def _matrices(tape: Tape) -> list[float]:
+    """Element counts of the model's weight matrices (each shared one once): what a
+    zeroth-order rule over all parameters perturbs, less its norms and biases."""
+    return [float(r * c) for r, c, _ in tape.matrices.values()]
 
 
 @dataclass(frozen=True)
@@ -392,6 +442,7 @@ class _Below:
     params: float
     adapters: float
     peak: float
+    work: Work  # its gradient-free forward's kernels and SPSA's passes
 
 
 def _below(
@@ -424,8 +475,10 @@ def _below(
     if not adapters and s.tied and head_trains and inp.head == "lm":  # a tied LM head: backprop
         spanned -= s.vocab * s.emb_width
     peak = mezo_peak(tape, p.nbytes("weights"), adapters, lambda e: bool(e.params))
+    tensors = trained_tensors(tape.events)
+    work = forward_work(tape.events) + perturbation_work(tensors, p.nbytes("weights"), 3, 2, 1)
     return _Below(sum(g.fwd_macs for g in segs), sum(g.fwd_elementwise for g in segs), spanned,
-                  spanned if adapters else 0.0, peak)  # fmt: skip
+                  spanned if adapters else 0.0, peak, work)  # fmt: skip
 
 
 def eval_peak(

@@ -74,6 +74,11 @@ class ModelShape:
     emb_norm: bool = True  # normalization after the embeddings (BERT family)
     final_norm: bool = False  # normalization after the last block (pre-norm models)
     kv_cache: bool = False  # decoder attention fills a KV cache in every forward (use_cache)
+    # dropout probabilities in train mode: of the residual branches and embeddings (hidden), of
+    # the attention map, before the classifier (`edgetune.cost.blocks` places them per family)
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    classifier_dropout: float = 0.0
     source: str = ""  # where the numbers come from
 
     @property
@@ -105,6 +110,11 @@ def _get(cfg: dict, *keys: str, default=None):
     raise EdgetuneError(f"config has none of the fields {keys}; cannot work out the model shape")
 
 
+def _p(cfg: dict, *keys: str) -> float:
+    """A dropout probability: the first of `keys` the config sets, else 0 (none)."""
+    return float(_get(cfg, *keys, default=0.0) or 0.0)
+
+
 def _tied(cfg: dict, default: bool) -> bool:
     """Whether the LM head shares the input embedding matrix (`tie_word_embeddings`; its
     default is the family's own: True for transformers' configs, False for Llama's)."""
@@ -133,6 +143,9 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             act=cfg.get("hidden_act", "gelu"), n_positions=cfg["max_position_embeddings"],
             type_vocab=cfg.get("type_vocab_size", 0), attn_window=window,
             global_proj=family == "longformer", pooler=True, tied=_tied(cfg, True),
+            dropout=_p(cfg, "hidden_dropout_prob"),
+            attn_dropout=_p(cfg, "attention_probs_dropout_prob"),
+            classifier_dropout=_p(cfg, "classifier_dropout", "hidden_dropout_prob"),
         )  # fmt: skip
     if family == "distilbert":
         d, heads = cfg["dim"], cfg["n_heads"]
@@ -140,6 +153,8 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             name, "distilbert", ENCODER, cfg["vocab_size"], d, cfg["n_layers"], heads, heads,
             d // heads, cfg["hidden_dim"], act=cfg.get("activation", "gelu"),
             n_positions=cfg["max_position_embeddings"], tied=_tied(cfg, True),
+            dropout=_p(cfg, "dropout"), attn_dropout=_p(cfg, "attention_dropout"),
+            classifier_dropout=_p(cfg, "seq_classif_dropout"),
         )  # fmt: skip
     if family == "albert":
         d, heads = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -150,7 +165,9 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             d // heads, cfg["intermediate_size"], act=cfg.get("hidden_act", "gelu_new"),
             n_positions=cfg["max_position_embeddings"], type_vocab=cfg.get("type_vocab_size", 0),
             emb_size=cfg["embedding_size"], shared_layers=True, pooler=True,
-            tied=_tied(cfg, True),
+            tied=_tied(cfg, True), dropout=_p(cfg, "hidden_dropout_prob"),
+            attn_dropout=_p(cfg, "attention_probs_dropout_prob"),
+            classifier_dropout=_p(cfg, "classifier_dropout_prob"),
         )  # fmt: skip
     if family in ("t5", "mt5"):
         proj = cfg.get("feed_forward_proj", "relu")
@@ -164,6 +181,7 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             act="gelu_new" if act == "gelu" else act, norm="rmsnorm", bias=False,
             tied=_tied(cfg, True), rel_buckets=cfg.get("relative_attention_num_buckets", 32),
             emb_norm=False, final_norm=True, kv_cache=_kv_cache(cfg),
+            dropout=_p(cfg, "dropout_rate"), attn_dropout=_p(cfg, "dropout_rate"),
         )  # fmt: skip
     if family == "gpt2":
         d, heads = cfg["n_embd"], cfg["n_head"]
@@ -172,7 +190,8 @@ def shape_from_config(cfg: dict, name: str | None = None) -> ModelShape:
             cfg.get("n_inner") or 4 * d, act=cfg.get("activation_function", "gelu_new"),
             fused=True,
             n_positions=cfg["n_positions"], emb_norm=False, final_norm=True,
-            tied=_tied(cfg, True), kv_cache=_kv_cache(cfg),
+            tied=_tied(cfg, True), kv_cache=_kv_cache(cfg), dropout=_p(cfg, "resid_pdrop"),
+            attn_dropout=_p(cfg, "attn_pdrop"),
         )  # fmt: skip
     if family in ROTARY_DECODERS:
         return _rotary_decoder(cfg, family, name)
@@ -204,6 +223,7 @@ def _rotary_decoder(cfg: dict, model_type: str, name: str) -> ModelShape:
         layer_types=tuple(cfg.get("layer_types") or ()), rope_per_kind=gemma,
         logit_softcap=cfg.get("final_logit_softcapping") is not None,
         tied=_tied(cfg, gemma), emb_norm=False, final_norm=True, kv_cache=_kv_cache(cfg),
+        dropout=_p(cfg, "resid_pdrop"), attn_dropout=_p(cfg, "attention_dropout"),
     )  # fmt: skip
 
 

@@ -1,8 +1,12 @@
-"""This machine's measured peak: GEMM FLOP/s per dtype and copy bandwidth, saved for the
-`this-machine` device profile (`edgetune.cost.device`) in `<cache_dir>/this-machine.json`.
+"""This machine's measured speed, saved for the `this-machine` device profile
+(`edgetune.cost.device`) in `<cache_dir>/this-machine.json`: the GEMM peak FLOP/s per dtype and
+the copy bandwidth (the roofline's figures), and the kernel tables the step-time model reads
+(`edgetune.cost.latency.Kernels`): GEMM seconds over a grid of shapes per dtype, and the
+seconds of an element-wise kernel, a normal draw and a fused AdamW step by size.
 
-Each figure is the median of `repeats` timed runs after a warm-up. A dtype this machine cannot
-multiply (an error from torch) is left out, never estimated.
+Each figure is the median of timed runs after a warm-up (at least `repeats`, more for a short
+kernel, up to a tenth of a second of runs). A dtype this machine cannot multiply (an error from
+torch) is left out, never estimated.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import statistics
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,14 +26,56 @@ from edgetune.io import atomic_write_text
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _median_time(fn, repeats: int) -> float:
+SIDES = (16, 64, 256, 1024, 4096)  # the GEMM grid's side lengths
+STREAM_BYTES = tuple(4096 * 4**i for i in range(9))  # 4 KiB .. 256 MiB of traffic
+ELEMENTS = tuple(1024 * 4**i for i in range(8))  # 1 Ki .. 16 Mi elements
+
+
+def _median_time(fn, repeats: int, budget_s: float = 0.0) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < budget_s and len(times) < 50:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _linear_time(m: int, k: int, n: int, dt: torch.dtype, repeats: int) -> float:
+    """Seconds of x W^T with x (m, k) and W (n, k): a linear layer's product."""
+    x, w = torch.randn(m, k).to(dt), torch.randn(n, k).to(dt)
+    return _median_time(lambda: torch.nn.functional.linear(x, w), repeats, 0.1)
+
+
+def kernel_tables(sides: tuple[int, ...] = SIDES, repeats: int = 3, sizes: int = 9) -> dict:
+    """The step-time model's tables (`edgetune.cost.latency.Kernels.from_json` reads them):
+    GEMM seconds per dtype over `sides`^3 shapes, and (size, seconds) of out = a + b (by bytes
+    read and written), a normal draw into a tensor and a fused AdamW step (by elements), and
+    dropout's bernoulli_ draw (by bytes of fp32), at the first `sizes` sizes of each."""
+    gemm: dict[str, list] = {}
+    for name, dt in DTYPES.items():
+        try:
+            gemm[name] = [[[_linear_time(m, k, n, dt, repeats) for n in sides] for k in sides]
+                          for m in sides]  # fmt: skip
+        except RuntimeError:
+            continue
+    stream = []
+    for nbytes in STREAM_BYTES[:sizes]:
+        n = max(1, nbytes // 12)  # three fp32 tensors of n elements: two read, one written
+        a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
+        stream.append([3 * 4 * n, _median_time(partial(torch.add, a, b, out=c), repeats, 0.1)])
+    normal, adamw, bernoulli = [], [], []
+    g = torch.Generator().manual_seed(0)
+    for n in ELEMENTS[:sizes]:
+        normal.append([n, _median_time(partial(torch.randn, n, generator=g), repeats, 0.1)])
+        noise = torch.empty(n)
+        bernoulli.append([4 * n, _median_time(partial(noise.bernoulli_, 0.9), repeats, 0.1)])
+        p = torch.nn.Parameter(torch.zeros(n))
+        p.grad = torch.rand(n)
+        opt = torch.optim.AdamW([p], lr=1e-3, fused=True)
+        adamw.append([n, _median_time(opt.step, repeats, 0.1)])
+    return {"sides": list(sides), "gemm": gemm, "stream": stream, "normal": normal,
+            "adamw": adamw, "bernoulli": bernoulli}  # fmt: skip
 
 
 def gemm_flops(dtype: str = "fp32", n: int = 1024, repeats: int = 5) -> float:
@@ -45,7 +92,13 @@ def copy_bandwidth(mbytes: int = 256, repeats: int = 5) -> float:
     return 2 * src.numel() / _median_time(lambda: dst.copy_(src), repeats)
 
 
-def measure_this_machine(n: int = 1024, repeats: int = 5, path: Path | None = None) -> dict:
+def measure_this_machine(
+    n: int = 1024,
+    repeats: int = 5,
+    path: Path | None = None,
+    sides: tuple[int, ...] = SIDES,
+    sizes: int = 9,
+) -> dict:
     """Measure and save. Returns what was written."""
     peaks = {}
     for name in DTYPES:
@@ -60,6 +113,7 @@ def measure_this_machine(n: int = 1024, repeats: int = 5, path: Path | None = No
         "repeats": repeats,
         "peak_flops": peaks,
         "bandwidth": copy_bandwidth(repeats=repeats),
+        "kernels": kernel_tables(sides, min(repeats, 3), sizes),
     }
     atomic_write_text(path or measured_path(), json.dumps(data, indent=2))
     return data

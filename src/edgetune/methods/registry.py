@@ -98,8 +98,10 @@ def _blocks(shape: ModelShape) -> int:
 
 
 def _sparse_cost(options: SparseOptions, shape: ModelShape) -> dict[str, Any]:
+    """The scheme, and where dropout runs (`dropout`, `frozen_dropout`)."""
     scheme = options.scheme or SparseOptions.DEFAULT_SCHEME
-    return {"scheme": resolve_scheme(scheme, _blocks(shape))}
+    mode = "off" if not options.dropout else "all" if options.frozen_dropout else "trained"
+    return {"scheme": resolve_scheme(scheme, _blocks(shape)), "train_mode": mode}
 
 
 def _lora_cost(options: LoraOptions, shape: ModelShape) -> dict[str, Any]:

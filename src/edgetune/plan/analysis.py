@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from edgetune.cost import load_device, roofline
+from edgetune.cost import load_device, step_time
 from edgetune.cost.device import THIS_MACHINE
 from edgetune.data.tasks import batches, epoch_order
 from edgetune.errors import EdgetuneError
@@ -215,7 +215,7 @@ def expected_time(
 ) -> float | None:
     """Seconds the analysis of `schemes` should take on this machine: per scheme, `s.steps`
     sparse steps at the analysis batch and a forward over the held-out examples, each timed
-    by the cost model's roofline on `this-machine` (None before `edgetune bench hardware`
+    by the cost model on `this-machine` (None before `edgetune bench hardware`
     has measured its peak)."""
     inputs = replace(session.step_inputs(), batch=s.batch_size)
     dev = load_device(THIS_MACHINE)
@@ -225,7 +225,7 @@ def expected_time(
     total = 0.0
     for scheme in schemes:
         cost = predict(inputs, session.cfg.train.method, {"scheme": scheme})
-        step = roofline(cost, dev, dtype).latency_s or 0.0
+        step = step_time(cost, dev, dtype) or 0.0
         forward = step * cost.fwd_flops / cost.flops  # of a batch; held-out in batches of 32
         total += s.steps * step + forward * math.ceil(s.eval_examples / s.batch_size)
     return total

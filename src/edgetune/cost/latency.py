@@ -1,0 +1,253 @@
+"""Step time from the kernels a step runs, each timed on this machine.
+
+A step's `Work` lists what its kernels do, device-independent, from the analytic tape
+(`edgetune.cost.graph`): its matrix products by shape (the forward's, the input and weight
+gradients', LoRA's small products, the local updates of a forward-only rule), its element-wise
+kernels by the bytes each streams (norms, activations, softmax, residual sums, the loss, and
+their backward), the normal draws of a zeroth-order or forward-mode rule, and the tensors its
+optimizer updates.
+
+`edgetune bench hardware` times each kind of kernel on this machine (`Kernels`, saved beside
+the GEMM peak in `this-machine.json`): GEMMs over a grid of (m, k, n) from 16 to 4,096 a side,
+an element-wise kernel (out = a + b) over sizes from 4 KiB to 256 MiB, normal draws and the
+fused AdamW step over tensor sizes. A step's time is the sum, over its work, of each kernel's
+time read from those tables: log-log interpolation between measured points, linear scaling
+past the largest (a product with a 49,152-wide vocabulary costs its width over 4,096 times the
+widest measured). The tables carry the per-kernel overhead (a 16 x 16 x 16 product's time is
+almost all of it) and the cache effects a single peak figure hides. Devices known by their
+published peaks (the profiles in `edgetune/cost/devices/`) keep the roofline.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from edgetune.cost.graph import Event
+from edgetune.errors import EdgetuneError
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one step's kernels do. `gemms`: (batch, m, k, n) -> how many times; `streams`:
+    bytes an element-wise kernel reads and writes -> how many times; `normals`: elements drawn
+    from a normal distribution (tensor sizes -> times); `adamw`: tensor sizes -> fused AdamW
+    steps over them."""
+
+    gemms: Counter = field(default_factory=Counter)
+    streams: Counter = field(default_factory=Counter)
+    normals: Counter = field(default_factory=Counter)
+    adamw: Counter = field(default_factory=Counter)
+    bernoulli: Counter = field(default_factory=Counter)  # dropout's noise draws, by bytes
+
+    def __add__(self, other: Work) -> Work:
+        return Work(self.gemms + other.gemms, self.streams + other.streams,
+                    self.normals + other.normals, self.adamw + other.adamw,
+                    self.bernoulli + other.bernoulli)  # fmt: skip
+
+    def times(self, k: float) -> Work:
+        """This work `k` times over."""
+
+        def scale(c: Counter) -> Counter:
+            return Counter({key: v * k for key, v in c.items()})
+
+        return Work(scale(self.gemms), scale(self.streams), scale(self.normals),
+                    scale(self.adamw), scale(self.bernoulli))  # fmt: skip
+
+    @property
+    def macs(self) -> float:
+        return sum(b * m * k * n * c for (b, m, k, n), c in self.gemms.items())
+
+
+def _stream_bytes(e: Event) -> float:
+    """Bytes an element-wise op reads and writes in the forward (a lookup reads its rows)."""
+    if e.kind == "lookup":
+        return 2 * e.out_bytes
+    return e.out_bytes + sum(v for _, v in e.inputs)
+
+
+def forward_work(events: Iterable[Event], dual: bool = False) -> Work:
+    """The kernels of one forward over `events`; `dual`: with forward-mode AD, where a product
+    whose output carries a tangent forms two more (`Event.tangent_gemms`) and an element-wise
+    op runs again on the tangent."""
+    w = Work()
+    for e in events:
+        for g in e.gemms + (e.tangent_gemms if dual else ()):
+            w.gemms[g] += 1
+        if e.kind == "dropout":  # the noise drawn, then divided in place
+            w.bernoulli[e.out_bytes] += 1
+            w.streams[2 * e.out_bytes] += 1
+        elif not e.gemms and e.out_bytes > 0:
+            w.streams[_stream_bytes(e)] += 2 if dual and e.out_rg else 1
+    return w
+
+
+def backward_work(events: Sequence[Event]) -> Work:
+    """The kernels of the backward through `events`: each product's gradient products, and for
+    an element-wise op a kernel that reads its output's gradient and what it saved and writes
+    its inputs' gradients; a linear whose parameters train also sums its output's gradient
+    over rows (the bias gradient)."""
+    w = Work()
+    for e in reversed(events):
+        for g in e.dx_gemms + e.dw_gemms:  # recorded only where a gradient is formed
+            w.gemms[g] += 1
+        if not e.out_rg:
+            continue
+        if e.gemms:
+            if e.params and e.kind == "linear":
+                w.streams[e.out_bytes] += 1
+        elif e.out_bytes > 0:
+            w.streams[e.out_bytes + e.grad_in + sum(v for _, v in e.saved)] += 1
+    return w
+
+
+def update_work(events: Iterable[Event]) -> Work:
+    """The weight-gradient products alone: a forward-only rule's local updates."""
+    w = Work()
+    for e in events:
+        for g in e.dw_gemms:
+            w.gemms[g] += 1
+    return w
+
+
+def trained_tensors(events: Iterable[Event]) -> list[float]:
+    """Element counts of the trained tensors (a shared one once)."""
+    seen: set[str] = set()
+    sizes = []
+    for e in events:
+        for key, n in e.params:
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            sizes.append(n)
+    return sizes
+
+
+def optimizer_work(sizes: Sequence[float], optimizer: str, nbytes: int,
+                   clip: bool = True) -> Work:  # fmt: skip
+    """An optimizer step over tensors of `sizes` elements (AdamW fused; SGD an in-place pass,
+    with momentum two), after clipping the gradients' norm (a norm and a scaling pass over
+    each gradient)."""
+    w = Work()
+    for n in sizes:
+        if optimizer == "adamw":
+            w.adamw[n] += 1
+        else:
+            w.streams[3 * n * nbytes] += 1 if optimizer == "sgd" else 2
+        if clip:
+            w.streams[n * nbytes] += 1  # the norm reads it
+            w.streams[2 * n * nbytes] += 1  # the scaling reads and writes it
+    return w
+
+
+def perturbation_work(sizes: Sequence[float], nbytes: int, draws: int, copies: int,
+                      updates: int) -> Work:  # fmt: skip
+    """A zeroth-order or forward-mode rule's passes over the tensors it perturbs: `draws`
+    normal draws of each, `copies` perturbed copies (a clone and an in-place add of z) and
+    `updates` in-place updates (theta -= lr (g z + decay theta): four element-wise passes)."""
+    w = Work()
+    for n in sizes:
+        w.normals[n] += draws
+        w.streams[2 * n * nbytes] += copies  # the clone
+        w.streams[3 * n * nbytes] += copies + 4 * updates  # add_, and the update's passes
+    return w
+
+
+# -- this machine's kernel tables -------------------------------------------------------------
+def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """log-log interpolation of y(x) in a table sorted by x; past the last point y grows in
+    proportion to x, below the first it stays at the first y (a kernel's fixed overhead)."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1] * x / xs[-1]
+    i = bisect.bisect_right(xs, x)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    f = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return math.exp(math.log(y0) + f * (math.log(y1) - math.log(y0)))
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Measured kernel times on this machine, products in one dtype (`edgetune.measure.gemm`).
+
+    `sides`: the grid's side lengths; `gemm[i][j][l]`: seconds of an (sides[i], sides[j]) by
+    (sides[j], sides[l]) product; `stream`: (bytes, seconds) of out = a + b; `normal` and
+    `adamw`: (elements, seconds) of a normal draw and a fused AdamW step over one tensor;
+    `bernoulli`: (bytes, seconds) of bernoulli_ over an fp32 tensor (dropout's noise)."""
+
+    sides: tuple[int, ...]
+    gemm: tuple[tuple[tuple[float, ...], ...], ...]
+    stream: tuple[tuple[float, float], ...]
+    normal: tuple[tuple[float, float], ...]
+    adamw: tuple[tuple[float, float], ...]
+    bernoulli: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def from_json(cls, raw: dict, dtype: str) -> Kernels | None:
+        """The tables for products in `dtype` (None: that dtype's GEMMs were not timed)."""
+        if dtype not in raw.get("gemm", {}):
+            return None
+        try:
+            k = cls(
+                tuple(int(s) for s in raw["sides"]),
+                tuple(tuple(tuple(float(t) for t in row) for row in plane)
+                      for plane in raw["gemm"][dtype]),
+                tuple((float(a), float(b)) for a, b in raw["stream"]),
+                tuple((float(a), float(b)) for a, b in raw["normal"]),
+                tuple((float(a), float(b)) for a, b in raw["adamw"]),
+                tuple((float(a), float(b)) for a, b in raw["bernoulli"]),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as e:
+            raise EdgetuneError(
+                f"the kernel tables are malformed ({e}); run `edgetune bench hardware`"
+            ) from None
+        n = len(k.sides)
+        if n < 2 or len(k.gemm) != n or any(len(p) != n or any(len(r) != n for r in p)
+                                            for p in k.gemm):  # fmt: skip
+            raise EdgetuneError("the GEMM table does not match its sides; run "
+                                "`edgetune bench hardware`")  # fmt: skip
+        return k
+
+    def gemm_s(self, m: float, k: float, n: float) -> float:
+        """Seconds of one (m, k) by (k, n) product: trilinear interpolation of log time over
+        log sides inside the grid, times the excess past its largest side."""
+        sides = self.sides
+        logs = [math.log(s) for s in sides]
+
+        def locate(x: float) -> tuple[int, float, float]:
+            """Cell index, fraction within it, and the factor past the grid."""
+            excess = max(1.0, x / sides[-1])
+            x = min(max(x, sides[0]), sides[-1])
+            i = min(bisect.bisect_right(sides, x) - 1, len(sides) - 2)
+            return i, (math.log(x) - logs[i]) / (logs[i + 1] - logs[i]), excess
+
+        (i, fi, ei), (j, fj, ej), (c, fc, ec) = locate(m), locate(k), locate(n)
+        total = 0.0
+        for di, wi in ((0, 1 - fi), (1, fi)):
+            for dj, wj in ((0, 1 - fj), (1, fj)):
+                for dc, wc in ((0, 1 - fc), (1, fc)):
+                    total += wi * wj * wc * math.log(self.gemm[i + di][j + dj][c + dc])
+        return math.exp(total) * ei * ej * ec
+
+    def seconds(self, work: Work) -> float:
+        """Seconds of `work` on this machine."""
+
+        def table(pairs: tuple[tuple[float, float], ...], x: float) -> float:
+            return _interp([p[0] for p in pairs], [p[1] for p in pairs], x)
+
+        # a batched product as one of its batch's rows stacked: bmm pays its overhead once
+        t = sum(c * self.gemm_s(b * m, k, n) for (b, m, k, n), c in work.gemms.items())
+        t += sum(c * table(self.stream, x) for x, c in work.streams.items())
+        t += sum(c * table(self.normal, x) for x, c in work.normals.items())
+        t += sum(c * table(self.adamw, x) for x, c in work.adamw.items())
+        t += sum(c * table(self.bernoulli, x) for x, c in work.bernoulli.items())
+        return t
+
+
+__all__ = ["Kernels", "Work", "backward_work", "forward_work", "optimizer_work",
+           "perturbation_work", "trained_tensors", "update_work"]  # fmt: skip

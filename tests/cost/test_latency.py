@@ -1,0 +1,110 @@
+"""The step-time model: every MAC the cost model counts is in one of the step's kernels, and
+the kernel tables are read as measured (interpolated between points, scaled past the last)."""
+
+import json
+import math
+
+import pytest
+from rules import RULES
+
+from edgetune.cost.device import load_device, roofline, step_time
+from edgetune.cost.graph import Tape, Train
+from edgetune.cost.latency import Kernels, Work
+from edgetune.cost.methods import Rule, step_cost
+from edgetune.cost.shapes import ModelShape
+from edgetune.errors import EdgetuneError
+from edgetune.scheme import UnitUpdate, UpdateScheme
+
+ENC = ModelShape("enc", "bert", "encoder", 1000, 64, 2, 4, 4, 16, 128, n_positions=64,
+                 type_vocab=2, pooler=True)  # fmt: skip
+DEC = ModelShape("dec", "llama", "decoder", 1000, 64, 2, 4, 2, 16, 128, gated=True, act="silu",
+                 norm="rmsnorm", bias=False, tied=True, emb_norm=False, final_norm=True,
+                 kv_cache=True, rope_dim=16)  # fmt: skip
+SCHEME = UpdateScheme((UnitUpdate("qkv", 1, 0.5, True), UnitUpdate("ffn2", 1, 1.0, True)), "top")
+
+
+@pytest.mark.parametrize("shape", [ENC, DEC], ids=["encoder", "decoder"])
+@pytest.mark.parametrize(
+    "method", ["backprop", "lora", "sparse", "mezo", "pepita", "mempepita", "forward_grad"]
+)
+def test_every_mac_is_in_a_kernel(shape, method):
+    head = "classifier" if shape is ENC else "lm"
+    c = step_cost(shape, RULES[method], 2, 16, head=head, n_labels=3, scheme=SCHEME)
+    if RULES[method].update == "forward-mode":  # the tangent products are in its forward MACs
+        assert c.work.macs == pytest.approx(c.fwd_macs)
+    else:
+        assert c.work.macs == pytest.approx(c.macs)
+    assert c.work.streams and (c.work.adamw or c.work.normals or RULES[method].update != "backward")
+
+
+def test_checkpointing_adds_the_recomputed_forward_and_queries_scale():
+    plain = step_cost(DEC, RULES["backprop"], 2, 16)
+    again = step_cost(DEC, RULES["backprop"], 2, 16, checkpointing=True)
+    assert again.work.macs == pytest.approx(again.macs)
+    assert again.work.macs > plain.work.macs
+    one, four = (step_cost(DEC, RULES["mezo"], 2, 16, queries=q) for q in (1, 4))
+    assert four.work.macs == pytest.approx(4 * one.work.macs)
+    assert sum(four.work.normals.values()) == 4 * sum(one.work.normals.values())
+
+
+def test_a_linear_records_its_products_and_their_gradients():
+    tape = Tape(4)
+    x = tape.new(8 * 32, rg=True)
+    tape.linear(x, 8, 32, 16, Train(1.0, True, lora_rank=2), True)
+    e = tape.events[-1]
+    assert e.gemms == ((1, 8, 32, 16), (1, 8, 32, 2), (1, 8, 2, 16))
+    assert (1, 8, 16, 32) in e.dx_gemms and (1, 16, 8, 32) in e.dw_gemms  # dX = dY W, dW
+
+
+def _tables(per_flop: float = 1e-9, fixed: float = 1e-6) -> dict:
+    """Synthetic tables: a product costs `fixed` + 2 m k n `per_flop` seconds."""
+    sides = [16, 64, 256]
+    gemm = [[[fixed + 2 * m * k * n * per_flop for n in sides] for k in sides] for m in sides]
+    return {"sides": sides, "gemm": {"fp32": gemm}, "stream": [[1e3, 1e-6], [1e6, 1e-4]],
+            "normal": [[1e3, 2e-6], [1e6, 2e-3]], "adamw": [[1e3, 3e-6], [1e6, 3e-3]],
+            "bernoulli": [[1e3, 4e-6], [1e6, 4e-3]]}  # fmt: skip
+
+
+def test_kernel_tables_interpolate_and_scale():
+    k = Kernels.from_json(_tables(), "fp32")
+    assert k is not None and Kernels.from_json(_tables(), "bf16") is None
+    assert k.gemm_s(64, 64, 64) == pytest.approx(1e-6 + 2 * 64**3 * 1e-9)  # a grid point
+    between = k.gemm_s(128, 64, 64)
+    assert k.gemm_s(64, 64, 64) < between < k.gemm_s(256, 64, 64)
+    assert k.gemm_s(1024, 64, 64) == pytest.approx(4 * k.gemm_s(256, 64, 64))  # past the grid
+    assert k.gemm_s(1, 1, 1) == k.gemm_s(16, 16, 16)  # below it: the fixed cost
+    w = Work()
+    w.gemms[(3, 16, 64, 64)] += 2  # a batched product: its rows stacked
+    w.streams[1e3] += 1
+    w.normals[1e6] += 1
+    w.adamw[1e4] += 1
+    adamw = math.exp(math.log(3e-6) + (math.log(3e-3) - math.log(3e-6)) / 3)  # 1e4: a third
+    assert k.seconds(w) == pytest.approx(2 * k.gemm_s(48, 64, 64) + 1e-6 + 2e-3 + adamw)
+
+
+def test_malformed_tables_are_one_clear_error():
+    raw = _tables()
+    raw["gemm"]["fp32"] = raw["gemm"]["fp32"][:2]
+    with pytest.raises(EdgetuneError, match="bench hardware"):
+        Kernels.from_json(raw, "fp32")
+    with pytest.raises(EdgetuneError, match="bench hardware"):
+        Kernels.from_json({"gemm": {"fp32": []}}, "fp32")
+
+
+def test_this_machine_times_kernels_once_measured_and_profiles_keep_the_roofline(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path))
+    c = step_cost(ENC, Rule("backward", "all"), 2, 16, head="classifier", n_labels=3)
+    path = tmp_path / "this-machine.json"
+    path.write_text(json.dumps({"when": "t", "peak_flops": {"fp32": 1e11}, "bandwidth": 2e10}))
+    dev = load_device("this-machine")
+    assert step_time(c, dev) == roofline(c, dev).latency_s  # no tables yet
+    path.write_text(json.dumps({"when": "t", "peak_flops": {"fp32": 1e11}, "bandwidth": 2e10,
+                                "kernels": _tables()}))  # fmt: skip
+    dev = load_device("this-machine")
+    timed = Kernels.from_json(_tables(), "fp32")
+    assert timed is not None and step_time(c, dev) == pytest.approx(timed.seconds(c.work))
+    assert step_time(c, dev, "bf16") is None  # neither tables nor a peak for bf16
+    rpi = load_device("rpi4")
+    assert step_time(c, rpi) == roofline(c, rpi).latency_s
