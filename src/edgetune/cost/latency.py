@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from edgetune.cost.forward_only import CHUNK
 from edgetune.cost.graph import Event
 from edgetune.errors import EdgetuneError
 
@@ -148,12 +149,16 @@ def perturbation_work(sizes: Sequence[float], nbytes: int, draws: int, copies: i
                       updates: int) -> Work:  # fmt: skip
     """A zeroth-order or forward-mode rule's passes over the tensors it perturbs: `draws`
     normal draws of each, `copies` perturbed copies (a clone and an in-place add of z) and
-    `updates` in-place updates (theta -= lr (g z + decay theta): four element-wise passes)."""
+    `updates` in-place updates (theta -= lr (g z + decay theta): four element-wise passes);
+    z is drawn and applied `CHUNK` elements at a time, as the runtime does."""
     w = Work()
     for n in sizes:
-        w.normals[n] += draws
         w.streams[2 * n * nbytes] += copies  # the clone
-        w.streams[3 * n * nbytes] += copies + 4 * updates  # add_, and the update's passes
+        whole, rest = divmod(n, CHUNK)  # z comes a chunk at a time, each its own kernels
+        for size, count in ((CHUNK, whole), (rest, 1)):
+            if size and count:
+                w.normals[size] += draws * count
+                w.streams[3 * size * nbytes] += (copies + 4 * updates) * count  # add_, update
     return w
 
 
