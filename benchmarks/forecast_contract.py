@@ -5,14 +5,14 @@ after another in one run of this script, with the final evaluation off (the trai
 what the forecast describes; the evaluation has its own, `eval_batch`):
 
 - MiniLM (the bundled weights) on Reuters-R8, batch 16 x 64, every method;
-- SmolLM2-135M (bundled) on `brown`, batch 4 x 128: backprop, lora, sparse, mezo, and LoRA over
-  the GGUF file's own Q4_1 blocks with the lean options;
+- SmolLM2-135M (bundled) on `brown`, batch 4 x 128: every method, and LoRA over the GGUF file's
+  own Q4_1 blocks with the lean options;
 - t5-small (random weights) on `email-subjects` summaries, batch 8 x 128 -> 32.
 
 Per run: the forecast's whole-process peak (runtime measured on this machine + what the load
 kept + the step's peak) against the measured peak resident set of training; the forecast's
-step time on `this-machine` (`edgetune bench hardware`'s GEMM peak; measured again at the start
-of this script) against the median measured step; the expected total time the run states before
+step time on `this-machine` (its kernels timed by `edgetune bench hardware`'s tables, measured
+again at the start of this script) against the median measured step; the expected total time the run states before
 step 1 and after 10 % of its steps (`eta_s` in metrics.jsonl) against its real total.
 
 Writes benchmarks/results/forecast_contract.{json,md,png}.
@@ -48,12 +48,18 @@ RUNS = {
         "mezo": {**MINILM, "train.method": "mezo", "train.lr": 1e-6},
         "pepita": {**MINILM, "train.method": "pepita", "train.lr": 1e-3},
         "mempepita": {**MINILM, "train.method": "mempepita", "train.lr": 1e-3},
+        "forward_grad": {**MINILM, "train.method": "forward_grad", "train.lr": 1e-4},
+        "hybrid": {**MINILM, "train.method": "hybrid"},
     },
     "smollm2": {
         "backprop": {**SMOL, "train.method": "backprop"},
         "lora": {**SMOL, "train.method": "lora", "train.lr": 1e-3},
         "sparse last-2": {**SMOL, "train.method": "sparse", "method.scheme": "last-2"},
         "mezo": {**SMOL, "train.method": "mezo", "train.lr": 1e-6},
+        "pepita": {**SMOL, "train.method": "pepita", "train.lr": 1e-3},
+        "mempepita": {**SMOL, "train.method": "mempepita", "train.lr": 1e-3},
+        "forward_grad": {**SMOL, "train.method": "forward_grad", "train.lr": 1e-4},
+        "hybrid": {**SMOL, "train.method": "hybrid"},
         "lora, GGUF Q4_1 base, lean": {**SMOL, "train.method": "lora", "train.lr": 1e-3,
                                        "model.weights": "gguf", **LEAN},
     },

@@ -317,9 +317,9 @@ def summarize(setup: Setup, variants: list[Variant], runs: dict[str, list[dict]]
 # -- hardware ---------------------------------------------------------------------------------
 def hardware(summary: dict[str, Any], gemm: dict[str, Any]) -> dict[str, Any]:
     """Per measured step: achieved FLOP/s (torch's flop counter over the step time), model FLOP
-    utilization against this machine's fp32 GEMM peak, tokens/s, and the cost model's roofline
-    latency on `this-machine` with the peak and bandwidth of `gemm` (the numbers the profile
-    now holds) against the measured step time."""
+    utilization against this machine's fp32 GEMM peak, tokens/s, and the cost model's step
+    time on `this-machine` (its kernels timed in `gemm`, the tables the profile now holds)
+    against the measured step time, beside the roofline's at the peak and bandwidth of `gemm`."""
     from edgetune.cost import EFFICIENCY
 
     peak, bw = gemm["peak_flops"]["fp32"], gemm["bandwidth"]
@@ -328,11 +328,13 @@ def hardware(summary: dict[str, Any], gemm: dict[str, Any]) -> dict[str, Any]:
         if "error" in r:
             continue
         p = r["predicted"]
-        pred = max(p["flops"] / (peak * EFFICIENCY), p.get("bytes_moved", 0.0) / (bw * EFFICIENCY))
+        pred = p.get("latency_s")
+        roof = max(p["flops"] / (peak * EFFICIENCY), p.get("bytes_moved", 0.0) / (bw * EFFICIENCY))
         rows.append({
             "label": r["label"], "step_s": r["step_s"], "flops_per_step": r["flops_per_step"],
             "flops_per_s": r["flops_per_s"], "mfu": r["flops_per_s"] / peak,
             "tokens_per_s": r["tokens_per_s"], "predicted_step_s": pred,
             "predicted_over_measured": None if pred is None else pred / r["step_s"],
+            "roofline_step_s": roof, "roofline_over_measured": roof / r["step_s"],
         })  # fmt: skip
     return {"setup": summary["setup"], "gemm": gemm, "rows": rows}

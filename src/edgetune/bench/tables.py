@@ -83,24 +83,28 @@ def sweep_table(result: dict[str, Any]) -> str:
 def hardware_table(hw: dict[str, Any]) -> str:
     g, s = hw["gemm"], hw["setup"]
     peaks = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in g["peak_flops"].items())
+    load = hw.get("load")
     lines = [
-        f"This machine ({g['threads']} threads, measured {g['when']}): GEMM {g['gemm_n']}^3 "
+        (f"Load average {load[0]:.2f} before, {load[1]:.2f} after. " if load else "")
+        + f"This machine ({g['threads']} threads, measured {g['when']}): GEMM {g['gemm_n']}^3 "
         f"median of {g['repeats']}: {peaks}; copy bandwidth {g['bandwidth'] / 1e9:.1f} GB/s.",
         "",
         f"Training steps of {s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}, fp32. "
         "MFU = achieved FLOP/s (flop counter: matrix products only) / fp32 GEMM peak. Predicted: "
-        "cost-model roofline on `this-machine` (50 % efficiency).",
+        "the step's kernels, each timed on this machine (`edgetune.cost.latency`); roofline: "
+        "FLOPs at 50 % of the GEMM peak.",
         "",
         "| method | step s | GFLOP/step | achieved GFLOP/s | MFU | tokens/s | predicted step s "
-        "| predicted / measured |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| predicted / measured | roofline / measured |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in hw["rows"]:
         pred = r["predicted_step_s"]
         lines.append(
             f"| {r['label']} | {r['step_s']:.3f} | {r['flops_per_step'] / 1e9:.1f} | "
             f"{r['flops_per_s'] / 1e9:.1f} | {r['mfu'] * 100:.1f} % | {r['tokens_per_s']:.0f} | "
-            f"{_f(pred, '.3f')} | {_f(r['predicted_over_measured'], '.2f')} |"
+            f"{_f(pred, '.3f')} | {_f(r['predicted_over_measured'], '.2f')} | "
+            f"{_f(r.get('roofline_over_measured'), '.2f')} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -124,6 +125,7 @@ def hardware(
     from edgetune.measure.runtime import runtime
 
     torch.set_num_threads(threads)
+    load_before = os.getloadavg()[0]
     try:
         sides = tuple(sorted({int(v) for v in kernel_sides.split(",")}))
     except ValueError:
@@ -149,6 +151,7 @@ def hardware(
                        threads=threads)  # fmt: skip
         summary = compare(setup, _variants(preset, "qkv-ffn1-2", only), accuracy=set(), log=_log)
     hw = hardware_rows(summary, gemm)
+    hw["load"] = [load_before, os.getloadavg()[0]]
     text = hardware_table(hw)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "hardware.json", json.dumps(hw, indent=1))

@@ -154,7 +154,7 @@ def perturbation_work(sizes: Sequence[float], nbytes: int, draws: int, copies: i
     w = Work()
     for n in sizes:
         w.streams[2 * n * nbytes] += copies  # the clone
-        whole, rest = divmod(n, CHUNK)  # z comes a chunk at a time, each its own kernels
+        whole, rest = divmod(int(n), CHUNK)  # z comes a chunk at a time, each its own kernels
         for size, count in ((CHUNK, whole), (rest, 1)):
             if size and count:
                 w.normals[size] += draws * count
