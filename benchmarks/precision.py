@@ -20,12 +20,15 @@ Predicted whole-process peak = baseline + the forecast's step peak (weights incl
 Writes benchmarks/results/precision.{json,md,png}.
 
     python benchmarks/precision.py                 # everything (about 40 minutes here)
-    python benchmarks/precision.py --only smollm2  # or minilm, llama
+    python benchmarks/precision.py --only smollm2  # or minilm, llama (precision-smollm2.*)
+    python benchmarks/precision.py --only smollm2 llama --update  # these sections anew in
+                                                   # precision.*, the others kept as they were
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -35,6 +38,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 WORKER = f"{__file__}:worker"
+SECTIONS = ("smollm2", "minilm", "llama")
 LEAN = {"train.checkpointing": True, "train.chunked_loss": True, "train.lean_allocator": True}
 SMOL = {"model.name": "smollm2-135m", "data.name": "brown", "data.seq_len": 128,
         "train.batch_size": 4, "train.max_steps": 30, "train.method": "lora",
@@ -171,18 +175,24 @@ def _run(label: str, spec: dict, threads: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["smollm2", "minilm", "llama"])
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only")
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: write them into precision.* and keep its other sections",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alternations", type=int, default=12)
     ap.add_argument("--steps", type=int, default=30, help="SmolLM2 training steps")
     ap.add_argument("--eval-samples", type=int, default=200, help="SmolLM2 test blocks")
     args = ap.parse_args()
     th = args.threads
+    only = args.only or list(SECTIONS)
     SMOL.update({"train.max_steps": args.steps, "data.eval_samples": args.eval_samples})
     result: dict = {"load_before": os.getloadavg(), "threads": th, "cpu_bf16": _cpu_bf16()}
     base = _run("baseline", {"kind": "baseline", "config": SMOL}, th)
     result["baseline"] = base
-    if args.only in (None, "smollm2"):
+    if "smollm2" in only:
         runs = {
             "fp32 inference": {"kind": "infer", "config": SMOL},
             "LoRA, fp32 base": {"kind": "train", "config": SMOL},
@@ -195,7 +205,7 @@ def main() -> None:
                 "kind": "train", "config": {**SMOL, "model.weights": "q4_0", **LEAN}},
         }  # fmt: skip
         result["smollm2"] = {k: _run(k, v, th) for k, v in runs.items()}
-    if args.only in (None, "minilm"):
+    if "minilm" in only:
         result["minilm"] = {
             "alternated": _run("MiniLM fp32/bf16 alternated",
                                {"kind": "alternate", "config": DEMO,
@@ -204,14 +214,18 @@ def main() -> None:
             "demo bf16": _run("demo bf16", {"kind": "train",
                                             "config": {**DEMO, "train.dtype": "bf16"}}, th),
         }  # fmt: skip
-    if args.only in (None, "llama"):
+    if "llama" in only:
         result["llama"] = {
             "LoRA, q4_0 base, lean": _run("llama-1b", {"kind": "train", "config": LLAMA}, th)
         }
     result["load_after"] = os.getloadavg()
     from edgetune.bench.tables import write_json_md
 
-    name = "precision" if args.only is None else f"precision-{args.only}"
+    name = "precision" if args.only is None or args.update else "precision-" + "-".join(only)
+    if args.update:
+        old = json.loads((RESULTS / f"{name}.json").read_text())
+        kept = [s for s in SECTIONS if s not in only and s in old]
+        result = {**{s: old[s] for s in kept}, **result, "kept": kept}
     paths = write_json_md(result, RESULTS, name, table(result))
     png = RESULTS / f"{name}.png"
     plot(result, png)
@@ -241,6 +255,9 @@ def table(r: dict) -> str:
         "forecast's step peak. Lean: activation checkpointing, chunked loss, lean allocator.",
         "",
     ]
+    if r.get("kept"):
+        lines += [f"Kept from an earlier run (another load and baseline): {', '.join(r['kept'])}.",
+                  ""]  # fmt: skip
     if "smollm2" in r:
         s = r["smollm2"]
         infer = s["fp32 inference"].get("peak_rss_mb")
