@@ -225,7 +225,9 @@ def main() -> None:
     if args.update:
         old = json.loads((RESULTS / f"{name}.json").read_text())
         kept = [s for s in SECTIONS if s not in only and s in old]
-        result = {**{s: old[s] for s in kept}, **result, "kept": kept}
+        # a kept section keeps the baseline it was predicted on
+        based = {s: old.get("based", {}).get(s, old["baseline"]["rss_mb"]) for s in kept}
+        result = {**{s: old[s] for s in kept}, **result, "kept": kept, "based": based}
     paths = write_json_md(result, RESULTS, name, table(result))
     png = RESULTS / f"{name}.png"
     plot(result, png)
@@ -237,6 +239,11 @@ def _cpu_bf16() -> bool:
     from edgetune.placement import cpu_has_bf16
 
     return cpu_has_bf16()
+
+
+def _base(r: dict, section: str) -> float:
+    """The runtime baseline a section's predictions add to: this run's, or a kept section's."""
+    return r.get("based", {}).get(section, r["baseline"].get("rss_mb", 0.0))
 
 
 def _whole(run: dict, baseline: float) -> float | None:
@@ -256,10 +263,11 @@ def table(r: dict) -> str:
         "",
     ]
     if r.get("kept"):
-        lines += [f"Kept from an earlier run (another load and baseline): {', '.join(r['kept'])}.",
-                  ""]  # fmt: skip
+        kept = ", ".join(f"{s} (baseline {_base(r, s):.0f} MiB)" for s in r["kept"])
+        lines += [f"Kept from an earlier run of this benchmark: {kept}.", ""]
     if "smollm2" in r:
         s = r["smollm2"]
+        base = _base(r, "smollm2")
         infer = s["fp32 inference"].get("peak_rss_mb")
         lines += [
             f"## SmolLM2-135M, LoRA on brown, batch 4 x 128, {SMOL['train.max_steps']} steps",
@@ -304,6 +312,7 @@ def table(r: dict) -> str:
         lines.append("")
     if "llama" in r:
         run = r["llama"]["LoRA, q4_0 base, lean"]
+        base = _base(r, "llama")
         lines += ["## llama-1b (Llama-3.2-1B shape, random weights), LoRA over q4_0, 1 x 256", ""]
         if "error" in run:
             lines.append(f"failed: {run['error']}")
@@ -329,7 +338,7 @@ def plot(r: dict, path: Path) -> None:
     s = {k: v for k, v in r["smollm2"].items() if "error" not in v}
     labels = list(s)
     peaks = [v.get("peak_rss_mb") or v["memory"]["peak_rss_mb"] for v in s.values()]
-    base = r["baseline"].get("rss_mb", 0.0)
+    base = _base(r, "smollm2")
     preds = [_whole(v, base) or 0.0 for v in s.values()]
     fig, ax = plt.subplots(figsize=(9, 4))
     y = range(len(labels))
