@@ -183,10 +183,13 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alternations", type=int, default=12)
+    ap.add_argument("--rows", nargs="+", help="SmolLM2 rows to run, by label (default: all)")
     ap.add_argument("--steps", type=int, default=30, help="SmolLM2 training steps")
     ap.add_argument("--eval-samples", type=int, default=200, help="SmolLM2 test blocks")
     args = ap.parse_args()
     th = args.threads
+    if args.rows and args.update:
+        ap.error("--update writes whole sections; --rows runs part of one")
     only = args.only or list(SECTIONS)
     SMOL.update({"train.max_steps": args.steps, "data.eval_samples": args.eval_samples})
     result: dict = {"load_before": os.getloadavg(), "threads": th, "cpu_bf16": _cpu_bf16()}
@@ -204,7 +207,11 @@ def main() -> None:
             "LoRA, q4_0 base, lean": {
                 "kind": "train", "config": {**SMOL, "model.weights": "q4_0", **LEAN}},
         }  # fmt: skip
-        result["smollm2"] = {k: _run(k, v, th) for k, v in runs.items()}
+        unknown = set(args.rows or []) - set(runs)
+        if unknown:
+            ap.error(f"unknown rows {sorted(unknown)}; the rows: {', '.join(runs)}")
+        result["smollm2"] = {k: _run(k, v, th) for k, v in runs.items()
+                             if not args.rows or k in args.rows}  # fmt: skip
     if "minilm" in only:
         result["minilm"] = {
             "alternated": _run("MiniLM fp32/bf16 alternated",
