@@ -20,12 +20,15 @@ Predicted whole-process peak = baseline + the forecast's step peak (weights incl
 Writes benchmarks/results/precision.{json,md,png}.
 
     python benchmarks/precision.py                 # everything (about 40 minutes here)
-    python benchmarks/precision.py --only smollm2  # or minilm, llama
+    python benchmarks/precision.py --only smollm2  # or minilm, llama (precision-smollm2.*)
+    python benchmarks/precision.py --only smollm2 llama --update  # these sections anew in
+                                                   # precision.*, the others kept as they were
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -35,6 +38,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 WORKER = f"{__file__}:worker"
+SECTIONS = ("smollm2", "minilm", "llama")
 LEAN = {"train.checkpointing": True, "train.chunked_loss": True, "train.lean_allocator": True}
 SMOL = {"model.name": "smollm2-135m", "data.name": "brown", "data.seq_len": 128,
         "train.batch_size": 4, "train.max_steps": 30, "train.method": "lora",
@@ -171,18 +175,27 @@ def _run(label: str, spec: dict, threads: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["smollm2", "minilm", "llama"])
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only")
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: write them into precision.* and keep its other sections",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--alternations", type=int, default=12)
+    ap.add_argument("--rows", nargs="+", help="SmolLM2 rows to run, by label (default: all)")
     ap.add_argument("--steps", type=int, default=30, help="SmolLM2 training steps")
     ap.add_argument("--eval-samples", type=int, default=200, help="SmolLM2 test blocks")
     args = ap.parse_args()
     th = args.threads
+    if args.rows and args.update:
+        ap.error("--update writes whole sections; --rows runs part of one")
+    only = args.only or list(SECTIONS)
     SMOL.update({"train.max_steps": args.steps, "data.eval_samples": args.eval_samples})
     result: dict = {"load_before": os.getloadavg(), "threads": th, "cpu_bf16": _cpu_bf16()}
     base = _run("baseline", {"kind": "baseline", "config": SMOL}, th)
     result["baseline"] = base
-    if args.only in (None, "smollm2"):
+    if "smollm2" in only:
         runs = {
             "fp32 inference": {"kind": "infer", "config": SMOL},
             "LoRA, fp32 base": {"kind": "train", "config": SMOL},
@@ -194,8 +207,12 @@ def main() -> None:
             "LoRA, q4_0 base, lean": {
                 "kind": "train", "config": {**SMOL, "model.weights": "q4_0", **LEAN}},
         }  # fmt: skip
-        result["smollm2"] = {k: _run(k, v, th) for k, v in runs.items()}
-    if args.only in (None, "minilm"):
+        unknown = set(args.rows or []) - set(runs)
+        if unknown:
+            ap.error(f"unknown rows {sorted(unknown)}; the rows: {', '.join(runs)}")
+        result["smollm2"] = {k: _run(k, v, th) for k, v in runs.items()
+                             if not args.rows or k in args.rows}  # fmt: skip
+    if "minilm" in only:
         result["minilm"] = {
             "alternated": _run("MiniLM fp32/bf16 alternated",
                                {"kind": "alternate", "config": DEMO,
@@ -204,14 +221,20 @@ def main() -> None:
             "demo bf16": _run("demo bf16", {"kind": "train",
                                             "config": {**DEMO, "train.dtype": "bf16"}}, th),
         }  # fmt: skip
-    if args.only in (None, "llama"):
+    if "llama" in only:
         result["llama"] = {
             "LoRA, q4_0 base, lean": _run("llama-1b", {"kind": "train", "config": LLAMA}, th)
         }
     result["load_after"] = os.getloadavg()
     from edgetune.bench.tables import write_json_md
 
-    name = "precision" if args.only is None else f"precision-{args.only}"
+    name = "precision" if args.only is None or args.update else "precision-" + "-".join(only)
+    if args.update:
+        old = json.loads((RESULTS / f"{name}.json").read_text())
+        kept = [s for s in SECTIONS if s not in only and s in old]
+        # a kept section keeps the baseline it was predicted on
+        based = {s: old.get("based", {}).get(s, old["baseline"]["rss_mb"]) for s in kept}
+        result = {**{s: old[s] for s in kept}, **result, "kept": kept, "based": based}
     paths = write_json_md(result, RESULTS, name, table(result))
     png = RESULTS / f"{name}.png"
     plot(result, png)
@@ -223,6 +246,11 @@ def _cpu_bf16() -> bool:
     from edgetune.placement import cpu_has_bf16
 
     return cpu_has_bf16()
+
+
+def _base(r: dict, section: str) -> float:
+    """The runtime baseline a section's predictions add to: this run's, or a kept section's."""
+    return r.get("based", {}).get(section, r["baseline"].get("rss_mb", 0.0))
 
 
 def _whole(run: dict, baseline: float) -> float | None:
@@ -241,8 +269,12 @@ def table(r: dict) -> str:
         "forecast's step peak. Lean: activation checkpointing, chunked loss, lean allocator.",
         "",
     ]
+    if r.get("kept"):
+        kept = ", ".join(f"{s} (baseline {_base(r, s):.0f} MiB)" for s in r["kept"])
+        lines += [f"Kept from an earlier run of this benchmark: {kept}.", ""]
     if "smollm2" in r:
         s = r["smollm2"]
+        base = _base(r, "smollm2")
         infer = s["fp32 inference"].get("peak_rss_mb")
         lines += [
             f"## SmolLM2-135M, LoRA on brown, batch 4 x 128, {SMOL['train.max_steps']} steps",
@@ -287,6 +319,7 @@ def table(r: dict) -> str:
         lines.append("")
     if "llama" in r:
         run = r["llama"]["LoRA, q4_0 base, lean"]
+        base = _base(r, "llama")
         lines += ["## llama-1b (Llama-3.2-1B shape, random weights), LoRA over q4_0, 1 x 256", ""]
         if "error" in run:
             lines.append(f"failed: {run['error']}")
@@ -312,7 +345,7 @@ def plot(r: dict, path: Path) -> None:
     s = {k: v for k, v in r["smollm2"].items() if "error" not in v}
     labels = list(s)
     peaks = [v.get("peak_rss_mb") or v["memory"]["peak_rss_mb"] for v in s.values()]
-    base = r["baseline"].get("rss_mb", 0.0)
+    base = _base(r, "smollm2")
     preds = [_whole(v, base) or 0.0 for v in s.values()]
     fig, ax = plt.subplots(figsize=(9, 4))
     y = range(len(labels))

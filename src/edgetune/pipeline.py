@@ -47,15 +47,14 @@ from edgetune.placement import Placement, place
 
 
 def quiet_libraries() -> None:
-    """No progress bars or load reports from transformers and datasets: edgetune shows its own
+    """No progress bars or load reports from transformers (and from `datasets`, quieted where a
+    data source imports it: `edgetune.data.rows.datasets_quiet`): edgetune shows its own
     progress, and a report of a new classifier head's missing weights is expected."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    datasets.disable_progress_bars()
     # PEFT still asks transformers 5 for `is_gradient_checkpointing` (deprecated, same meaning)
     warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
 

@@ -71,3 +71,52 @@ def test_heap_peak_sees_a_forward_s_live_tensors_and_not_freed_ones():
     assert heap_in_use_mb() < base + 60  # freed: out of the live heap again
     big(torch.zeros(1))  # outside the context: not sampled
     assert peak.peak_mb == after
+
+
+_CHUNKED = """
+import json, torch
+from torch import nn
+from edgetune.cost.graph import Tape
+from edgetune.measure.memory import peak_since_reset, reset_peak
+from edgetune.methods.chunked_loss import chunked_cross_entropy
+from edgetune.precision import dense_chunk
+torch.set_num_threads(1)
+n, d, V = 512, 128, 49152
+head = nn.Linear(d, V, bias=False).requires_grad_(False)
+h = torch.randn(n, d, requires_grad=True)
+t = torch.randint(0, V, (n,))
+out = {}
+for _ in range(2):  # the second: library buffers resident
+    b = reset_peak()
+    loss = chunked_cross_entropy(h, t, head)
+    out["forward"] = peak_since_reset() - b
+    b = reset_peak()
+    loss.backward()
+    out["backward"] = peak_since_reset() - b
+    h.grad = None
+tape = Tape(4)
+x = tape.new(n * d, True)
+tape.chunked_head(x, n, d, V, dense_chunk(V, d) // d, None)
+out["forward_predicted"] = tape.events[-2].out_bytes  # the chunk's logits
+out["backward_predicted"] = tape.events[-1].grad_in  # dL/dh and the chunk again
+print(json.dumps(out))
+"""
+
+
+def test_the_chunked_loss_holds_the_chunk_the_model_counts():
+    """The chunked loss's forward and backward grow the resident set by what `Tape.chunked_head`
+    counts: one chunk of fp32 logits (and dL/dh in the backward), measured on a 49k vocabulary
+    whose chunk (32 MiB) dominates allocator noise."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs")
+    import edgetune
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(edgetune.__file__).parents[1])}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", _CHUNKED], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    assert m["forward_predicted"] > 30 * 2**20
+    assert m["forward"] == pytest.approx(m["forward_predicted"], rel=0.15)
+    assert m["backward"] == pytest.approx(m["backward_predicted"], rel=0.15)

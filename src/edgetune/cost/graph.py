@@ -571,7 +571,9 @@ class Tape:
         """A frozen LM head and its cross-entropy a vocabulary chunk at a time
         (`edgetune.methods.chunked_loss`): logits h W^T of `chunk` rows at once, folded into a
         log-sum-exp; h, the log-sum-exp and the targets are saved; the backward forms each
-        chunk's logits again (forward MACs once more) and their product with W."""
+        chunk's logits again (forward MACs once more) and their product with W. One chunk of
+        fp32 logits is live at a time (the runtime works on it in place), in the forward and,
+        beside dL/dh, in the backward."""
         s = self.seg
         macs = rows * width * vocab
         self.matrix(vocab, width, False, key)
@@ -583,13 +585,15 @@ class Tape:
             self.save(x)
             self.save(self.new(rows, nbytes_el=4))  # log-sum-exp
             self.save(self.new(rows, nbytes_el=8))  # targets
-        logits = self.new(2 * rows * min(chunk, vocab), False, nbytes_el=4)  # and its exp
+        logits = self.new(rows * min(chunk, vocab), False, nbytes_el=4)
         product = (1, rows, width, vocab)
         again = ((1, rows, width, vocab), (1, rows, vocab, width)) if x.rg else ()
         self._op(logits, x, weights=vocab * width, kind="linear", gemms=(product,),
                  dx_gemms=again)  # fmt: skip
         loss = self.new(1, x.rg, nbytes_el=4)
-        self._op(loss, logits)
+        self._op(loss, logits, x)  # its backward forms dL/dh (grad_in) ...
+        if x.rg:
+            self.events[-1].grad_in += logits.nbytes  # ... and a chunk's logits again
 
     def cross_entropy(self, logits: Node, rows: int) -> None:
         """log_softmax saves its output (fp32: transformers upcasts logits for the loss),

@@ -32,10 +32,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Dataset
+from edgetune.data.rows import Rows
 
+if TYPE_CHECKING:
+    from edgetune.data.rows import Split
 from edgetune.errors import EdgetuneError
 
 ROLES = ("system", "user", "assistant")
@@ -66,7 +68,7 @@ class Cuts:
 # -- rows -> messages ---------------------------------------------------------------------------
 
 
-def to_messages(ds: Dataset, columns: dict[str, str], where: str) -> Dataset:
+def to_messages(ds: Split, columns: dict[str, str], where: str) -> Rows:
     """`ds` as one `messages` column, whichever of the three forms it holds."""
     names = ds.column_names
     text, target = columns.get("text", "text"), columns.get("target", "target")
@@ -88,7 +90,7 @@ def to_messages(ds: Dataset, columns: dict[str, str], where: str) -> Dataset:
             f"or {text!r} and {target!r} (--text-column, --target-column); its columns are "
             f"{', '.join(names)}"
         )
-    return Dataset.from_dict({"messages": rows})
+    return Rows({"messages": m} for m in rows)
 
 
 def _turns(value: Any, role: str) -> list[Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from datasets import DatasetDict
+from edgetune.data.rows import Rows
 
 WORDS = 60  # source words kept per prompt
 PER_SPLIT = {"train": 1200, "validation": 100, "test": 100}  # rows per source and split
@@ -31,7 +31,7 @@ def _cut(text: str) -> str:
     return " ".join(words[:WORDS]) + (" ..." if len(words) > WORDS else "")
 
 
-def build(load_bundled: Callable[[str], DatasetDict]) -> dict[str, list[dict]]:
+def build(load_bundled: Callable[[str], dict[str, Rows]]) -> dict[str, list[dict]]:
     """The splits: email and Reuters turns interleaved, `PER_SPLIT` rows of each per split;
     `load_bundled(name)` gives the source sets' splits."""
     emails, reuters = load_bundled("email-subjects"), load_bundled("reuters-r8")

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import datasets
-from datasets import DatasetDict
+from typing import TYPE_CHECKING
 
 from edgetune.config import DataConfig
 from edgetune.data.chat import to_messages
-from edgetune.data.files import _columns, load_files
 from edgetune.data.registry import DATASETS, SPLITS, load_bundled
+from edgetune.data.rows import datasets_quiet
 from edgetune.errors import EdgetuneError
 
-datasets.disable_progress_bars()
+if TYPE_CHECKING:
+    from edgetune.data.rows import Split
 
 
 @dataclass
 class TextData:
     """Text splits, their task and (classify) the class names of the full train split."""
 
-    splits: DatasetDict
+    splits: dict[str, Split]  # `Rows` for the bundled sets, a `Dataset` from files or the hub
     task: str
     labels: list[str]
 
@@ -37,8 +36,7 @@ def load_data(cfg: DataConfig) -> TextData:
             raise EdgetuneError(f"{cfg.name} is a {task} data set, not {cfg.task}")
         data = load_bundled(cfg.name)
         if task == "chat":  # rows of one form, as from files
-            data = DatasetDict({s: to_messages(ds, {}, f"{cfg.name} ({s})")
-                                for s, ds in data.items()})  # fmt: skip
+            data = {s: to_messages(ds, {}, f"{cfg.name} ({s})") for s, ds in data.items()}
     else:
         if not cfg.task:
             raise EdgetuneError(
@@ -46,6 +44,9 @@ def load_data(cfg: DataConfig) -> TextData:
             )
         task = cfg.task
         path = Path(cfg.name)
+        datasets_quiet()
+        from edgetune.data.files import load_files  # imports `datasets`: only for files
+
         data = load_files(path, task, columns) if path.exists() else _hub(cfg.name, task, columns)
     labels = label_names(data) if task == "classify" else []
     if cfg.train_samples:
@@ -62,7 +63,7 @@ def load_data(cfg: DataConfig) -> TextData:
     return TextData(data, task, labels)
 
 
-def label_names(data: DatasetDict) -> list[str]:
+def label_names(data: dict[str, Split]) -> list[str]:
     """Sorted class names of the train split; held-out labels must all occur in train."""
     names = sorted(set(data["train"]["label"]))
     if len(names) < 2:
@@ -76,13 +77,17 @@ def label_names(data: DatasetDict) -> list[str]:
     return names
 
 
-def _hub(name: str, task: str, columns: dict[str, str]) -> DatasetDict:
+def _hub(name: str, task: str, columns: dict[str, str]) -> dict[str, Split]:
     looks_like_file = Path(name).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet")
     if looks_like_file or "/" not in name:
         raise EdgetuneError(
             f"data {name!r} is not a bundled data set (see `edgetune data list`) "
             "and no such file exists"
         )
+    import datasets
+
+    from edgetune.data.files import _columns
+
     try:
         loaded = datasets.load_dataset(name)
     except Exception as e:  # the hub client raises many types; the message is what matters
@@ -94,4 +99,4 @@ def _hub(name: str, task: str, columns: dict[str, str]) -> DatasetDict:
     split = loaded["train"].train_test_split(test_size=0.1, seed=0)
     out = {"train": split["train"], "validation": loaded.get("validation", split["test"])}
     out["test"] = loaded.get("test", out["validation"])
-    return DatasetDict({s: _columns(ds, task, columns, f"{name} ({s})") for s, ds in out.items()})
+    return {s: _columns(ds, task, columns, f"{name} ({s})") for s, ds in out.items()}

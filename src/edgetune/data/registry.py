@@ -17,18 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
-from datasets import Dataset, DatasetDict
-
 from edgetune.data import instructions, sources
+from edgetune.data.rows import Rows
 from edgetune.errors import EdgetuneError
 from edgetune.paths import cache_dir
 
 SPLITS = ("train", "validation", "test")
 SETS = Path(__file__).parent / "sets"  # small data sets of the project's own making
 SPLIT_VERSION = 2  # bump when the way splits are made changes: old caches are not reused
-
-datasets.disable_progress_bars()
 
 
 @dataclass(frozen=True)
@@ -185,17 +181,23 @@ DATASETS: dict[str, DataSpec] = {
 }
 
 
-def load_bundled(name: str) -> DatasetDict:
-    """The fixed splits of a bundled data set, prepared once and cached as Parquet."""
+def load_bundled(name: str) -> dict[str, Rows]:
+    """The fixed splits of a bundled data set, prepared once and cached as JSON lines (read
+    without `datasets`: see `edgetune.data.rows`)."""
     if name not in DATASETS:
         raise EdgetuneError(
             f"unknown data set {name!r}; `edgetune data list` shows the bundled ones"
         )
     folder = cache_dir() / "data" / "prepared" / f"v{SPLIT_VERSION}" / name
-    files = {s: folder / f"{s}.parquet" for s in SPLITS}
+    files = {s: folder / f"{s}.jsonl" for s in SPLITS}
     if not all(f.exists() for f in files.values()):
         prepare(name)
-    return DatasetDict({s: Dataset.from_parquet(str(f)) for s, f in files.items()})
+    return {s: Rows(_read_lines(f)) for s, f in files.items()}
+
+
+def _read_lines(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
 
 
 def prepare(name: str) -> dict[str, int]:
@@ -205,10 +207,10 @@ def prepare(name: str) -> dict[str, int]:
     splits = DATASETS[name].build()
     folder = cache_dir() / "data" / "prepared" / f"v{SPLIT_VERSION}" / name
     for split in SPLITS:
-        ds = Dataset.from_list(splits[split])
 
-        def write(tmp: Path, ds: Dataset = ds) -> None:
-            ds.to_parquet(str(tmp))
+        def write(tmp: Path, rows: list[dict] = splits[split]) -> None:
+            with tmp.open("w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
-        atomic_write(folder / f"{split}.parquet", write)
+        atomic_write(folder / f"{split}.jsonl", write)
     return {s: len(splits[s]) for s in SPLITS}

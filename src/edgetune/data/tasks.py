@@ -22,11 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
-from datasets import DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from edgetune.config import DataConfig
@@ -35,6 +34,9 @@ from edgetune.data.chat import IGNORE, Cuts
 from edgetune.data.load import TextData
 from edgetune.errors import EdgetuneError
 from edgetune.families import DECODER, ENCODER, ENCODER_DECODER
+
+if TYPE_CHECKING:
+    from edgetune.data.rows import Split
 
 SUMMARY_PROMPT = "\nSubject:"  # decoder-only summarization cue, followed by the target
 Example = dict[str, np.ndarray | int]  # token sequences (int32), or a class id
@@ -47,7 +49,7 @@ class TaskData:
     task: str
     splits: dict[str, list[Example]]
     labels: list[str]  # class names (classify), else empty
-    raw: DatasetDict  # the text rows, for generation-based evaluation (summarize, chat; else
+    raw: dict[str, Split]  # the text rows, for generation-based evaluation (summarize, chat; else
     # empty: a large corpus is not held twice)
     cuts: dict[str, Cuts] = field(default_factory=dict)  # per split (summarize, chat)
     word_ids: list[int] | None = None  # each class's label word's first token (label_words)
@@ -117,7 +119,7 @@ def tokenize(
     if task == "classify" and cfg.label_words is not None:
         words = label_word_ids(labels, cfg, tokenizer, kind)
     # the text rows stay only where evaluation generates from them
-    raw = data if task in ("summarize", "chat") else DatasetDict()
+    raw = data if task in ("summarize", "chat") else {}
     return TaskData(task, out, labels, raw, cuts, words)
 
 

@@ -1,7 +1,8 @@
 """The runtime's own resident memory: what a training process holds before its model, data and
 step tensors. The interpreter, torch, transformers and edgetune's modules, and what a first
 forward, backward and optimizer step leave resident (autograd's engine, the kernels' caches,
-thread pools): about 450 MiB on a CPU with PyTorch 2.13.
+thread pools): about 360 MiB on a CPU with PyTorch 2.13 (`datasets`, pandas and pyarrow are
+not among them: only a data source that needs them imports them).
 
 Measured once per machine and software set, in a fresh process (`measure_runtime`), and
 cached in `<cache_dir>/runtime.json` under a key that names the Python, torch, transformers and

@@ -4,6 +4,8 @@ exist whole (`train.chunked_loss`).
 forward: for each chunk of the LM head's rows (vocabulary entries), logits = h W_c^T, folded into
     a running log-sum-exp and the target logits; saves h, the targets and the log-sum-exp.
 backward: each chunk's logits again, softmax - one-hot, dL/dh += (p - y) W_c.
+Both work on a chunk's logits in place and free it before the next: one chunk of fp32 logits
+(tokens x chunk rows) is live at a time (`Tape.chunked_head` counts it).
 
 The head must be frozen (LoRA and schemes that leave the head alone; a trained head takes the
 ordinary loss) and plain (logits = h W^T: no bias, soft-capping or scale). Chunks have
@@ -51,12 +53,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for start in range(0, vocab, step):
             stop = min(vocab, start + step)
             logits = (x @ _rows(head, start, stop, dtype).t()).float()
-            new_top = torch.maximum(top, logits.amax(dim=1))
-            total = total * torch.exp(top - new_top) + torch.exp(logits - new_top[:, None]).sum(1)
-            top = new_top
             inside = (targets >= start) & (targets < stop)
             rows = inside.nonzero().squeeze(1)
             picked[rows] = logits[rows, targets[rows] - start]
+            new_top = torch.maximum(top, logits.amax(dim=1))
+            # exp in place: one chunk of logits at a time, the last freed before the next
+            total = total * torch.exp(top - new_top) + logits.sub_(new_top[:, None]).exp_().sum(1)
+            top = new_top
+            del logits
         lse = top + torch.log(total)
         ctx.save_for_backward(h, targets, lse)
         ctx.head, ctx.dtype, ctx.step = head, dtype, step
@@ -74,11 +78,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for start in range(0, vocab, step):
             stop = min(vocab, start + step)
             w = _rows(head, start, stop, dtype)
-            p = torch.exp((x @ w.t()).float() - lse[:, None])
+            p = (x @ w.t()).float().sub_(lse[:, None]).exp_()  # in place, as in the forward
             inside = (targets >= start) & (targets < stop)
             rows = inside.nonzero().squeeze(1)
             p[rows, targets[rows] - start] -= 1
-            gh += ((p * scale).to(dtype) @ w).float()
+            gh += (p.mul_(scale).to(dtype) @ w).float()
+            del p, w
         return gh.to(h.dtype), None, None
 
 
