@@ -9,7 +9,8 @@ embedding). Per file, over the run's test split (at least 1,000 next-token posit
 - the quantization's own error: PyTorch on the file's weights (dequantized) against the fp32
   model, top-1 agreement and perplexity;
 - where llama-cpp-python is installed (`make export-setup`): llama.cpp against PyTorch on the
-  same weights, top-1 agreement and both perplexities (`edgetune export --check`'s figures).
+  same weights, top-1 agreement and both perplexities (`edgetune export --check`'s figures);
+- its perplexity against the f16 file's (`ppl_vs_f16`; in llama.cpp where it ran).
 
 Rows of other formats in benchmarks/results/export.json are kept; this script replaces its own.
 Writes benchmarks/results/export.{json,md}.
@@ -33,7 +34,7 @@ RUN = {"model.name": "smollm2-135m", "data.name": "instructions", "data.seq_len"
 MODEL = "smollm2-135m LoRA (instructions)"
 COLUMNS = ("model", "format", "quant", "file_mb", "size_vs_fp32", "positions", "runtime",
            "agreement", "ppl_pytorch", "ppl_runtime", "ppl_change", "ppl_fp32",
-           "quantization_agreement", "quantization_ppl_change")  # fmt: skip
+           "quantization_agreement", "quantization_ppl_change", "ppl_vs_f16")  # fmt: skip
 
 
 def train(out: Path) -> Path:
@@ -76,6 +77,9 @@ def gguf_rows(run: Path, positions: int) -> list[dict]:
                 "quantization_agreement": figures["quantization_agreement"],
                 "quantization_ppl_change": figures["quantization_ppl_change"],
             })  # fmt: skip
+    ppl = "ppl_runtime" if has_llama else "ppl_pytorch"
+    for row in rows:
+        row["ppl_vs_f16"] = row[ppl] / rows[0][ppl] - 1
     return rows
 
 

@@ -201,10 +201,9 @@ def test_export_command_writes_a_model_folders_file(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (the export extra)")  # fmt: skip
-# q8_0 is not checked here: llama-cpp-python 0.3.36 built by `make export-setup` (GGML_NATIVE:
-# AVX512, AMX) crashes the process (segmentation fault) evaluating this tiny model's Q8_0 file,
-# which would end the whole test session; docs/export.md says what is known of it
-@pytest.mark.parametrize("quant", ["f16"])
+# q8_0 needs a llama.cpp built without its AMX kernels (`make export-setup`): a GGML_NATIVE build
+# on an AMX processor ends the process evaluating any Q8_0 file (docs/export.md)
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
 def test_llama_cpp_agrees_with_pytorch_on_the_same_weights(tmp_path, quant):
     from edgetune.export.gguf import check
 
@@ -214,5 +213,13 @@ def test_llama_cpp_agrees_with_pytorch_on_the_same_weights(tmp_path, quant):
     sequences = [torch.randint(3, len(m.tokenizer), (32,), generator=g).numpy() for _ in range(8)]
     figures, failures = check(m, files, quant, sequences)
     assert figures["positions"] == 8 * 31
-    assert not failures, failures
-    assert figures["max_logit_diff"] < 0.05
+    if quant == "f16":
+        assert not failures, failures
+        assert figures["max_logit_diff"] < 0.05
+    else:
+        # llama.cpp's Q8_0 products round the activations to 8 bits too, and this random
+        # model's next-token logits are near ties (perplexity about its vocabulary's size): a
+        # few top-1 tokens flip (97 % agree), so only the perplexity gate applies here; the
+        # 99 % agreement gate is checked on SmolLM2 (benchmarks/export.py)
+        assert abs(figures["ppl_change"]) < 0.01 and figures["agreement"] > 0.95
+        assert figures["max_logit_diff"] < 0.5
