@@ -135,7 +135,7 @@ class EdgeMixin:
                     self.ledger.failed(server_round, node, msg.error.reason)
                 else:  # Flower's own error for a node it gave up on, sent from the SuperLink's
                     # id (not the client's): the client is recorded once, as unanswered, below
-                    flower_said.append(msg.error.reason)
+                    flower_said.append(msg.error.reason or "no reason given")
                 continue
             metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
             self.ledger.received(server_round, node, wire_bytes(msg.content), dict(metrics))
