@@ -187,3 +187,19 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(
         finetune(_cfg(tiny_bert, topics_jsonl, out))
     # no half-written checkpoint, and a run with no checkpoint leaves no folder
     assert not list(small_disk.rglob("*.tmp")) and not out.exists()
+
+
+def test_the_docs_fault_table_is_the_measured_one():
+    """docs/faults.md carries the table benchmarks/faults.py measured, not a copy that drifts;
+    every test the table names as running in CI exists."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "faults.md").read_text()
+    begin, end = "<!-- faults.py: begin -->\n", "<!-- faults.py: end -->"
+    measured = (root / "benchmarks" / "results" / "faults.md").read_text()
+    assert docs[docs.index(begin) + len(begin) : docs.index(end)] == measured
+    rows = [line.split(" | ") for line in measured.splitlines()[2:]]
+    assert rows and all(len(r) == 5 for r in rows)
+    named = {p.split(" ")[0] for r in rows for p in r[-1].rstrip(" |").split(", ")}
+    assert all((root / p).is_file() for p in named if p.startswith("tests/")), named

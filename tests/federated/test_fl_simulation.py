@@ -1,9 +1,10 @@
 """End to end in Flower's Simulation Engine: a client dies mid-round, the round completes and
 its worker is replaced; the run resumes from its round checkpoint; MeZO clients send only
-seeds (through the CLI); Ctrl-C stops `federate` and Ray."""
+seeds (through the CLI); Ray listens on loopback only; Ctrl-C stops `federate` and Ray."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import subprocess
@@ -83,9 +84,11 @@ def test_summarization_with_lora_and_fedadam(fl_config, tiny_llama):
     assert up < 0.02 * result["full_weights_bytes"]  # int8 LoRA deltas only
 
 
-def test_ctrl_c_stops_federate_and_ray(fl_config):
-    """Flower's ServerApp thread and workers outlived a KeyboardInterrupt: `federate` went on
-    after Ctrl-C. It must end with status 130 and leave no Ray process behind."""
+def test_ray_listens_on_loopback_and_ctrl_c_stops_federate_and_ray(fl_config):
+    """Ray's GCS, raylet and workers listened on every interface (the host's address taken as
+    the node's); they must listen on loopback only. And Flower's ServerApp thread and workers
+    outlived a KeyboardInterrupt: `federate` went on after Ctrl-C. It must end with status 130
+    and leave no Ray process behind."""
     sets = [f"{k}={v}" for k, v in fl_config.items() if k not in ("out", "federated.rounds")]
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgetune.cli", "federate", "--out", fl_config["out"],
@@ -106,6 +109,11 @@ def test_ctrl_c_stops_federate_and_ray(fl_config):
         time.sleep(0.5)
     started = ray()
     assert any("raylet" in p.name() for p in started)
+    listening = {(p.name(), c.laddr.ip) for p in started if p.is_running()
+                 for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}  # fmt: skip
+    assert {name for name, _ in listening} >= {"raylet", "gcs_server"}, listening
+    addresses = {ipaddress.ip_address(ip) for _, ip in listening}
+    assert all((getattr(a, "ipv4_mapped", None) or a).is_loopback for a in addresses), listening
     proc.send_signal(signal.SIGINT)
     try:
         status = proc.wait(90)

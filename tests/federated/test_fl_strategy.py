@@ -72,6 +72,8 @@ def test_fedavg_of_valid_updates_and_rejections(tmp_path):
         _reply(7, None, error="client crashed"),
     ]
     strategy, ledger = _strategy(tmp_path)
+    for node in range(1, 8):
+        ledger.sent(1, node, 1000)
     sent = wire_bytes(replies[0].content)  # the reply as it arrived (decoding replaces it)
     # Execute
     arrays, _ = strategy.aggregate_train(1, replies)
@@ -150,6 +152,22 @@ def test_a_client_that_never_replies_is_recorded_and_reported(tmp_path):
     assert (rounds[1]["clients"], rounds[1]["sampled"]) == (0, 3)
     assert (rounds[2]["clients"], rounds[2]["sampled"]) == (1, 2)
     assert "| 1 | 0 / 3 |" in markdown({**ledger.to_dict(), "per_round": ledger.per_round()})
+
+
+def test_a_client_flower_gave_up_on_is_recorded_failed_once(tmp_path):
+    """A SuperNode that died: Flower answers for it with an error reply sent from the
+    SuperLink's node id (1), and the client itself never replies. It was recorded twice (a
+    failed node 1 that was never sampled, and the silent client): once, with Flower's word."""
+    strategy, ledger = _strategy(tmp_path)
+    for node in (101, 102):
+        ledger.sent(1, node, 1000)
+    honest = _reply(101, {"w": np.full((2, 3), 1e-3), "b": np.full(3, 1e-3)})
+    unavailable = _reply(1, None, error="Error: Node Unavailable")
+    strategy.aggregate_train(1, [honest, unavailable])
+    failed = ledger.rounds[1]["failed"]
+    assert [f["node"] for f in failed] == [102]
+    assert "federated.timeout" in failed[0]["reason"] and "Node Unavailable" in failed[0]["reason"]
+    assert {node for _, node in ledger.clients} == {101, 102}
 
 
 class _Grid:

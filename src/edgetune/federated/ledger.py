@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,20 @@ class Ledger:
         self._row(rnd, node).update(status="failed", reason=reason)
         self._round(rnd)["failed"].append({"node": node, "reason": reason})
 
-    def unanswered(self, rnd: int, timeout: float) -> list[int]:
+    def awaited(self, rnd: int, node: int) -> bool:
+        """Whether `node` was sent round `rnd`'s model and has not answered yet."""
+        return self.clients.get((rnd + self.offset, node), {}).get("status") == "sent"
+
+    def unanswered(self, rnd: int, timeout: float, why: Sequence[str] = ()) -> list[int]:
         """Mark the clients of round `rnd` that were sent the model but never replied (Flower
-        stops waiting after `federated.timeout`) as failed; their nodes."""
+        stops waiting after `federated.timeout`) as failed, with what Flower said of nodes it
+        gave up on (`why`); their nodes."""
         r = rnd + self.offset
         silent = [n for (k, n), row in self.clients.items() if k == r and row["status"] == "sent"]
+        said = "; ".join(dict.fromkeys(w.splitlines()[0] for w in why))
         for node in silent:
-            self.failed(rnd, node, f"no reply within federated.timeout ({timeout:g} s)")
+            self.failed(rnd, node, f"no reply within federated.timeout ({timeout:g} s)"
+                        + (f" (Flower: {said})" if said else ""))  # fmt: skip
         return silent
 
     def rejected(self, rnd: int, node: int, reason: str) -> None:

@@ -12,6 +12,13 @@ dead actor back to its pool and every later client sent to it fails; the client 
 crashed is run once more, and recorded as failed if it crashes again. Ctrl-C
 stops Ray's processes and ends the process with status 130: Flower's ServerApp thread and
 its workers wait for replies that no longer come and would keep it alive.
+
+Ray listens on loopback only: on Linux it takes the host's outward address as the node's
+and its GCS, raylet and workers then listen on every interface (`ray.init` turns an asked-for
+`_node_ip_address="127.0.0.1"` back into that address); with Ray's single-machine mode
+(`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, its default on macOS and Windows) the node's address
+is 127.0.0.1 and every Ray server binds it alone (tests/federated/test_fl_simulation.py checks
+the listening sockets).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ def simulate(run_config: Mapping[str, Any], cpus: int = 2, verbose: bool = False
     cfg, fed = settings(run_config)  # fail early, before Ray starts, on a bad config
     check_partition(cfg)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    _loopback_only()
     threads = cfg.train.threads or 1
     backend: dict[str, dict[str, Any]] = {
         "client_resources": {"num_cpus": threads, "num_gpus": 0.0, "max_restarts": -1,
@@ -65,6 +73,15 @@ def simulate(run_config: Mapping[str, Any], cpus: int = 2, verbose: bool = False
             f"the simulation ended without a result in {cfg.out}; see the log above"
         )
     return json.loads(result.read_text())
+
+
+def _loopback_only() -> None:
+    """Ray's single-machine mode, whose node address is 127.0.0.1: the variable for the
+    processes Ray starts, the constant for this one (read when Ray was imported)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _interrupted(signum: int, frame: object) -> None:

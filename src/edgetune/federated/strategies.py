@@ -127,10 +127,15 @@ class EdgeMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid: dict[int, tuple[Message, MetricRecord, dict[str, torch.Tensor], float]] = {}
+        flower_said: list[str] = []
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
-                self.ledger.failed(server_round, node, msg.error.reason)
+                if self.ledger.awaited(server_round, node):
+                    self.ledger.failed(server_round, node, msg.error.reason)
+                else:  # Flower's own error for a node it gave up on, sent from the SuperLink's
+                    # id (not the client's): the client is recorded once, as unanswered, below
+                    flower_said.append(msg.error.reason or "no reason given")
                 continue
             metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
             self.ledger.received(server_round, node, wire_bytes(msg.content), dict(metrics))
@@ -152,7 +157,7 @@ class EdgeMixin:
         for msg, metrics, state, _ in sorted(valid.values(), key=_partition):
             msg.content = type(msg.content)({"arrays": to_record(state), "metrics": metrics})
             accepted.append(msg)
-        silent = self.ledger.unanswered(server_round, self.timeout)
+        silent = self.ledger.unanswered(server_round, self.timeout, flower_said)
         if silent or not accepted:
             log(WARNING, "round %s: %s update(s) aggregated; no reply from nodes %s within %s s",
                 server_round, len(accepted), silent, self.timeout)  # fmt: skip
