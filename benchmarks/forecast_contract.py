@@ -12,8 +12,9 @@ what the forecast describes; the evaluation has its own, `eval_batch`):
 Per run: the forecast's whole-process peak (runtime measured on this machine + what the load
 kept + the step's peak) against the measured peak resident set of training; the forecast's
 step time on `this-machine` (its kernels timed by `edgetune bench hardware`'s tables, measured
-again at the start of this script) against the median measured step; the expected total time the run states before
-step 1 and after 10 % of its steps (`eta_s` in metrics.jsonl) against its real total.
+again at the start of this script) against the median measured step; the expected total time
+the run states before step 1 and after 10 % of its steps (`eta_s` in metrics.jsonl) against
+its real total.
 
 Writes benchmarks/results/forecast_contract.{json,md,png}.
 
