@@ -213,13 +213,7 @@ def test_llama_cpp_agrees_with_pytorch_on_the_same_weights(tmp_path, quant):
     sequences = [torch.randint(3, len(m.tokenizer), (32,), generator=g).numpy() for _ in range(8)]
     figures, failures = check(m, files, quant, sequences)
     assert figures["positions"] == 8 * 31
-    if quant == "f16":
-        assert not failures, failures
-        assert figures["max_logit_diff"] < 0.05
-    else:
-        # llama.cpp's Q8_0 products round the activations to 8 bits too, and this random
-        # model's next-token logits are near ties (perplexity about its vocabulary's size): a
-        # few top-1 tokens flip (97 % agree), so only the perplexity gate applies here; the
-        # 99 % agreement gate is checked on SmolLM2 (benchmarks/export.py)
-        assert abs(figures["ppl_change"]) < 0.01 and figures["agreement"] > 0.95
-        assert figures["max_logit_diff"] < 0.5
+    assert not failures, failures  # 99 % agreement for f16, 95 % for q8_0; 1 % perplexity
+    # llama.cpp's Q8_0 products round the activations to 8 bits too, and this random model's
+    # next-token logits are near ties: a few top-1 tokens flip (97 % agree)
+    assert figures["max_logit_diff"] < (0.05 if quant == "f16" else 0.5)

