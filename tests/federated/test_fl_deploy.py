@@ -36,7 +36,12 @@ LAUNCHER = textwrap.dedent(
     from pathlib import Path
     from edgetune.federated.deploy import Processes
     with Processes(Path(sys.argv[1]), dict(os.environ)) as procs:
-        print(procs.start("child", ["sleep", "600"]).pid, flush=True)
+        # a child that starts its own subprocess (as a SuperNode its ClientApp)
+        pid = Path(sys.argv[1]) / "grandchild.pid"
+        child = procs.start("child", ["sh", "-c", f"sleep 600 & echo $! > {pid}; wait"])
+        while not pid.is_file() or not pid.read_text().strip():
+            time.sleep(0.05)
+        print(child.pid, pid.read_text().strip(), flush=True)
         time.sleep(600)
     """
 )
@@ -52,20 +57,21 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
 def test_children_die_with_a_launcher_killed_with_sigkill(tmp_path):
     """`kill -9` of `federate --deploy local` runs no cleanup: the kernel must take the
-    SuperLink and SuperNodes down with it, or they keep running and holding their ports."""
+    SuperLink and SuperNodes down with it, and the watchdog the subprocesses they started
+    (Flower's ClientApps), or they keep running and holding their ports."""
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(tmp_path)],
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert launcher.stdout is not None
-    child = int(launcher.stdout.readline())
-    assert _alive(child)
+    pids = [int(p) for p in launcher.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
     os.kill(launcher.pid, signal.SIGKILL)
     launcher.wait()
     deadline = time.monotonic() + 10
-    while _alive(child) and time.monotonic() < deadline:
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    alive = _alive(child)
-    if alive:
-        os.kill(child, signal.SIGKILL)
+    alive = [p for p in pids if _alive(p)]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
     assert not alive
 
 

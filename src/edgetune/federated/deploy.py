@@ -139,16 +139,48 @@ def _die_with_parent(parent: int):
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
+# Reads process group ids, one a line, from its stdin, which only the launcher holds open: at
+# end of file (the launcher died, even by SIGKILL) it kills every group; "exit" dismisses it.
+WATCHDOG = """
+import os, signal, sys
+groups = []
+for line in sys.stdin:
+    if line.strip() == "exit":
+        sys.exit(0)
+    groups.append(int(line))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
 class Processes(ExitStack):
     """Child processes that are all stopped (TERM, then KILL) when the block ends, and
-    killed by the kernel if this process dies first (`_die_with_parent`)."""
+    killed if this process dies first: each child by the kernel (`_die_with_parent`), and
+    each child's process group, with the subprocesses Flower starts in it, by a watchdog
+    process that sees this one's end as the end of a pipe (`WATCHDOG`)."""
 
     def __init__(self, logs: Path, env: dict[str, str]) -> None:
         super().__init__()
         self.logs, self.env = logs, env
         self.procs: dict[str, subprocess.Popen] = {}
         logs.mkdir(parents=True, exist_ok=True)
+        self.watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG], stdin=subprocess.PIPE,
+                                         text=True, start_new_session=True)  # fmt: skip
+        self.callback(self._dismiss_watchdog)
         self.callback(self.stop_all)
+
+    def _dismiss_watchdog(self) -> None:
+        """Every child is stopped: the watchdog leaves without killing anything."""
+        assert self.watchdog.stdin is not None
+        try:
+            self.watchdog.stdin.write("exit\n")
+            self.watchdog.stdin.close()
+        except OSError:  # it is gone already
+            pass
+        self.watchdog.wait(10)
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed by the stack
@@ -157,6 +189,9 @@ class Processes(ExitStack):
                                 start_new_session=True,
                                 preexec_fn=_die_with_parent(os.getpid()))  # fmt: skip
         self.procs[name] = proc
+        assert self.watchdog.stdin is not None
+        self.watchdog.stdin.write(f"{proc.pid}\n")  # its own group: start_new_session
+        self.watchdog.stdin.flush()
         return proc
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
