@@ -37,10 +37,11 @@ def test_every_mac_is_in_a_kernel(shape, method):
     assert c.work.streams and (c.work.adamw or c.work.normals or RULES[method].update != "backward")
 
 
-def test_checkpointing_adds_the_recomputed_forward_and_queries_scale():
-    plain = step_cost(DEC, RULES["backprop"], 2, 16)
-    again = step_cost(DEC, RULES["backprop"], 2, 16, checkpointing=True)
-    assert again.work.macs == pytest.approx(again.macs)
+@pytest.mark.parametrize("method", ["backprop", "lora", "sparse"])
+def test_checkpointing_adds_the_recomputed_forward_and_queries_scale(method):
+    plain = step_cost(DEC, RULES[method], 2, 16, scheme=SCHEME)
+    again = step_cost(DEC, RULES[method], 2, 16, scheme=SCHEME, checkpointing=True)
+    assert again.work.macs == pytest.approx(again.macs)  # a block's frozen products too
     assert again.work.macs > plain.work.macs
     one, four = (step_cost(DEC, RULES["mezo"], 2, 16, queries=q) for q in (1, 4))
     assert four.work.macs == pytest.approx(4 * one.work.macs)

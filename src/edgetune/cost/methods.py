@@ -333,7 +333,8 @@ def step_cost(
                       if e.segment.startswith("layer.") and e.inputs}  # fmt: skip
             acts += sum(inputs.values()) + max((g.saved_bytes for g in blocks), default=0.0)
             acts -= sum(g.saved_bytes for g in blocks)
-            bwd += sum(g.fwd_macs for g in blocks if g.bwd_input_macs or g.bwd_weight_macs)
+            again = {g.name for g in blocks if g.bwd_input_macs or g.bwd_weight_macs}
+            bwd += sum(g.fwd_macs for g in blocks if g.name in again)
         # the optimizer step: every gradient, and its temporaries for one parameter at a time
         step = OPTIMIZER_TEMPORARIES[optimizer] * tape.largest_param * p.nbytes("optimizer")
         # transient beyond saved activations and gradients: the forward's live tensors, one
@@ -348,9 +349,8 @@ def step_cost(
             + backward_work(tape.events)
             + optimizer_work(trained_tensors(tape.events), optimizer, p.nbytes("grads"))
         )
-        if checkpointing:  # the blocks that run a backward run their forward again
-            kernels += forward_work([e for e in tape.events if e.segment.startswith("layer.")
-                                     and (e.dx_gemms or e.dw_gemms or e.out_rg)])  # fmt: skip
+        if checkpointing:  # the blocks that run a backward run their whole forward again
+            kernels += forward_work([e for e in tape.events if e.segment in again])
         if rule.below is not None:  # the gradient-free forward and SPSA of the bottom
             low = _below(s, rule.below, inp, p, zo_blocks, lora_rank, lora_units, tr.head)
             fwd = 2 * low.fwd
