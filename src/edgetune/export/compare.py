@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 Logits = Callable[[np.ndarray], np.ndarray]  # ids (T,) -> logits (T, vocab)
+# what an export check asks of a runtime against PyTorch on the same weights
+AGREEMENT_MIN = 0.99  # next-token top-1 agreement (a quantized GGUF file: `gguf.agreement_floor`)
+PPL_TOL = 0.01  # perplexity, relative difference
 
 
 def compare(

@@ -38,7 +38,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from edgetune.errors import EdgetuneError
-from edgetune.export.compare import Logits, compare
+from edgetune.export.compare import AGREEMENT_MIN, PPL_TOL, Logits, compare
 from edgetune.export.source import RunModel
 from edgetune.io import atomic_write
 
@@ -338,7 +338,7 @@ def agreement_floor(quant: str) -> float:
     activations to 8 bits (q8_1 blocks), which PyTorch on the dequantized weights does not
     (SmolLM2 LoRA: 95.1 % at q8_0, 95.7 % at the source's Q4_1, perplexity within 0.75 %;
     docs/export.md)."""
-    return 0.99 if quant in ("f16", "f32") else 0.95
+    return AGREEMENT_MIN if quant in ("f16", "f32") else 0.95
 
 
 def check(model: RunModel, files: list[Path], quant: str,
@@ -371,7 +371,7 @@ def check(model: RunModel, files: list[Path], quant: str,
     floor = agreement_floor(quant)
     if figures["agreement"] < floor:
         failures.append(f"top-1 agreement {figures['agreement']:.2%} < {floor:.0%} in llama.cpp")
-    if abs(figures["ppl_change"]) > 0.01:
+    if abs(figures["ppl_change"]) > PPL_TOL:
         failures.append(f"perplexity in llama.cpp differs by {figures['ppl_change']:+.2%} "
-                        "(beyond 1 %) from PyTorch on the same weights")  # fmt: skip
+                        f"(beyond {PPL_TOL:.0%}) from PyTorch on the same weights")  # fmt: skip
     return figures, failures

@@ -32,15 +32,13 @@ import torch
 from torch import nn
 
 from edgetune.errors import EdgetuneError
-from edgetune.export.compare import compare
+from edgetune.export.compare import AGREEMENT_MIN, PPL_TOL, compare
 from edgetune.export.source import RunModel
 from edgetune.io import atomic_dir
 
 QUANTS = ("fp32",)
 FILE = "model.onnx"
 LOGIT_TOL = 1e-4  # a classifier's logits, max abs difference from PyTorch
-AGREEMENT_MIN = 0.99  # a decoder's next-token top-1 agreement with PyTorch
-PPL_TOL = 0.01  # a decoder's perplexity, relative difference from PyTorch
 BATCH = 32  # texts a classifier check runs at once
 # the example shapes traced (distinct sizes above 1, so no axis is fixed or merged with another)
 _B, _SEQ, _PAST = 2, 7, 3
