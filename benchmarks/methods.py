@@ -11,10 +11,18 @@ same number of optimizer steps gives the test metric. Writes benchmarks/results/
     python benchmarks/methods.py --preset smollm2        # SmolLM2-135M on brown, 4 x 128
     python benchmarks/methods.py --steps 20 --eval-samples 200 --rounds 3 --repeats 1
     python benchmarks/methods.py --lr-sweep 0.3,1,3 --only backprop,"sparse last-1"
+    python benchmarks/methods.py --preset lean-minilm    # lean methods and hybrids, demo setting
+    python benchmarks/methods.py --preset lean-smollm2   # zeroth-order LoRA against LoRA's 30 steps
 
 `--lr-sweep` instead runs only accuracy runs, at each variant's learning rate times each factor,
 picks the rate by the validation metric and reports the test metric there
 (benchmarks/results/<name>-lr.{json,md}).
+
+The `lean-*` presets put memory-lean methods beside a reference run (the demo's backprop on
+MiniLM; LoRA by backprop for 30 steps on SmolLM2), each with its own number of steps, and judge
+them against the reference: step peak against inference's, training wall time against the
+reference's, the test metric; each hybrid against the single methods at equal or less measured
+peak memory (`edgetune.bench.methods.lean_verdicts`).
 """
 
 from __future__ import annotations
@@ -23,8 +31,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from edgetune.bench.methods import Setup, Variant, compare, minilm_variants, smollm_variants, sweep
-from edgetune.bench.tables import methods_table, sweep_table, write_json_md, write_outputs
+from edgetune.bench.methods import (
+    LeanTargets,
+    Setup,
+    Variant,
+    compare,
+    lean_minilm_variants,
+    lean_smollm_variants,
+    lean_verdicts,
+    minilm_variants,
+    smollm_variants,
+    sweep,
+)
+from edgetune.bench.tables import (
+    lean_table,
+    methods_table,
+    sweep_table,
+    write_json_md,
+    write_outputs,
+)
+from edgetune.report.figures import plot_lean
 
 RESULTS = Path(__file__).parent / "results"
 SCHEMES = ["last-1", "qkv-ffn1-1", "bias-only-1", "last-2", "bias-only"]
@@ -34,7 +60,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--preset", choices=["minilm", "smollm2"], default="minilm")
+    ap.add_argument(
+        "--preset", choices=["minilm", "smollm2", "lean-minilm", "lean-smollm2"], default="minilm"
+    )
     ap.add_argument("--steps", type=int, help="optimizer steps of every accuracy run")
     ap.add_argument("--eval-samples", type=int, help="test rows scored after training")
     ap.add_argument("--rounds", type=int, default=3, help="timed step/forward rounds")
@@ -48,9 +76,18 @@ def main() -> None:
     args = ap.parse_args()
 
     variants: list[Variant]
+    targets: LeanTargets | None = None
     if args.preset == "minilm":
         setup = Setup("minilm-l6", "reuters-r8", batch=16, seq=128, steps=100, eval_samples=500)
         variants = minilm_variants(args.schemes.split(","))
+    elif args.preset == "lean-minilm":  # the demo's setting, the whole test split
+        setup = Setup("minilm-l6", "reuters-r8", batch=16, seq=64, steps=600, eval_samples=2189)
+        variants = lean_minilm_variants(args.steps or setup.steps)
+        targets = LeanTargets(peak_over_inference=1.15, wall_over_reference=10, accuracy=88.0)
+    elif args.preset == "lean-smollm2":
+        setup = Setup("smollm2-135m", "brown", batch=4, seq=128, steps=300, eval_samples=200)
+        variants = lean_smollm_variants(args.steps or setup.steps)
+        targets = LeanTargets(peak_over_inference=1.05, wall_over_reference=10, gain_fraction=0.5)
     else:
         # the whole test split: 25 documents, 513 blocks of 128 tokens (lm counts blocks)
         setup = Setup("smollm2-135m", "brown", batch=4, seq=128, steps=30, eval_samples=1000)
@@ -83,6 +120,15 @@ def main() -> None:
         accuracy=None if args.accuracy is None else set(filter(None, args.accuracy.split(","))),
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
+    if targets is not None:
+        verdicts = lean_verdicts(summary, targets)
+        table = lean_table(summary, verdicts)
+        paths = write_json_md({**summary, "verdicts": verdicts}, RESULTS, name, table)
+        plot_lean(summary, verdicts, RESULTS / f"{name}.png")
+        for p in [*paths, RESULTS / f"{name}.png"]:
+            print(f"wrote {p}", file=sys.stderr)
+        print(table)
+        return
     table = methods_table(summary)
     for p in write_outputs(summary, RESULTS, name, table):
         print(f"wrote {p}", file=sys.stderr)

@@ -128,6 +128,82 @@ def test_accuracy_worker_reports_validation_and_test(setup, monkeypatch):
     assert 0.0 <= row["chosen"]["eval"]["accuracy"] <= 1.0
 
 
+def test_a_variant_runs_its_own_steps_and_scores_before(setup, monkeypatch):
+    """A variant's `steps` replace the setup's in its accuracy run (and its rows); with
+    `eval_before` the run also scores the untrained model on test."""
+    v = Variant("bp", "backprop", 1e-3, steps=2, eval_before=True)
+    cfg = bench.run_config(setup, v, "accuracy")
+    assert cfg.train.max_steps == 2 and cfg.train.eval_every == 2 and cfg.train.eval_before
+    assert cfg.data.train_samples == 2 * setup.batch
+    r = bench.worker_accuracy(setup, v)
+    assert r["steps"] == 2 and r["train_s"] > 0 and r["train_peak_rss_mb"] > 0
+    assert 0.0 <= r["test_before"]["accuracy"] <= 1.0
+    assert "test_before" not in bench.worker_accuracy(setup, Variant("bp", "backprop", 1e-3))
+
+
+def _lean_summary(metric: str, values: dict[str, tuple[str, float, float, float]]) -> dict:
+    """A comparison summary: label -> (method, step peak MiB, train s, test metric)."""
+    rows = []
+    for label, (method, peak, train_s, value) in values.items():
+        run = {
+            "eval": {metric: value},
+            "validation": {metric: value},
+            "train_s": train_s,
+            "steps": 10,
+            "train_peak_rss_mb": peak,
+        }
+        rows.append({"label": label, "method": method, "lr": 1e-3, "peak_rss_mb": peak,
+                     "peak_over_inference": peak / 500.0, "accuracy_run": run})  # fmt: skip
+    before = 0.2 if metric == "accuracy" else 60.0
+    rows[0]["accuracy_run"]["test_before"] = {metric: before}
+    return {"setup": {"model": "m", "data": "d", "batch": 4, "seq": 16, "threads": 1,
+                      "eval_samples": 8},
+            "inference": {"peak_rss_mb": 500.0}, "rows": rows}  # fmt: skip
+
+
+def test_lean_verdicts_judge_memory_time_metric_and_hybrids(tmp_path):
+    from edgetune.report.figures import plot_lean
+
+    summary = _lean_summary("accuracy", {
+        "bp": ("backprop", 1500.0, 10.0, 0.95),
+        "head": ("sparse", 560.0, 20.0, 0.90),     # meets: 1.12x, 2x time, 90 %
+        "slow": ("mezo", 520.0, 200.0, 0.91),       # 20x the reference's time
+        "big": ("sparse", 700.0, 20.0, 0.93),       # 1.4x inference
+        "weak": ("mezo", 520.0, 20.0, 0.50),        # below 88 %
+        "hyb": ("hybrid", 565.0, 30.0, 0.92),       # beats head, slow and weak (at <= 1.03x)
+        "hyb2": ("hybrid", 710.0, 30.0, 0.92),      # big (0.93) is at its memory and better
+    })  # fmt: skip
+    targets = bench.LeanTargets(peak_over_inference=1.15, wall_over_reference=10, accuracy=88.0)
+    v = bench.lean_verdicts(summary, targets)
+    assert {k for k, r in v["rows"].items() if r["meets"]} == {"head", "hyb"}
+    assert v["rows"]["slow"]["wall_over_reference"] == pytest.approx(20.0)
+    assert v["hybrids"]["hyb"] == {"singles": ["head", "slow", "weak"], "beats_all": True}
+    assert v["hybrids"]["hyb2"]["beats_all"] is False and "big" in v["hybrids"]["hyb2"]["singles"]
+    table = tables.lean_table(summary, v)
+    assert (
+        "| head | 0.001 | 10 | 20 | 2.00 | 560 | 1.120 | 560 | 90.00 % | 90.00 % | **yes** |"
+        in table
+    )
+    assert "`hyb` against" in table and "**beats all of them**" in table
+    plot_lean(summary, v, tmp_path / "lean.png")
+    assert (tmp_path / "lean.png").stat().st_size > 0
+
+
+def test_lean_verdicts_share_of_a_perplexity_gain():
+    """The LM target: the share of the reference's log-perplexity gain (60 -> 50 ppl)."""
+    summary = _lean_summary("perplexity", {
+        "lora": ("lora", 800.0, 10.0, 50.0),
+        "zo": ("mezo", 510.0, 50.0, 60.0 * (50.0 / 60.0) ** 0.6),  # 60 % of the gain
+        "zo2": ("mezo", 510.0, 50.0, 58.0),                        # 19 %
+    })  # fmt: skip
+    targets = bench.LeanTargets(peak_over_inference=1.05, wall_over_reference=10,
+                                gain_fraction=0.5)  # fmt: skip
+    v = bench.lean_verdicts(summary, targets)
+    assert v["rows"]["zo"]["gain_fraction"] == pytest.approx(0.6)
+    assert v["rows"]["zo"]["meets"] and not v["rows"]["zo2"]["meets"]
+    assert "(60% of the gain)" in tables.lean_table(summary, v)
+
+
 def _app() -> typer.Typer:
     app = typer.Typer()
     app.add_typer(bench_app, name="bench")

@@ -125,6 +125,43 @@ def test_layers_option_limits_what_trains():
     assert any(".layer.1." in n for n in names) and not any(".layer.0." in n for n in names)
 
 
+def test_adamw_applies_the_pepita_update():
+    """optimizer=adamw: AdamW steps each weight with PEPITA's update as its gradient (the SGD
+    run's update, recovered from its weights, fed to a plain AdamW gives the same weights)."""
+    model = make_model("bert")
+    sgd = build_method("pepita", copy.deepcopy(model), settings(lr=1.0, layers="head"))
+    adam = build_method("pepita", copy.deepcopy(model), settings(lr=1e-3, layers="head",
+                                                                  optimizer="adamw"))  # fmt: skip
+    batch = make_batch("bert")
+    before = {k: v.clone() for k, v in sgd.trainable_state().items()}
+    sgd.step([batch])
+    adam.step([batch])
+    for k, w in before.items():
+        p = torch.nn.Parameter(w.clone())
+        p.grad = w - sgd.trainable_state()[k]  # lr 1: the update itself (weight decay 0)
+        wd = settings().weight_decay if w.ndim >= 2 else 0.0
+        torch.optim.AdamW([p], lr=1e-3 * sgd.steppers.lam(0), weight_decay=wd).step()
+        torch.testing.assert_close(adam.trainable_state()[k], p.detach(), rtol=1e-5, atol=1e-7)
+    assert len(adam.state_dict()["steppers"]["optimizers"][0]["state"]) == 1  # moments kept
+
+
+def test_the_forecast_counts_the_layers_that_learn_and_the_optimizer():
+    from edgetune.cost.shapes import shape_from_config
+    from edgetune.forecast import StepInputs, predict
+
+    model = make_model("bert")
+    shape = shape_from_config(model.config.to_dict())
+    inputs = StepInputs(shape, batch=2, seq=16, head="classifier", n_labels=3)
+    for layers in ("head", "last-1", "all"):
+        m = build_method("mempepita", copy.deepcopy(model), settings(layers=layers))
+        trained = sum(v.numel() for v in m.trainable_state().values())
+        c = predict(inputs, "mempepita", {"layers": layers})
+        assert c.trained_params == trained, layers
+        assert c.memory.optimizer == 0
+    c = predict(inputs, "mempepita", {"layers": "head", "optimizer": "adamw"})
+    assert c.memory.optimizer == 2 * 4 * c.trained_params  # two fp32 moments a weight
+
+
 def test_feedback_is_fixed_by_the_seed():
     a = build_method("pepita", make_model("bert"), settings())
     b = build_method("pepita", make_model("bert"), settings())
@@ -135,6 +172,10 @@ def test_feedback_is_fixed_by_the_seed():
 
 
 def test_bad_options_are_reported():
+    with pytest.raises(EdgetuneError, match="optimizer"):
+        build_method("pepita", make_model("bert"), settings(optimizer="lion"))
+    with pytest.raises(EdgetuneError, match="sgd only"):
+        build_method("pepita", make_model("bert"), settings(optimizer="adamw", momentum=0.9))
     with pytest.raises(EdgetuneError, match="layers"):
         build_method("pepita", make_model("bert"), settings(layers="first-2"))
     with pytest.raises(EdgetuneError, match="unknown mempepita option"):

@@ -23,6 +23,7 @@ variant's default) and reports the test metric at the chosen one.
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from edgetune.bench.worker import run_worker
 from edgetune.config import RunConfig, load_config
 from edgetune.errors import EdgetuneError
 from edgetune.measure.timing import forward, timed
+from edgetune.report.figures import metric_of
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Variant:
     method: str
     lr: float
     options: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None  # optimizer steps of its accuracy run (None: the setup's)
+    eval_before: bool = False  # its accuracy run also scores the untrained model on test
 
     @property
     def clip(self) -> bool:  # in-place updates cannot clip the global gradient norm
@@ -95,19 +99,108 @@ def smollm_variants() -> list[Variant]:
     ]
 
 
+@dataclass(frozen=True)
+class LeanTargets:
+    """Issue 16's bar for a lean method, against the line-up's first variant (the reference)."""
+
+    peak_over_inference: float  # measured step peak RSS at most this times inference's
+    wall_over_reference: float  # training wall time at most this times the reference run's
+    accuracy: float | None = None  # test accuracy (%) at least this (classification)
+    gain_fraction: float | None = None  # LM: at least this share of the reference's ppl gain
+    same_memory: float = 1.03  # a single counts as "at equal memory" up to this x the hybrid's
+
+
+def lean_minilm_variants(steps: int = 600) -> list[Variant]:
+    """The demo's backprop run (the reference), then methods near inference memory and at one
+    block's memory, each hybrid beside the singles of its memory."""
+    head = {"backprop_blocks": 0, "zo_trainable": "lora", "zo_lr": 1e-3}
+    top = {"backprop_blocks": 1, "zo_trainable": "lora", "zo_lr": 1e-3}
+    pepita = {"layers": "head", "optimizer": "adamw"}
+    return [
+        Variant("backprop (demo)", "backprop", 1.5e-4, steps=200, eval_before=True),
+        Variant("sparse head", "sparse", 1e-3, {"scheme": "last-0"}, steps=steps),
+        Variant("mezo lora", "mezo", 1e-3, {"trainable": "lora"}, steps=steps),
+        Variant("mempepita head adamw", "mempepita", 1e-3, pepita, steps=steps),
+        Variant("hybrid head + zo lora", "hybrid", 1e-3, head, steps=steps),
+        Variant("sparse last-1", "sparse", 3e-4, {"scheme": "last-1"}, steps=steps),
+        Variant("hybrid last-1 + zo lora", "hybrid", 3e-4, top, steps=steps),
+    ]
+
+
+def lean_smollm_variants(steps: int = 300) -> list[Variant]:
+    """LoRA by backprop for 30 steps (the reference), then zeroth-order over LoRA factors."""
+    return [
+        Variant("lora (backprop)", "lora", 1e-3, steps=30, eval_before=True),
+        Variant("mezo lora", "mezo", 1e-3, {"trainable": "lora"}, steps=steps),
+    ]
+
+
+def lean_verdicts(summary: dict[str, Any], targets: LeanTargets) -> dict[str, Any]:
+    """Per row: peak over inference, training wall time over the reference's, the test metric
+    and whether the row meets `targets`; per hybrid: the singles at equal or less measured
+    peak memory and whether the hybrid's test metric beats all of them."""
+    rows = summary["rows"]
+    ref = rows[0].get("accuracy_run", {})
+    ref_s = ref.get("train_s")
+    before = metric_of({"eval": ref.get("test_before")})
+    ref_metric = metric_of(ref)
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows[1:]:
+        acc = r.get("accuracy_run", {})
+        m = metric_of(acc)
+        if "error" in r or m is None or not ref_s:
+            out[r["label"]] = {"meets": False}
+            continue
+        v: dict[str, Any] = {
+            "peak_over_inference": r["peak_over_inference"],
+            "wall_over_reference": acc["train_s"] / ref_s,
+            "metric": m[1],
+        }
+        ok = (v["peak_over_inference"] <= targets.peak_over_inference
+              and v["wall_over_reference"] <= targets.wall_over_reference)  # fmt: skip
+        if targets.accuracy is not None:
+            ok = ok and m[1] >= targets.accuracy
+        if targets.gain_fraction is not None and before and ref_metric:
+            # the gain in log-perplexity (the loss), as a share of the reference's
+            gain = math.log(before[1]) - math.log(ref_metric[1])
+            v["gain_fraction"] = (math.log(before[1]) - math.log(m[1])) / gain if gain else None
+            share = v["gain_fraction"]
+            ok = ok and share is not None and share >= targets.gain_fraction
+        v["meets"] = ok
+        out[r["label"]] = v
+    higher = ref_metric is None or "%" in ref_metric[0]
+    hybrids = {}
+    for r in rows[1:]:
+        h = out.get(r["label"], {})
+        if r["method"] != "hybrid" or "metric" not in h:
+            continue
+        cap = r["peak_rss_mb"] * targets.same_memory
+        singles = [x for x in rows[1:] if x["method"] != "hybrid" and "metric" in out[x["label"]]
+                   and x["peak_rss_mb"] <= cap]  # fmt: skip
+        better = [(h["metric"] > out[x["label"]]["metric"]) == higher for x in singles]
+        hybrids[r["label"]] = {"singles": [x["label"] for x in singles],
+                               "beats_all": bool(singles) and all(better)}  # fmt: skip
+    return {"targets": asdict(targets), "reference_train_s": ref_s,
+            "reference_metric": ref_metric and ref_metric[1],
+            "before_metric": before and before[1], "rows": out, "hybrids": hybrids}  # fmt: skip
+
+
 def run_config(setup: Setup, v: Variant, kind: str) -> RunConfig:
     """The run config of one worker run."""
-    rows = setup.batch * setup.steps if kind == "accuracy" else setup.batch
+    steps = v.steps or setup.steps
+    rows = setup.batch * steps if kind == "accuracy" else setup.batch
     settings: dict[str, Any] = {
         "model.name": setup.model, "data.name": setup.data, "data.task": setup.task,
         "data.seq_len": setup.seq, "data.train_samples": rows,
         "data.eval_samples": setup.eval_samples if kind == "accuracy" else setup.batch,
         "train.method": v.method, "train.batch_size": setup.batch,
-        "train.max_steps": setup.steps if kind == "accuracy" else 1000, "train.lr": v.lr,
+        "train.max_steps": steps if kind == "accuracy" else 1000, "train.lr": v.lr,
         "train.threads": setup.threads, "train.final_eval": kind == "accuracy",
     }  # fmt: skip
     if kind == "accuracy":
-        settings["train.eval_every"] = setup.steps  # validation after the last step
+        settings["train.eval_every"] = steps  # validation after the last step
+        settings["train.eval_before"] = v.eval_before
+        settings["train.eval_batch_size"] = setup.batch  # the run's peak stays the training's
     if not v.clip:
         settings["train.max_grad_norm"] = None
     settings.update({f"method.{k}": val for k, val in v.options.items()})
@@ -210,7 +303,10 @@ def worker_accuracy(setup: Setup, v: Variant) -> dict[str, Any]:
     t = m["train"]
     return {"eval": m["eval"], "validation": m["validation_history"][-1],
             "loss_first": t["loss_first"], "loss_last": t["loss_last"],
-            "loop_step_s": m["time"]["step_s_median"]}  # fmt: skip
+            "loop_step_s": m["time"]["step_s_median"], "steps": t["steps"],
+            **({"test_before": m["test_before"]} if "test_before" in m else {}),
+            "train_s": m["time"]["train_s"],
+            "train_peak_rss_mb": m["memory"]["train_peak_rss_mb"]}  # fmt: skip
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,49 @@ def methods_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def lean_table(summary: dict[str, Any], verdicts: dict[str, Any]) -> str:
+    """The lean line-up against its reference (issue 16): memory, wall time, test metric."""
+    s, inf, t = summary["setup"], summary["inference"], verdicts["targets"]
+    rows = summary["rows"]
+    ref = rows[0]
+    goal = (f"test accuracy >= {t['accuracy']:g} %" if t["accuracy"] is not None
+            else f">= {t['gain_fraction']:.0%} of the reference's log-perplexity gain")  # fmt: skip
+    lines = [
+        f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']} tokens, {s['threads']} "
+        f"threads; test metric on the first {s['eval_samples']} test examples. Inference (no "
+        f"autograd, eval mode): peak RSS {inf['peak_rss_mb']:.0f} MiB. Reference: "
+        f"{ref['label']}, {_f(verdicts['reference_train_s'], '.0f')} s of training, test "
+        f"{_f(verdicts['reference_metric'], '.2f')} (untrained: "
+        f"{_f(verdicts['before_metric'], '.2f')}). Target for a lean method: step peak <= "
+        f"{t['peak_over_inference']:g}x inference, training time <= "
+        f"{t['wall_over_reference']:g}x the reference's, {goal}.",
+        "",
+        "| method | lr | steps | train s | x ref. time | step peak RSS MiB | x inference | "
+        "run's train peak MiB | validation | test metric | meets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        acc = r.get("accuracy_run", {})
+        v = verdicts["rows"].get(r["label"], {})
+        m = "failed: " + acc["error"][:60] if "error" in acc else _metric_cell(acc.get("eval", {}))
+        if v.get("gain_fraction") is not None:
+            m += f" ({v['gain_fraction']:.0%} of the gain)"
+        meets = "reference" if r is ref else ("**yes**" if v.get("meets") else "no")
+        cells = [
+            r["label"], f"{r['lr']:g}", str(acc.get("steps", "-")), _f(acc.get("train_s"), ".0f"),
+            _f(v.get("wall_over_reference"), ".2f"), _f(r.get("peak_rss_mb"), ".0f"),
+            _f(r.get("peak_over_inference"), ".3f"), _f(acc.get("train_peak_rss_mb"), ".0f"),
+            _metric_cell(acc.get("validation", {})), m, meets,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    for label, h in verdicts["hybrids"].items():
+        verdict = "**beats all of them**." if h["beats_all"] else "does not beat all of them."
+        lines += ["", f"`{label}` against the singles at equal or less measured step peak "
+                  f"(up to {t['same_memory']:g}x its own): {', '.join(h['singles']) or 'none'}: "
+                  + verdict]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def sweep_table(result: dict[str, Any]) -> str:
     s = result["setup"]
     lines = [

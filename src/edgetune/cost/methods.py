@@ -215,8 +215,9 @@ def _unit(role: str) -> str:
 
 
 def _trainability(
-    rule: Rule, head: str, scheme: UpdateScheme | None, lora_rank: int, lora_units
-) -> Trainability:
+    rule: Rule, head: str, scheme: UpdateScheme | None, lora_rank: int, lora_units,
+    linears_from: int = 0,
+) -> Trainability:  # fmt: skip
     if rule.trains == "all":  # zeroth-order perturbs every weight but needs no gradient
         # forward-mode carries tangents where a backward would carry gradients: same rg
         backward = rule.update in ("backward", "forward-mode")
@@ -224,7 +225,9 @@ def _trainability(
         return Trainability(lambda u, i: grads, backward, backward)
     if rule.trains == "linears":  # linears and head learn; embeddings, norms do not
         # the output layer learns (dW_L = e^T h'); a tied one is the embedding matrix
-        return Trainability(lambda u, i: FROZEN if u == "norm" else FULL, False, True)
+        return Trainability(
+            lambda u, i: FROZEN if u == "norm" or i < linears_from else FULL, False, True
+        )
     if rule.trains == "adapters":
         bad = set(lora_units) - set(LORA_UNITS)
         if bad:
@@ -262,6 +265,7 @@ def step_cost(
     queries: int = 1,
     zo_blocks: int = 0,
     train_mode: str | None = None,
+    linears_from: int = 0,
 ) -> StepCost:
     """Predict one training step of `rule` on `s` (`label` names it in the result).
     `softmax_jacobian` switches to the seed paper's convention of a full softmax Jacobian
@@ -277,7 +281,8 @@ def step_cost(
     forward each). `zo_blocks`: a rule with zeroth-order `below` trains the embeddings and
     blocks 0..zo_blocks-1 by SPSA (its scheme the blocks above). `train_mode`: where dropout
     runs (`Tape`); by default as edgetune's methods run: a backward rule in train mode (over a
-    scheme, from the lowest trained module up), the others in eval mode."""
+    scheme, from the lowest trained module up), the others in eval mode. `linears_from`: a
+    rule that trains `linears` leaves the blocks below this one frozen (PEPITA's `layers`)."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if not 0 < scored <= 1:
@@ -295,7 +300,7 @@ def step_cost(
         s = replace(s, kv_cache=False)
     inp = Inputs(batch, seq, tgt_seq if s.kind == ENCODER_DECODER else 0, head, n_labels, scored,
                  chunked_loss)  # fmt: skip
-    tr = _trainability(rule, head, scheme, lora_rank, lora_units)
+    tr = _trainability(rule, head, scheme, lora_rank, lora_units, linears_from)
     if train_mode is None:
         train_mode = "off"
         if rule.update == "backward":

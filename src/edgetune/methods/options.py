@@ -282,8 +282,14 @@ class PepitaOptions:
     """F = feedback_scale * U[-sqrt(6/d), sqrt(6/d)], d the embedding width."""
     momentum: float = 0.0
     """SGD momentum (0: plain SGD, no optimizer state; the reference code uses 0.9)."""
+    optimizer: str = "sgd"
+    """sgd (the reference's) or adamw (AdamW over the PEPITA updates: two states a weight)."""
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise EdgetuneError(f"pepita option optimizer={self.optimizer!r}: use sgd or adamw")
+        if self.optimizer == "adamw" and self.momentum:
+            raise EdgetuneError("pepita option momentum applies to sgd only")
         ok = self.layers in ("all", "head") or (
             self.layers.startswith("last-") and self.layers[5:].isdigit()
         )

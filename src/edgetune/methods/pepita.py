@@ -28,7 +28,7 @@ from torch import nn
 
 from edgetune.errors import EdgetuneError
 from edgetune.methods.base import Batch, MethodSettings, StepResult, check_finite, options_of
-from edgetune.methods.optim import ParamSteppers, sgd_factory
+from edgetune.methods.optim import ParamSteppers, adamw_factory, sgd_factory
 from edgetune.methods.options import PepitaOptions
 from edgetune.methods.pepita_core import (
     PepitaCore,
@@ -90,9 +90,12 @@ class Pepita:
             error=lambda logits, batch: output_error(logits, batch["labels"], causal),
             lockstep=self.lockstep,
         )
-        self.steppers = ParamSteppers(
-            self.params, settings, sgd_factory(settings, self.options.momentum)
+        factory = (
+            adamw_factory(settings)
+            if self.options.optimizer == "adamw"
+            else sgd_factory(settings, self.options.momentum)
         )
+        self.steppers = ParamSteppers(self.params, settings, factory)
 
     def _run(self, batch: Batch) -> torch.Tensor:
         """The model's logits, without letting it compute its own loss."""

@@ -89,8 +89,18 @@ class MethodSpec:
         return getattr(importlib.import_module(module), attr)
 
 
-def _sgd(options: PepitaOptions) -> str:
+def _pepita_optimizer(options: PepitaOptions) -> str:
+    if options.optimizer == "adamw":
+        return "adamw"
     return "sgd-momentum" if options.momentum > 0 else "sgd"
+
+
+def _pepita_cost(options: PepitaOptions, shape: ModelShape) -> dict[str, Any]:
+    """The lowest block whose linears learn (`layers`: all, last-K, head)."""
+    n = _blocks(shape)
+    if options.layers == "all":
+        return {}
+    return {"linears_from": n if options.layers == "head" else n - int(options.layers[5:])}
 
 
 def _blocks(shape: ModelShape) -> int:
@@ -170,12 +180,13 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "pepita", "forward-only PEPITA: two forwards, local updates", PepitaOptions,
             "edgetune.methods.pepita:Pepita", Rule("forward-only", "linears"),
-            optimizer=_sgd, suggestions=(),
+            optimizer=_pepita_optimizer, cost_inputs=_pepita_cost, suggestions=(),
         ),
         MethodSpec(
             "mempepita", "PEPITA in lockstep: one layer's activations at a time",
             PepitaOptions, "edgetune.methods.pepita:mempepita",
-            Rule("forward-only", "linears", lockstep=True), optimizer=_sgd,
+            Rule("forward-only", "linears", lockstep=True), optimizer=_pepita_optimizer,
+            cost_inputs=_pepita_cost,
         ),
         MethodSpec(
             "mezo", "zeroth-order SPSA with the seed trick: inference memory", MezoOptions,

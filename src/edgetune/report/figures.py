@@ -3,6 +3,7 @@
 - `plot_gains`: the contribution analysis, gain per layer and unit (`edgetune plan --plot`);
 - `plot_sweep`: MACs and memory against context length (`edgetune cost --plot`);
 - `plot_methods`: a methods comparison (`edgetune bench methods`, `benchmarks/methods.py`);
+- `plot_lean`: lean methods' test metric against their memory (`benchmarks/methods.py`);
 - `plot_federated`: metric, bytes and time per round of a federated run;
 - `plot_curves`: a training run's loss and validation curves (`curves.png` in the run folder).
 """
@@ -137,6 +138,32 @@ def plot_methods(summary: dict[str, Any], path: Path) -> None:
     s = summary["setup"]
     fig.suptitle(f"{s['model']} on {s['data']}, batch {s['batch']} x {s['seq']}")
     _save(fig, Path(path), dpi=100)
+
+
+def plot_lean(summary: dict[str, Any], verdicts: dict[str, Any], path: Path) -> None:
+    """Test metric against measured step peak (x inference) for a lean line-up, the target's
+    memory cap and metric drawn in (`benchmarks/methods.py --preset lean-*`)."""
+    plt = _pyplot()
+    t = verdicts["targets"]
+    fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+    name = "test metric"
+    for r in summary["rows"]:
+        m = metric_of(r.get("accuracy_run", {}))
+        if m is None or "error" in r:
+            continue
+        name = m[0]
+        marker = "s" if r["method"] == "hybrid" else "o"
+        ax.scatter(r["peak_over_inference"], m[1], marker=marker, s=45, label=r["label"])
+    ax.axvline(t["peak_over_inference"], color="tab:red", ls="--", lw=1, label="memory cap")
+    if t.get("accuracy") is not None:
+        ax.axhline(t["accuracy"], color="tab:green", ls="--", lw=1, label="accuracy target")
+    ax.set(xlabel="step peak RSS / inference peak", ylabel=name)
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    s = summary["setup"]
+    ax.set_title(f"{s['model']} on {s['data']}: lean methods (squares: hybrids)")
+    _save(fig, Path(path))
 
 
 def plot_federated(data: dict[str, Any], out: Path) -> None:
