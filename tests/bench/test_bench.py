@@ -189,8 +189,10 @@ def test_lean_verdicts_judge_memory_time_metric_and_hybrids(tmp_path):
     assert (tmp_path / "lean.png").stat().st_size > 0
 
 
-def test_lean_verdicts_share_of_a_perplexity_gain():
+def test_lean_verdicts_share_of_a_perplexity_gain(tmp_path):
     """The LM target: the share of the reference's log-perplexity gain (60 -> 50 ppl)."""
+    from edgetune.report.figures import plot_lean
+
     summary = _lean_summary("perplexity", {
         "lora": ("lora", 800.0, 10.0, 50.0),
         "zo": ("mezo", 510.0, 50.0, 60.0 * (50.0 / 60.0) ** 0.6),  # 60 % of the gain
@@ -202,6 +204,8 @@ def test_lean_verdicts_share_of_a_perplexity_gain():
     assert v["rows"]["zo"]["gain_fraction"] == pytest.approx(0.6)
     assert v["rows"]["zo"]["meets"] and not v["rows"]["zo2"]["meets"]
     assert "(60% of the gain)" in tables.lean_table(summary, v)
+    plot_lean(summary, v, tmp_path / "lean.png")  # with the target's perplexity drawn in
+    assert (tmp_path / "lean.png").stat().st_size > 0
 
 
 def _app() -> typer.Typer:

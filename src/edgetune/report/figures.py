@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,8 @@ def plot_lean(summary: dict[str, Any], verdicts: dict[str, Any], path: Path) -> 
     """Test metric against measured step peak (x inference) for a lean line-up, the target's
     memory cap and metric drawn in (`benchmarks/methods.py --preset lean-*`)."""
     plt = _pyplot()
+    from matplotlib.ticker import ScalarFormatter
+
     t = verdicts["targets"]
     fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
     name = "test metric"
@@ -157,8 +160,16 @@ def plot_lean(summary: dict[str, Any], verdicts: dict[str, Any], path: Path) -> 
     ax.axvline(t["peak_over_inference"], color="tab:red", ls="--", lw=1, label="memory cap")
     if t.get("accuracy") is not None:
         ax.axhline(t["accuracy"], color="tab:green", ls="--", lw=1, label="accuracy target")
+    before, ref = verdicts.get("before_metric"), verdicts.get("reference_metric")
+    if t.get("gain_fraction") is not None and before and ref:  # perplexity at that share
+        goal = math.exp(math.log(before) - t["gain_fraction"] * math.log(before / ref))
+        ax.axhline(goal, color="tab:green", ls="--", lw=1,
+                   label=f"{t['gain_fraction']:.0%} of the reference's gain")  # fmt: skip
+        ax.axhline(before, color="grey", ls=":", lw=1, label="untrained")
     ax.set(xlabel="step peak RSS / inference peak", ylabel=name)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     s = summary["setup"]
