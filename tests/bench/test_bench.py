@@ -152,8 +152,9 @@ def _lean_summary(metric: str, values: dict[str, tuple[str, float, float, float]
             "steps": 10,
             "train_peak_rss_mb": peak,
         }
-        rows.append({"label": label, "method": method, "lr": 1e-3, "peak_rss_mb": peak,
-                     "peak_over_inference": peak / 500.0, "accuracy_run": run})  # fmt: skip
+        rows.append({"label": label, "method": method, "options": {}, "lr": 1e-3,
+                     "peak_rss_mb": peak, "peak_over_inference": peak / 500.0,
+                     "accuracy_run": run})  # fmt: skip
     before = 0.2 if metric == "accuracy" else 60.0
     rows[0]["accuracy_run"]["test_before"] = {metric: before}
     return {"setup": {"model": "m", "data": "d", "batch": 4, "seq": 16, "threads": 1,

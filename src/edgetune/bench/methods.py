@@ -34,6 +34,7 @@ from edgetune.bench.worker import run_worker
 from edgetune.config import RunConfig, load_config
 from edgetune.errors import EdgetuneError
 from edgetune.measure.timing import forward, timed
+from edgetune.methods.registry import get_method
 from edgetune.report.figures import metric_of
 
 
@@ -135,6 +136,13 @@ def lean_smollm_variants(steps: int = 300) -> list[Variant]:
     ]
 
 
+def mixes_rules(method: str, options: dict[str, Any]) -> bool:
+    """Whether a run's blocks learn by more than one rule (a backward top over a zeroth-order
+    bottom): a hybrid plan, as the method's own rule says."""
+    spec = get_method(method)
+    return spec.rule_for(spec.parse(options)).below is not None
+
+
 def lean_verdicts(summary: dict[str, Any], targets: LeanTargets) -> dict[str, Any]:
     """Per row: peak over inference, training wall time over the reference's, the test metric
     and whether the row meets `targets`; per hybrid: the singles at equal or less measured
@@ -169,13 +177,16 @@ def lean_verdicts(summary: dict[str, Any], targets: LeanTargets) -> dict[str, An
         v["meets"] = ok
         out[r["label"]] = v
     higher = ref_metric is None or "%" in ref_metric[0]
+    mixed = {r["label"]: mixes_rules(r["method"], r["options"]) for r in rows}
+    for label, v in out.items():
+        v["hybrid"] = mixed[label]
     hybrids = {}
     for r in rows[1:]:
         h = out.get(r["label"], {})
-        if r["method"] != "hybrid" or "metric" not in h:
+        if not mixed[r["label"]] or "metric" not in h:
             continue
         cap = r["peak_rss_mb"] * targets.same_memory
-        singles = [x for x in rows[1:] if x["method"] != "hybrid" and "metric" in out[x["label"]]
+        singles = [x for x in rows[1:] if not mixed[x["label"]] and "metric" in out[x["label"]]
                    and x["peak_rss_mb"] <= cap]  # fmt: skip
         better = [(h["metric"] > out[x["label"]]["metric"]) == higher for x in singles]
         hybrids[r["label"]] = {"singles": [x["label"] for x in singles],

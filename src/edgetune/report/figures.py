@@ -155,7 +155,7 @@ def plot_lean(summary: dict[str, Any], verdicts: dict[str, Any], path: Path) -> 
         if m is None or "error" in r:
             continue
         name = m[0]
-        marker = "s" if r["method"] == "hybrid" else "o"
+        marker = "s" if verdicts["rows"].get(r["label"], {}).get("hybrid") else "o"
         ax.scatter(r["peak_over_inference"], m[1], marker=marker, s=45, label=r["label"])
     ax.axvline(t["peak_over_inference"], color="tab:red", ls="--", lw=1, label="memory cap")
     if t.get("accuracy") is not None:
