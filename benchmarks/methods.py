@@ -120,17 +120,15 @@ def main() -> None:
         accuracy=None if args.accuracy is None else set(filter(None, args.accuracy.split(","))),
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
-    if targets is not None:
+    if targets is None:
+        table = methods_table(summary)
+        paths = write_outputs(summary, RESULTS, name, table)
+    else:
         verdicts = lean_verdicts(summary, targets)
         table = lean_table(summary, verdicts)
-        paths = write_json_md({**summary, "verdicts": verdicts}, RESULTS, name, table)
-        plot_lean(summary, verdicts, RESULTS / f"{name}.png")
-        for p in [*paths, RESULTS / f"{name}.png"]:
-            print(f"wrote {p}", file=sys.stderr)
-        print(table)
-        return
-    table = methods_table(summary)
-    for p in write_outputs(summary, RESULTS, name, table):
+        paths = write_outputs({**summary, "verdicts": verdicts}, RESULTS, name, table,
+                              plot=lambda s, png: plot_lean(s, verdicts, png))  # fmt: skip
+    for p in paths:
         print(f"wrote {p}", file=sys.stderr)
     print(table)
 

@@ -177,6 +177,7 @@ def test_lean_verdicts_judge_memory_time_metric_and_hybrids(tmp_path):
     targets = bench.LeanTargets(peak_over_inference=1.15, wall_over_reference=10, accuracy=88.0)
     v = bench.lean_verdicts(summary, targets)
     assert {k for k, r in v["rows"].items() if r["meets"]} == {"head", "hyb"}
+    assert v["goal_metric"] == 88.0
     assert v["rows"]["slow"]["wall_over_reference"] == pytest.approx(20.0)
     assert v["hybrids"]["hyb"] == {"singles": ["head", "slow", "weak"], "beats_all": True}
     assert v["hybrids"]["hyb2"]["beats_all"] is False and "big" in v["hybrids"]["hyb2"]["singles"]
@@ -203,6 +204,7 @@ def test_lean_verdicts_share_of_a_perplexity_gain(tmp_path):
                                 gain_fraction=0.5)  # fmt: skip
     v = bench.lean_verdicts(summary, targets)
     assert v["rows"]["zo"]["gain_fraction"] == pytest.approx(0.6)
+    assert v["goal_metric"] == pytest.approx(60.0 * (50.0 / 60.0) ** 0.5)  # half the gain
     assert v["rows"]["zo"]["meets"] and not v["rows"]["zo2"]["meets"]
     assert "(60% of the gain)" in tables.lean_table(summary, v)
     plot_lean(summary, v, tmp_path / "lean.png")  # with the target's perplexity drawn in

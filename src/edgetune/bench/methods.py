@@ -145,45 +145,48 @@ def mixes_rules(method: str, options: dict[str, Any]) -> bool:
 
 def lean_verdicts(summary: dict[str, Any], targets: LeanTargets) -> dict[str, Any]:
     """Per row: peak over inference, training wall time over the reference's, the test metric
-    and whether the row meets `targets`; per hybrid: the singles at equal or less measured
-    peak memory and whether the hybrid's test metric beats all of them."""
+    and whether the row meets `targets`; `goal_metric`, the test metric the target asks for
+    (an LM's: the perplexity at that share of the reference's gain); per hybrid: the singles at
+    equal or less measured peak memory and whether the hybrid's test metric beats all of them."""
     rows = summary["rows"]
     ref = rows[0].get("accuracy_run", {})
     ref_s = ref.get("train_s")
     before = metric_of({"eval": ref.get("test_before")})
     ref_metric = metric_of(ref)
+    # the gain in log-perplexity (the loss) the reference made, and the perplexity at the share
+    gain = math.log(before[1] / ref_metric[1]) if before and ref_metric else None
+    goal: float | None = targets.accuracy
+    if targets.gain_fraction is not None and before and gain is not None:
+        goal = math.exp(math.log(before[1]) - targets.gain_fraction * gain)
+    mixed = {r["label"]: mixes_rules(r["method"], r["options"]) for r in rows}
     out: dict[str, dict[str, Any]] = {}
     for r in rows[1:]:
         acc = r.get("accuracy_run", {})
         m = metric_of(acc)
         if "error" in r or m is None or not ref_s:
-            out[r["label"]] = {"meets": False}
+            out[r["label"]] = {"meets": False, "hybrid": mixed[r["label"]]}
             continue
         v: dict[str, Any] = {
             "peak_over_inference": r["peak_over_inference"],
             "wall_over_reference": acc["train_s"] / ref_s,
             "metric": m[1],
+            "hybrid": mixed[r["label"]],
         }
         ok = (v["peak_over_inference"] <= targets.peak_over_inference
               and v["wall_over_reference"] <= targets.wall_over_reference)  # fmt: skip
         if targets.accuracy is not None:
             ok = ok and m[1] >= targets.accuracy
-        if targets.gain_fraction is not None and before and ref_metric:
-            # the gain in log-perplexity (the loss), as a share of the reference's
-            gain = math.log(before[1]) - math.log(ref_metric[1])
-            v["gain_fraction"] = (math.log(before[1]) - math.log(m[1])) / gain if gain else None
-            share = v["gain_fraction"]
+        if targets.gain_fraction is not None and before and gain is not None:
+            share = (math.log(before[1]) - math.log(m[1])) / gain if gain else None
+            v["gain_fraction"] = share
             ok = ok and share is not None and share >= targets.gain_fraction
         v["meets"] = ok
         out[r["label"]] = v
     higher = ref_metric is None or "%" in ref_metric[0]
-    mixed = {r["label"]: mixes_rules(r["method"], r["options"]) for r in rows}
-    for label, v in out.items():
-        v["hybrid"] = mixed[label]
     hybrids = {}
     for r in rows[1:]:
-        h = out.get(r["label"], {})
-        if not mixed[r["label"]] or "metric" not in h:
+        h = out[r["label"]]
+        if not h["hybrid"] or "metric" not in h:
             continue
         cap = r["peak_rss_mb"] * targets.same_memory
         singles = [x for x in rows[1:] if not mixed[x["label"]] and "metric" in out[x["label"]]
@@ -193,7 +196,8 @@ def lean_verdicts(summary: dict[str, Any], targets: LeanTargets) -> dict[str, An
                                "beats_all": bool(singles) and all(better)}  # fmt: skip
     return {"targets": asdict(targets), "reference_train_s": ref_s,
             "reference_metric": ref_metric and ref_metric[1],
-            "before_metric": before and before[1], "rows": out, "hybrids": hybrids}  # fmt: skip
+            "before_metric": before and before[1], "goal_metric": goal, "rows": out,
+            "hybrids": hybrids}  # fmt: skip
 
 
 def run_config(setup: Setup, v: Variant, kind: str) -> RunConfig:

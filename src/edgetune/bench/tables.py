@@ -4,6 +4,7 @@ what `edgetune.bench.methods` measured (the figure: `edgetune.report.figures.plo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,10 +162,14 @@ def write_json_md(result: dict[str, Any], out_dir: Path, name: str, table: str) 
     return paths
 
 
-def write_outputs(summary: dict[str, Any], out_dir: Path, name: str, table: str) -> list[Path]:
-    """`write_json_md` and `<name>.png` (step time over the forward floor, memory above
-    inference, test metric), written atomically."""
+Plot = Callable[[dict[str, Any], Path], None]
+
+
+def write_outputs(summary: dict[str, Any], out_dir: Path, name: str, table: str,
+                  plot: Plot = plot_methods) -> list[Path]:  # fmt: skip
+    """`write_json_md` and `<name>.png` drawn by `plot` (by default step time over the forward
+    floor, memory above inference, test metric), written atomically."""
     paths = write_json_md(summary, out_dir, name, table)
     png = out_dir / f"{name}.png"
-    plot_methods(summary, png)
+    plot(summary, png)
     return [*paths, png]

@@ -299,3 +299,15 @@ class PepitaOptions:
             raise EdgetuneError("pepita option feedback_scale must be positive")
         if not 0.0 <= self.momentum < 1.0:
             raise EdgetuneError("pepita option momentum must be in [0, 1)")
+
+    def first_block(self, n_blocks: int) -> int:
+        """The lowest block whose linears learn on a model of `n_blocks` (`layers`: all: 0,
+        last-K: n - K, head: n, none)."""
+        if self.layers == "all":
+            return 0
+        if self.layers == "head":
+            return n_blocks
+        k = int(self.layers[5:])
+        if k > n_blocks:
+            raise EdgetuneError(f"layers={self.layers!r}: the model has {n_blocks} blocks")
+        return n_blocks - k

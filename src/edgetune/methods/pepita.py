@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgetune.errors import EdgetuneError
 from edgetune.methods.base import Batch, MethodSettings, StepResult, check_finite, options_of
 from edgetune.methods.optim import ParamSteppers, adamw_factory, sgd_factory
 from edgetune.methods.options import PepitaOptions
@@ -54,7 +53,7 @@ class Pepita:
         self.model, self.settings = model, settings
         anatomy = describe(model)
         modules = dict(model.named_modules())
-        hidden_names = _hidden_modules(anatomy, self.options.layers)
+        hidden_names = _hidden_modules(anatomy, self.options)
         self.hidden = {n: modules[n] for n in hidden_names if is_linear(modules[n])}
         self.output = {n: modules[n] for n in anatomy.output}
         self.targets = {**self.hidden, **self.output}
@@ -160,16 +159,8 @@ def mempepita(model: nn.Module, settings: MethodSettings) -> Pepita:
     return Pepita(model, settings, lockstep=True)
 
 
-def _hidden_modules(anatomy: Anatomy, layers: str) -> list[str]:
-    if layers == "head":
-        first = anatomy.n_layers
-    elif layers == "all":
-        first = 0
-    else:
-        k = int(layers[5:])
-        if not 0 <= k <= anatomy.n_layers:
-            raise EdgetuneError(f"layers={layers!r}: the model has {anatomy.n_layers} blocks")
-        first = anatomy.n_layers - k
+def _hidden_modules(anatomy: Anatomy, options: PepitaOptions) -> list[str]:
+    first = options.first_block(anatomy.n_layers)
     names = [
         n
         for i in range(first, anatomy.n_layers)

@@ -97,10 +97,7 @@ def _pepita_optimizer(options: PepitaOptions) -> str:
 
 def _pepita_cost(options: PepitaOptions, shape: ModelShape) -> dict[str, Any]:
     """The lowest block whose linears learn (`layers`: all, last-K, head)."""
-    n = _blocks(shape)
-    if options.layers == "all":
-        return {}
-    return {"linears_from": n if options.layers == "head" else n - int(options.layers[5:])}
+    return {"linears_from": options.first_block(_blocks(shape))}
 
 
 def _blocks(shape: ModelShape) -> int:

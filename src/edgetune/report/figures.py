@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -158,13 +157,12 @@ def plot_lean(summary: dict[str, Any], verdicts: dict[str, Any], path: Path) -> 
         marker = "s" if verdicts["rows"].get(r["label"], {}).get("hybrid") else "o"
         ax.scatter(r["peak_over_inference"], m[1], marker=marker, s=45, label=r["label"])
     ax.axvline(t["peak_over_inference"], color="tab:red", ls="--", lw=1, label="memory cap")
-    if t.get("accuracy") is not None:
-        ax.axhline(t["accuracy"], color="tab:green", ls="--", lw=1, label="accuracy target")
-    before, ref = verdicts.get("before_metric"), verdicts.get("reference_metric")
-    if t.get("gain_fraction") is not None and before and ref:  # perplexity at that share
-        goal = math.exp(math.log(before) - t["gain_fraction"] * math.log(before / ref))
-        ax.axhline(goal, color="tab:green", ls="--", lw=1,
-                   label=f"{t['gain_fraction']:.0%} of the reference's gain")  # fmt: skip
+    goal, before = verdicts["goal_metric"], verdicts["before_metric"]
+    if goal is not None:
+        label = ("accuracy target" if t["accuracy"] is not None
+                 else f"{t['gain_fraction']:.0%} of the reference's gain")  # fmt: skip
+        ax.axhline(goal, color="tab:green", ls="--", lw=1, label=label)
+    if t["gain_fraction"] is not None and before:
         ax.axhline(before, color="grey", ls=":", lw=1, label="untrained")
     ax.set(xlabel="step peak RSS / inference peak", ylabel=name)
     ax.set_xscale("log")
