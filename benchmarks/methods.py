@@ -12,7 +12,7 @@ same number of optimizer steps gives the test metric. Writes benchmarks/results/
     python benchmarks/methods.py --steps 20 --eval-samples 200 --rounds 3 --repeats 1
     python benchmarks/methods.py --lr-sweep 0.3,1,3 --only backprop,"sparse last-1"
     python benchmarks/methods.py --preset lean-minilm    # lean methods and hybrids, demo setting
-    python benchmarks/methods.py --preset lean-smollm2   # zeroth-order LoRA against LoRA's 30 steps
+    python benchmarks/methods.py --preset lean-smollm2   # top-block LoRA, ZO-LoRA, hybrids vs LoRA
 
 `--lr-sweep` instead runs only accuracy runs, at each variant's learning rate times each factor,
 picks the rate by the validation metric and reports the test metric there
@@ -85,7 +85,7 @@ def main() -> None:
         variants = lean_minilm_variants(args.steps or setup.steps)
         targets = LeanTargets(peak_over_inference=1.15, wall_over_reference=10, accuracy=88.0)
     elif args.preset == "lean-smollm2":
-        setup = Setup("smollm2-135m", "brown", batch=4, seq=128, steps=300, eval_samples=200)
+        setup = Setup("smollm2-135m", "brown", batch=4, seq=128, steps=150, eval_samples=200)
         variants = lean_smollm_variants(args.steps or setup.steps)
         targets = LeanTargets(peak_over_inference=1.05, wall_over_reference=10, gain_fraction=0.5)
     else:

@@ -185,6 +185,40 @@ def test_sparse_encoder_decoder_layer_numbering(tiny, k):
     assert c.trained_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize(("family", "k"), [("bert", 1), ("llama-tied", 1), ("gpt2", 1),
+                                            ("t5", 1), ("t5", 3)])  # fmt: skip
+def test_lora_on_the_last_blocks_flops_and_saved_bytes(tiny, family, k):
+    """LoRA's `layers: last-K`: adapters in the last k blocks only (T5 counts encoder blocks
+    first: k=3 reaches into the encoder), so backward stops at the lowest of them and saves
+    those blocks' activations only; FLOPs exact, saved bytes within 10 %, adapters counted."""
+    from edgetune.measure.flops import count_flops
+    from edgetune.methods import build_method
+    from edgetune.methods.base import MethodSettings
+    from edgetune.methods.options import LoraOptions
+    from edgetune.methods.registry import METHODS
+
+    cfg, cls_name, head = tiny[family]
+    model = _build(cfg, cls_name)
+    shape = shape_from_config(cfg.to_dict())
+    options = LoraOptions(r=4, layers=f"last-{k}")
+    m = build_method("lora", model, MethodSettings(lr=1e-4, total_steps=1, options=options))
+    m.model.eval()
+    fn = _loss_fn(m.model, cfg, head)
+    measured = count_flops(fn)
+    saved = _saved_at_end(fn, m.model)
+    spec = METHODS["lora"]
+    c = step_cost(shape, spec.rule_for(options), B, T, TGT, head=head,
+                  **spec.cost_inputs(options, shape))  # fmt: skip
+    full = step_cost(shape, RULES["lora"], B, T, TGT, head=head, lora_rank=4,
+                     lora_units=("q", "k", "v"))  # fmt: skip
+    assert 2 * c.fwd_macs == pytest.approx(measured.forward, rel=1e-9)
+    assert 2 * c.bwd_macs == pytest.approx(measured.backward, rel=1e-9)
+    assert c.bwd_macs < full.bwd_macs and c.memory.activations < full.memory.activations
+    assert c.memory.activations == pytest.approx(saved, rel=0.10)
+    trained = sum(p.numel() for p in m.model.parameters() if p.requires_grad)
+    assert c.trained_params == trained
+
+
 @pytest.mark.parametrize("family", ["bert", "llama-tied", "gpt2", "t5"])
 @pytest.mark.parametrize("below", ["all", "lora"])
 def test_hybrid_flops_and_saved_bytes(tiny, family, below):
@@ -231,6 +265,44 @@ def test_hybrid_flops_and_saved_bytes(tiny, family, below):
     bottom = sum(t.view().numel() for t in m.directions.tensors)
     assert c.trained_params == top + bottom
     assert c.memory.optimizer == 2 * 4 * top  # AdamW moments of the top only
+
+
+@pytest.mark.parametrize("family", ["bert", "llama-tied", "t5"])
+@pytest.mark.parametrize("below", ["all", "lora", "frozen"])
+def test_hybrid_with_a_lora_top_flops_and_saved_bytes(tiny, family, below):
+    """`top_trainable: lora`: the top block's adapters by backprop over SPSA below (or
+    nothing below): the whole step's FLOPs exact, L+'s saved bytes within 10 %, every trained
+    tensor counted, AdamW state for the top's adapters (and a classifier head) only."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgetune.methods import build_method
+    from edgetune.methods.base import MethodSettings
+    from edgetune.methods.options import HybridOptions
+    from edgetune.methods.registry import METHODS
+    from edgetune.seeds import mix_seed
+
+    cfg, cls_name, head = tiny[family]
+    model = _build(cfg, cls_name)
+    shape = shape_from_config(cfg.to_dict())
+    options = HybridOptions(backprop_blocks=1, zo_trainable=below, top_trainable="lora", rank=4)
+    m = build_method("hybrid", model, MethodSettings(lr=1e-4, total_steps=2, options=options))
+    spec = METHODS["hybrid"]
+    c = step_cost(shape, spec.rule_for(options), B, T, TGT, head=head,
+                  **spec.cost_inputs(options, shape))  # fmt: skip
+    batch = _batch(cfg, head)
+    if m.directions is None:
+        saved = _saved_at_end(lambda: m.model(**batch).loss, m.model)
+    else:
+        with m.directions.perturbed(mix_seed(0, 0), options.eps):
+            saved = _saved_at_end(lambda: m.model(**batch).loss, m.model)
+    with FlopCounterMode(display=False) as counter:
+        m.step([batch])
+    assert 2 * (c.fwd_macs + c.bwd_macs) == pytest.approx(counter.get_total_flops(), rel=1e-9)
+    assert c.memory.activations == pytest.approx(saved, rel=0.10)
+    top = sum(p.numel() for p in m.model.parameters() if p.requires_grad)
+    bottom = sum(t.view().numel() for t in m.directions.tensors) if m.directions else 0
+    assert c.trained_params == top + bottom
+    assert c.memory.optimizer == 2 * 4 * top
 
 
 FORWARD_MODE = ["bert", "bert-mlm", "distilbert", "gpt2", "llama-gqa", "llama-tied", "qwen3",

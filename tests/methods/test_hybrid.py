@@ -136,3 +136,58 @@ def test_a_sparse_scheme_over_the_top_and_its_bounds():
         hybrid("bert", zo_lr=0)
     with pytest.raises(EdgetuneError, match="needs blocks below the boundary"):
         hybrid("bert", backprop_blocks=2, zo_trainable="lora")
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_a_lora_top_over_a_frozen_bottom_is_lora_on_the_last_blocks(kind):
+    """`top_trainable: lora`: the top's adapters train as lora's `layers: last-K` trains them
+    (same adapters, same AdamW, bit for bit when the bottom is frozen)."""
+    # Prepare
+    batches = [make_batch(kind, seed=s) for s in range(3)]
+    torch.manual_seed(0)
+    h = hybrid(kind, zo_trainable="frozen", top_trainable="lora", rank=4)
+    torch.manual_seed(0)
+    lora = {"r": 4, "alpha": 8.0, "layers": "last-1"}
+    s = build_method("lora", make_model(kind), settings(**lora))
+    # Execute
+    got = [h.step([b]).loss for b in batches]
+    want = [s.step([b]).loss for b in batches]
+    # Assert
+    assert got == want
+    sh, ss = h.trainable_state(), s.trainable_state()
+    top = (".layer.1.", ".layers.1.", "classifier", "pooler")
+    assert sh.keys() == ss.keys() and all(any(t in k for t in top) for k in sh)
+    for k in sh:
+        assert torch.equal(sh[k], ss[k]), k
+
+
+def test_a_lora_top_over_zeroth_order_adapters_below():
+    """Adapters in every block: the top's by AdamW on autograd's gradient, the bottom's by the
+    seed's SPSA update; the bottom runs without dropout; the export merges both."""
+    # Prepare
+    m, batch = hybrid("bert", zo_trainable="lora", top_trainable="lora", rank=2, zo_lr=1e-1), \
+        make_batch("bert")  # fmt: skip
+    keys = [t.key for t in m.directions.tensors]
+    top = [n for n, p in m.model.named_parameters() if p.requires_grad]
+    # Execute
+    for _ in range(3):
+        m.step([batch])
+    # Assert
+    assert keys and all(".lora_" in k and ".layer.0." in k for k in keys)
+    assert top and all(".layer.1." in n or "classifier" in n or "pooler" in n for n in top)
+    assert all(not x.training for x in m.top.eval_modules) and m.top.eval_modules
+    moved = [t for t in m.directions.tensors if "lora_B" in t.key]
+    assert any(float(t.view().abs().sum()) > 0 for t in moved)
+    assert not set(keys) & set(m.top.trainable_state())
+    m.model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        want = m.model(**inputs).logits
+        got = m.export_model()(**inputs).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(EdgetuneError, match="drop them"):
+        hybrid("bert", top_trainable="lora", scheme="last-1")
+    with pytest.raises(EdgetuneError, match="needs a top block"):
+        hybrid("bert", top_trainable="lora", backprop_blocks=0)
+    with pytest.raises(EdgetuneError, match="top_trainable"):
+        hybrid("bert", top_trainable="sparse")

@@ -82,8 +82,30 @@ def test_export_merges_into_a_plain_model_with_the_same_outputs(kind, tmp_path):
     assert (tmp_path / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    ("kind", "k", "blocks"),
+    [("llama", 1, {"layers.1"}), ("t5", 3, {"encoder.block.1", "decoder.block"})],
+)
+def test_layers_puts_adapters_in_the_last_blocks_only(kind, k, blocks):
+    """`layers: last-K`: adapters in the last K blocks (T5: encoder blocks first, so last-3 of
+    2 + 2 is encoder block 1 and both decoder blocks); nothing below them needs a gradient."""
+    m = lora(kind, layers=f"last-{k}", target_modules=["qkv", "ffn1"])
+
+    def adapted(method):
+        return {n.rsplit(".lora_A", 1)[0] for n in method.trainable_state() if ".lora_A" in n}
+
+    everywhere = adapted(lora(kind, target_modules=["qkv", "ffn1"]))
+    want = {n for n in everywhere if any(f"{b}." in n for b in blocks)}
+    assert want and adapted(m) == want and len(want) < len(everywhere)
+    m.step([make_batch(kind)])
+
+
 def test_bad_options_are_reported():
     with pytest.raises(EdgetuneError, match="r must be"):
         lora("bert", r=0)
     with pytest.raises(EdgetuneError, match="unknown lora option"):
         lora("bert", rank=4)
+    with pytest.raises(EdgetuneError, match="use all or last-K"):
+        lora("bert", layers="head")
+    with pytest.raises(EdgetuneError, match="has 2 blocks"):
+        lora("bert", layers="last-3")

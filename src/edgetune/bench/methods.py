@@ -63,6 +63,7 @@ class Variant:
     options: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None  # optimizer steps of its accuracy run (None: the setup's)
     eval_before: bool = False  # its accuracy run also scores the untrained model on test
+    train: dict[str, Any] = field(default_factory=dict)  # train.* settings of its runs
 
     @property
     def clip(self) -> bool:  # in-place updates cannot clip the global gradient norm
@@ -128,12 +129,39 @@ def lean_minilm_variants(steps: int = 600) -> list[Variant]:
     ]
 
 
-def lean_smollm_variants(steps: int = 300) -> list[Variant]:
-    """LoRA by backprop for 30 steps (the reference), then zeroth-order over LoRA factors."""
-    return [
+def lean_smollm_variants(steps: int = 150) -> list[Variant]:
+    """LoRA by backprop over every block for 30 steps (the reference); then, all with the
+    chunked loss (no whole logits): zeroth-order over LoRA factors (twice the steps), and at
+    two budgets LoRA by backprop on the top blocks alone and the hybrid of that top over
+    zeroth-order LoRA below."""
+    chunked = {"chunked_loss": True}
+    units = ["qkv", "attn_out", "ffn1", "ffn2"]
+    zo = {"top_trainable": "lora", "zo_trainable": "lora", "zo_lr": 1e-3}
+    out = [
         Variant("lora (backprop)", "lora", 1e-3, steps=30, eval_before=True),
-        Variant("mezo lora", "mezo", 1e-3, {"trainable": "lora"}, steps=steps),
+        Variant("mezo lora", "mezo", 1e-3, {"trainable": "lora"}, steps=2 * steps, train=chunked),
     ]
+    for k, targets in ((2, ["qkv"]), (4, units)):
+        label = f"last-{k}" + (" all units" if targets == units else "")
+        out += [
+            Variant(
+                f"lora {label}",
+                "lora",
+                1e-3,
+                {"layers": f"last-{k}", "target_modules": targets},
+                steps=steps,
+                train=chunked,
+            ),
+            Variant(
+                f"hybrid lora {label} + zo lora",
+                "hybrid",
+                1e-3,
+                {**zo, "backprop_blocks": k, "target_modules": targets},
+                steps=steps,
+                train=chunked,
+            ),
+        ]
+    return out
 
 
 def mixes_rules(method: str, options: dict[str, Any]) -> bool:
@@ -219,6 +247,7 @@ def run_config(setup: Setup, v: Variant, kind: str) -> RunConfig:
     if not v.clip:
         settings["train.max_grad_norm"] = None
     settings.update({f"method.{k}": val for k, val in v.options.items()})
+    settings.update({f"train.{k}": val for k, val in v.train.items()})
     return load_config(None, settings)
 
 

@@ -28,6 +28,9 @@ existing one needs nothing here. The rules edgetune's methods use:
                      only) plus a forward without a graph; z spans the embeddings and the
                      blocks under the boundary (`below` all) or adapters on them (`adapters`);
                      one module's perturbed copy at a time.
+- backward, adapters, zeroth-order below
+                     the same with rank-r adapters on the top blocks instead of a scheme
+                     (`hybrid` with top_trainable `lora`; `linears_from` is the boundary).
 - forward-mode, all  the forward gradient (`forward_grad` with trainable `all`): one forward a
                      query with forward-mode AD, a tangent beside every activation downstream of
                      a trained tensor; each matrix product whose output carries a tangent
@@ -107,11 +110,12 @@ class Rule:
             raise EdgetuneError(f"unknown rule ({self.update}, {self.trains})")
         if self.below is not None and (
             self.below not in ("all", "adapters")
-            or (self.update, self.trains) != ("backward", "scheme")
+            or self.update != "backward"
+            or self.trains not in ("scheme", "adapters")
         ):
             raise EdgetuneError(
-                f"zeroth-order below a scheme trains all or adapters, under a backward rule "
-                f"over a scheme; got ({self.update}, {self.trains}, below {self.below})"
+                f"zeroth-order below trains all or adapters, under a backward rule over a "
+                f"scheme or adapters; got ({self.update}, {self.trains}, below {self.below})"
             )
 
     @property
@@ -235,7 +239,9 @@ def _trainability(
         adapter = Train(lora_rank=lora_rank)
         # peft trains a new classifier head (modules_to_save), never the (tied) LM head
         return Trainability(
-            lambda u, i: adapter if u in lora_units else FROZEN, False, head == "classifier"
+            lambda u, i: adapter if u in lora_units and i >= linears_from else FROZEN,
+            False,
+            head == "classifier",
         )
     if scheme is None:
         raise EdgetuneError("a rule that trains a scheme needs an update scheme")
@@ -282,7 +288,8 @@ def step_cost(
     blocks 0..zo_blocks-1 by SPSA (its scheme the blocks above). `train_mode`: where dropout
     runs (`Tape`); by default as edgetune's methods run: a backward rule in train mode (over a
     scheme, from the lowest trained module up), the others in eval mode. `linears_from`: a
-    rule that trains `linears` leaves the blocks below this one frozen (PEPITA's `layers`)."""
+    rule that trains `linears` or `adapters` leaves the blocks below this one frozen (PEPITA's
+    and LoRA's `layers`)."""
     if batch < 1 or seq < 1 or tgt_seq < 0:
         raise EdgetuneError(f"batch and sequence length must be positive, got {batch}, {seq}")
     if not 0 < scored <= 1:
@@ -304,7 +311,9 @@ def step_cost(
     if train_mode is None:
         train_mode = "off"
         if rule.update == "backward":
-            train_mode = "trained" if rule.trains == "scheme" else "all"
+            # below a scheme's lowest block, or the lowest adapter of LoRA's last-K, eval mode
+            lowest = rule.trains == "scheme" or (rule.trains == "adapters" and linears_from > 0)
+            train_mode = "trained" if lowest else "all"
     tape = Tape(act, softmax_jacobian, train_mode)
     record(s, tape, tr, inp)
     segs = tape.segments
@@ -358,7 +367,12 @@ def step_cost(
             kernels += forward_work([e for e in tape.events if e.segment in again])
         if rule.below is not None:  # the gradient-free forward and SPSA of the bottom
             low = _below(s, rule.below, inp, p, zo_blocks, lora_rank, lora_units, tr.head)
-            fwd = 2 * low.fwd
+            top_adapters = 0.0  # a top of adapters adds their products to both forwards
+            if rule.trains == "adapters":
+                plain = Tape(act)
+                record(s, plain, Trainability(lambda u, i: FROZEN, False, False), inp)
+                top_adapters = fwd - sum(g.fwd_macs for g in plain.segments)
+            fwd = 2 * (low.fwd + top_adapters)
             elem_f = 2 * low.elementwise + 4 * low.params  # + z drawn thrice and the update
             extra = low.adapters * p.nbytes("weights")  # adapters are extra weights
             w, params, trained = w + extra, params + low.adapters, trained + low.params

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from edgetune.errors import EdgetuneError
+from edgetune.methods.backprop import Backprop
 from edgetune.methods.base import (
     Batch,
     MethodSettings,
@@ -46,10 +47,11 @@ from edgetune.methods.base import (
     options_of,
     train_mode,
 )
-from edgetune.methods.lora import adapt
+from edgetune.methods.lora import adapt, head_roots
 from edgetune.methods.mezo import Directions, ZoTensor
 from edgetune.methods.optim import lr_lambda
 from edgetune.methods.options import HybridOptions, SparseOptions
+from edgetune.methods.select import frozen_prefix
 from edgetune.methods.sparse import Sparse
 from edgetune.methods.state import copy_checked
 from edgetune.models.anatomy import describe, inner_model
@@ -69,30 +71,46 @@ class Hybrid:
                 "or model.weights=fp32"
             )
         anatomy = describe(model)
-        self.boundary = o.boundary(anatomy.n_layers)
-        scheme = o.top_scheme(anatomy.n_layers)
-        k = self.boundary
+        n = anatomy.n_layers
+        self.boundary = k = o.boundary(n)
+        top_lora = o.top_lora(n)
         # the top: its blocks, their units' modules outside them (a stack's final norm), the head
-        units = [n for (_, i), names in anatomy.units.items() if i >= k for n in names]
-        top_names = (*anatomy.blocks[k:], *anatomy.head, *units)
+        units = [m for (_, i), names in anatomy.units.items() if i >= k for m in names]
+        top_names = (*anatomy.blocks[k:], *anatomy.head, *head_roots(anatomy), *units)
         lora = o.lora
+        targets: tuple[str, ...] = ()
         if lora is not None:  # adapters on the bottom blocks' units only
             targets = tuple(
-                n for u in lora.target_modules for i in range(k)
-                for n in anatomy.modules(u, i)
+                m for u in lora.target_modules for i in range(k)
+                for m in anatomy.modules(u, i)
             )  # fmt: skip
             if not targets:
                 raise EdgetuneError(
                     "hybrid: zo_trainable lora needs blocks below the boundary; lower "
                     "backprop_blocks or use zo_trainable frozen"
                 )
+        if top_lora is not None:  # one PEFT model: the top's adapters and the bottom's
+            targets += tuple(
+                m for u in top_lora.target_modules for i in range(k, n)
+                for m in anatomy.modules(u, i)
+            )  # fmt: skip
+            model = adapt(model, replace(top_lora, target_modules=targets, layers="all"))
+        elif lora is not None:
             model = adapt(model, replace(lora, target_modules=targets))
         self.model, self.settings = model, settings
         self.lam = lr_lambda(settings)
         base = inner_model(model)
-        # the top: sparse backprop over its scheme (freezes everything else, SplitLinears)
-        top = SparseOptions(scheme=scheme, dropout=o.dropout)
-        self.top = Sparse(base, replace(settings, options=top))
+        self.top: Sparse | Backprop
+        if top_lora is None:  # sparse backprop over its scheme (freezes the rest, SplitLinears)
+            top = SparseOptions(scheme=o.top_scheme(n), dropout=o.dropout)
+            self.top = Sparse(base, replace(settings, options=top))
+        else:  # AdamW over the top's adapters (and a new classifier head) only
+            below = tuple(f"{m}." for m in (*anatomy.embeddings, *anatomy.blocks[:k]))
+            for name, p in base.named_parameters():
+                if name.startswith(below):  # the bottom's adapters move by SPSA only
+                    p.requires_grad_(False)
+            self.top = Backprop(model, replace(settings, options=top_lora), name="lora")
+            self.top.eval_modules = frozen_prefix(base, anatomy)  # the bottom: no dropout
         self.steps = 0
         self.directions: Directions | None = None
         if o.zo_trainable == "frozen":
@@ -162,6 +180,7 @@ class Hybrid:
         self.steps = int(state["steps"])
 
     def export_model(self) -> nn.Module:
-        """Sparse's split weights merged back, then the bottom's adapters merged (PEFT)."""
-        self.top.export_model()  # in place, on the transformers model inside
+        """Sparse's split weights merged back, then the adapters merged (PEFT)."""
+        if isinstance(self.top, Sparse):
+            self.top.export_model()  # in place, on the transformers model inside
         return merged_model(self.model)

@@ -24,7 +24,8 @@ from edgetune.errors import EdgetuneError
 from edgetune.methods.backprop import Backprop
 from edgetune.methods.base import MethodSettings, options_of
 from edgetune.methods.options import LoraOptions
-from edgetune.models.anatomy import describe
+from edgetune.methods.select import frozen_prefix
+from edgetune.models.anatomy import Anatomy, describe, inner_model
 from edgetune.models.quantized import QuantLinear, is_held
 from edgetune.scheme import UNITS
 
@@ -32,9 +33,14 @@ from edgetune.scheme import UNITS
 def lora(model: nn.Module, settings: MethodSettings) -> Backprop:
     """`lora` is backprop over a PEFT model whose only trainable parameters are the adapters
     (and the head, for classification): the same AdamW step, state and resume; its export
-    merges the adapters into the base weights in place."""
+    merges the adapters into the base weights in place. With `layers` last-K the modules below
+    the lowest adapter run in eval mode (no dropout), as sparse's frozen blocks do."""
     options = options_of(settings, LoraOptions, "lora")
-    return Backprop(adapt(model, options), replace(settings, options=options), name="lora")
+    method = Backprop(adapt(model, options), replace(settings, options=options), name="lora")
+    if options.layers != "all":  # below the lowest adapter: a fixed feature extractor
+        base = inner_model(method.model)
+        method.eval_modules = frozen_prefix(base, describe(base))
+    return method
 
 
 def adapt(model: nn.Module, options: LoraOptions) -> nn.Module:
@@ -45,23 +51,18 @@ def adapt(model: nn.Module, options: LoraOptions) -> nn.Module:
     from peft.tuners.lora import Linear as LoraLinear
 
     anatomy = describe(model)
-    targets: list[str] = []
-    for t in options.target_modules:
-        targets += anatomy.leaf_names(t) if t in UNITS and t != "head" else [t]
+    targets = _targets(model, anatomy, options)
     train_head = options.train_head
     if train_head is None:  # a new classifier head trains; label words read the LM's own
         train_head = anatomy.task == "classify" and not anatomy.label_words
-    # head roots: top-level head modules ("classifier", "score") and the pooler
-    roots = {
-        n[: n.index(".pooler") + 7] if ".pooler" in n else n.split(".")[0] for n in anatomy.head
-    }
+    roots = head_roots(anatomy)
     to_save = sorted(roots) if train_head and roots else None
     config = LoraConfig(
         r=options.r,
         # peft types lora_alpha int; a float alpha scales the same (alpha / r)
         lora_alpha=options.alpha,  # type: ignore[arg-type]
         lora_dropout=options.dropout,
-        target_modules=sorted(set(targets)),
+        target_modules=targets,
         modules_to_save=to_save,
         fan_in_fan_out=anatomy.family == "gpt2",  # GPT-2's Conv1D stores W as (in, out)
     )
@@ -73,3 +74,38 @@ def adapt(model: nn.Module, options: LoraOptions) -> nn.Module:
             return get_peft_model(model, config)
     except ValueError as e:
         raise EdgetuneError(f"lora: {e}") from None
+
+
+def head_roots(anatomy: Anatomy) -> set[str]:
+    """The modules PEFT wraps to train a head whole (`modules_to_save`): top-level head
+    modules ("classifier", "score") and the pooler."""
+    return {
+        n[: n.index(".pooler") + 7] if ".pooler" in n else n.split(".")[0] for n in anatomy.head
+    }
+
+
+def _targets(model: nn.Module, anatomy: Anatomy, options: LoraOptions) -> list[str]:
+    """PEFT's target names: scheme units as their leaf names in the family's layout, other
+    strings as given (PEFT matches a name by suffix); with `layers` last-K, the full names of
+    the matching modules inside the last K blocks (T5 counts encoder blocks first)."""
+    first = options.first_block(anatomy.n_layers)
+    if first == 0:
+        leaves = [
+            n for t in options.target_modules
+            for n in (anatomy.leaf_names(t) if t in UNITS and t != "head" else [t])
+        ]  # fmt: skip
+        return sorted(set(leaves))
+    found: list[str] = []
+    for t in options.target_modules:
+        if t in UNITS and t != "head":
+            found += [n for i in range(first, anatomy.n_layers) for n in anatomy.modules(t, i)]
+            continue
+        tops = tuple(f"{b}." for b in anatomy.blocks[first:])
+        found += [n for n, _ in model.named_modules()
+                  if (n == t or n.endswith(f".{t}")) and n.startswith(tops)]  # fmt: skip
+    if not found:
+        raise EdgetuneError(
+            f"lora: no target of {list(options.target_modules)} in the last "
+            f"{anatomy.n_layers - first} blocks (layers={options.layers!r})"
+        )
+    return sorted(set(found))

@@ -18,6 +18,31 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)  # normalizing a frozen dataclass in __post_init__
 
 
+def _check_layers(method: str, layers: str, head: bool) -> None:
+    """A `layers` option: all, last-K, or (where `head`) head (also last-0)."""
+    ok = (
+        layers == "all"
+        or (head and layers == "head")
+        or (layers.startswith("last-") and layers[5:].isdigit() and (head or int(layers[5:]) > 0))
+    )
+    if not ok:
+        use = "all, last-K or head" if head else "all or last-K"
+        raise EdgetuneError(f"{method} option layers={layers!r}: use {use}")
+
+
+def first_block(layers: str, n_blocks: int) -> int:
+    """The lowest block a `layers` option trains on a model of `n_blocks` (all: 0, last-K:
+    n - K, head: n, none)."""
+    if layers == "all":
+        return 0
+    if layers == "head":
+        return n_blocks
+    k = int(layers[5:])
+    if k > n_blocks:
+        raise EdgetuneError(f"layers={layers!r}: the model has {n_blocks} blocks")
+    return n_blocks - k
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """A method without options of its own (`backprop`)."""
@@ -68,6 +93,9 @@ class LoraOptions:
     train_head: bool | None = None
     """Train the task head whole; default: yes for classification through a classifier head,
     no for LM and for classification through label words (`data.label_words`)."""
+    layers: str = "all"
+    """Which blocks get adapters: all, or last-K (the last K blocks: backward stops at the
+    lowest of them, so a step saves the activations of those blocks only)."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -80,6 +108,11 @@ class LoraOptions:
             _set(self, "target_modules", (self.target_modules,))
         if not self.target_modules:
             raise EdgetuneError("lora option target_modules is empty")
+        _check_layers("lora", self.layers, head=False)
+
+    def first_block(self, n_blocks: int) -> int:
+        """The lowest block with adapters on a model of `n_blocks`."""
+        return first_block(self.layers, n_blocks)
 
 
 @dataclass(frozen=True)
@@ -188,16 +221,23 @@ class HybridOptions:
     eps: float = 1e-3
     """Perturbation scale of the zeroth-order estimate."""
     rank: int = 8
-    """LoRA rank of the bottom's adapters when zo_trainable is `lora`."""
+    """LoRA rank of the adapters (the bottom's with zo_trainable `lora`, the top's with
+    top_trainable `lora`)."""
     target_modules: tuple[str, ...] = ("qkv",)
-    """Scheme units of the bottom blocks that get adapters when zo_trainable is `lora`."""
+    """Scheme units of a block that get those adapters."""
     perturbation_rank: int = 0
     """0: dense z; k > 0: low-rank z per matrix, as mezo's option of that name."""
     dropout: bool = True
     """Dropout in the top blocks (as sparse's option; both perturbed forwards draw the same
     masks). The bottom runs without dropout, as MeZO does."""
+    top_trainable: str = "scheme"
+    """What backprop trains in the top blocks: `scheme` (a sparse update scheme with the head:
+    `scheme`, else every unit) or `lora` (LoRA adapters of rank `rank` on `target_modules` of
+    the top blocks, trained by AdamW as lora trains them; the head as lora leaves it: frozen
+    for an LM)."""
 
     ZO_TRAINABLE = ("all", "lora", "frozen")
+    TOP_TRAINABLE = ("scheme", "lora")
 
     def __post_init__(self) -> None:
         if self.backprop_blocks is not None and self.backprop_blocks < 0:
@@ -222,6 +262,16 @@ class HybridOptions:
                 raise EdgetuneError(
                     f"hybrid option {key} must be an integer >= {least}, got {getattr(self, key)!r}"
                 )
+        if self.top_trainable not in self.TOP_TRAINABLE:
+            raise EdgetuneError(
+                f"hybrid option top_trainable={self.top_trainable!r}: use "
+                + ", ".join(self.TOP_TRAINABLE)
+            )
+        if self.top_trainable == "lora" and (self.scheme is not None or not self.dropout):
+            raise EdgetuneError(
+                "hybrid options scheme and dropout shape a sparse top; with top_trainable "
+                "lora the top is adapters (rank, target_modules): drop them"
+            )
         if isinstance(self.target_modules, str):
             _set(self, "target_modules", (self.target_modules,))
         bad = [t for t in self.target_modules if t not in UNITS or t in ("head", "norm")]
@@ -271,6 +321,19 @@ class HybridOptions:
         return LoraOptions(r=self.rank, alpha=2.0 * self.rank, target_modules=self.target_modules,
                            train_head=False)  # fmt: skip
 
+    def top_lora(self, n_layers: int) -> LoraOptions | None:
+        """The top's adapters (top_trainable `lora`: the blocks from the boundary up, the head
+        as lora's default leaves it), else None."""
+        if self.top_trainable != "lora":
+            return None
+        k = n_layers - self.boundary(n_layers)
+        if k < 1:
+            raise EdgetuneError(
+                "hybrid: top_trainable lora needs a top block (backprop_blocks >= 1)"
+            )
+        return LoraOptions(r=self.rank, alpha=2.0 * self.rank, target_modules=self.target_modules,
+                           layers=f"last-{k}")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class PepitaOptions:
@@ -290,24 +353,12 @@ class PepitaOptions:
             raise EdgetuneError(f"pepita option optimizer={self.optimizer!r}: use sgd or adamw")
         if self.optimizer == "adamw" and self.momentum:
             raise EdgetuneError("pepita option momentum applies to sgd only")
-        ok = self.layers in ("all", "head") or (
-            self.layers.startswith("last-") and self.layers[5:].isdigit()
-        )
-        if not ok:
-            raise EdgetuneError(f"pepita option layers={self.layers!r}: use all, last-K or head")
+        _check_layers("pepita", self.layers, head=True)
         if not self.feedback_scale > 0:
             raise EdgetuneError("pepita option feedback_scale must be positive")
         if not 0.0 <= self.momentum < 1.0:
             raise EdgetuneError("pepita option momentum must be in [0, 1)")
 
     def first_block(self, n_blocks: int) -> int:
-        """The lowest block whose linears learn on a model of `n_blocks` (`layers`: all: 0,
-        last-K: n - K, head: n, none)."""
-        if self.layers == "all":
-            return 0
-        if self.layers == "head":
-            return n_blocks
-        k = int(self.layers[5:])
-        if k > n_blocks:
-            raise EdgetuneError(f"layers={self.layers!r}: the model has {n_blocks} blocks")
-        return n_blocks - k
+        """The lowest block whose linears learn on a model of `n_blocks`."""
+        return first_block(self.layers, n_blocks)

@@ -112,8 +112,9 @@ def _sparse_cost(options: SparseOptions, shape: ModelShape) -> dict[str, Any]:
 
 
 def _lora_cost(options: LoraOptions, shape: ModelShape) -> dict[str, Any]:
-    """LoRA's rank, and its targets as the cost model's block roles: scheme units (qkv is q, k
-    and v) or module names, matched by suffix in the family's layout as PEFT matches them."""
+    """LoRA's rank, its targets as the cost model's block roles (scheme units, qkv is q, k and
+    v, or module names, matched by suffix in the family's layout as PEFT matches them) and the
+    lowest block with adapters (`layers`)."""
     roles: list[str] = []
     for target in options.target_modules:
         if target in UNITS and target not in ("head", "norm"):
@@ -129,7 +130,8 @@ def _lora_cost(options: LoraOptions, shape: ModelShape) -> dict[str, Any]:
                 "or the module names of its layout"
             )
         roles += found
-    return {"lora_rank": options.r, "lora_units": tuple(dict.fromkeys(roles))}
+    return {"lora_rank": options.r, "lora_units": tuple(dict.fromkeys(roles)),
+            "linears_from": options.first_block(_blocks(shape))}  # fmt: skip
 
 
 def _mezo_rule(options: MezoOptions) -> Rule:
@@ -149,15 +151,18 @@ def _mezo_cost(options: MezoOptions | ForwardGradOptions, shape: ModelShape) -> 
 
 def _hybrid_rule(options: HybridOptions) -> Rule:
     below = {"all": "all", "lora": "adapters"}.get(options.zo_trainable)
-    return Rule("backward", "scheme", below=below)
+    return Rule("backward", "adapters" if options.top_trainable == "lora" else "scheme",
+                below=below)  # fmt: skip
 
 
 def _hybrid_cost(options: HybridOptions, shape: ModelShape) -> dict[str, Any]:
-    """The top's scheme, the boundary (blocks under it train by zeroth-order) and, for
-    adapters below it, LoRA's rank and roles."""
+    """The top's scheme or adapters, the boundary (blocks under it train by zeroth-order)
+    and, for adapters, LoRA's rank and roles (the top's and the bottom's are the same)."""
     n = _blocks(shape)
-    lora = options.lora
-    return {"scheme": options.top_scheme(n), "zo_blocks": options.boundary(n),
+    top = options.top_lora(n)
+    lora = top or options.lora
+    return {**({"scheme": options.top_scheme(n)} if top is None else {}),
+            "zo_blocks": options.boundary(n),
             **(_lora_cost(lora, shape) if lora is not None else {})}  # fmt: skip
 
 
