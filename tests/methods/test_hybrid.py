@@ -35,6 +35,16 @@ def perturbed_copy(m, seed: int, scale: float):
     return ref
 
 
+def assert_export_keeps_outputs(m, batch) -> None:
+    """The exported (merged) model gives the trained model's logits."""
+    m.model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        want = m.model(**inputs).logits
+        got = m.export_model()(**inputs).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_frozen_bottom_is_sparse_backprop_of_the_top(kind):
     # Prepare
@@ -115,12 +125,7 @@ def test_lora_below_trains_the_bottom_s_adapters_and_merges_them():
     for k, v in base.items():
         if ".layer.0." in k:
             assert torch.equal(v, after[k]), k
-    m.model.eval()
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    with torch.no_grad():
-        want = m.model(**inputs).logits
-        got = m.export_model()(**inputs).logits
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert_export_keeps_outputs(m, batch)
 
 
 def test_a_sparse_scheme_over_the_top_and_its_bounds():
@@ -179,12 +184,7 @@ def test_a_lora_top_over_zeroth_order_adapters_below():
     moved = [t for t in m.directions.tensors if "lora_B" in t.key]
     assert any(float(t.view().abs().sum()) > 0 for t in moved)
     assert not set(keys) & set(m.top.trainable_state())
-    m.model.eval()
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    with torch.no_grad():
-        want = m.model(**inputs).logits
-        got = m.export_model()(**inputs).logits
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert_export_keeps_outputs(m, batch)
     with pytest.raises(EdgetuneError, match="drop them"):
         hybrid("bert", top_trainable="lora", scheme="last-1")
     with pytest.raises(EdgetuneError, match="needs a top block"):

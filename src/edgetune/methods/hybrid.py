@@ -80,20 +80,14 @@ class Hybrid:
         lora = o.lora
         targets: tuple[str, ...] = ()
         if lora is not None:  # adapters on the bottom blocks' units only
-            targets = tuple(
-                m for u in lora.target_modules for i in range(k)
-                for m in anatomy.modules(u, i)
-            )  # fmt: skip
+            targets = anatomy.unit_modules(lora.target_modules, range(k))
             if not targets:
                 raise EdgetuneError(
                     "hybrid: zo_trainable lora needs blocks below the boundary; lower "
                     "backprop_blocks or use zo_trainable frozen"
                 )
         if top_lora is not None:  # one PEFT model: the top's adapters and the bottom's
-            targets += tuple(
-                m for u in top_lora.target_modules for i in range(k, n)
-                for m in anatomy.modules(u, i)
-            )  # fmt: skip
+            targets += anatomy.unit_modules(top_lora.target_modules, range(k, n))
             model = adapt(model, replace(top_lora, target_modules=targets, layers="all"))
         elif lora is not None:
             model = adapt(model, replace(lora, target_modules=targets))

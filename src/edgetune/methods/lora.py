@@ -98,7 +98,7 @@ def _targets(model: nn.Module, anatomy: Anatomy, options: LoraOptions) -> list[s
     found: list[str] = []
     for t in options.target_modules:
         if t in UNITS and t != "head":
-            found += [n for i in range(first, anatomy.n_layers) for n in anatomy.modules(t, i)]
+            found += anatomy.unit_modules((t,), range(first, anatomy.n_layers))
             continue
         tops = tuple(f"{b}." for b in anatomy.blocks[first:])
         found += [n for n, _ in model.named_modules()

@@ -25,6 +25,7 @@ Conventions (shared with the cost model and the planner):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -66,6 +67,11 @@ class Anatomy:
         if not 0 <= layer < self.n_layers:
             raise EdgetuneError(f"layer {layer} out of range: the model has {self.n_layers}")
         return self.units.get((unit, layer), ())
+
+    def unit_modules(self, units: Iterable[str], layers: Iterable[int]) -> tuple[str, ...]:
+        """Module names of `units` in each of `layers` (adapter targets over a range of
+        blocks)."""
+        return tuple(n for u in units for i in layers for n in self.modules(u, i))
 
     def leaf_names(self, unit: str) -> list[str]:
         """The last name component of a unit's modules (what PEFT's target_modules matches)."""
