@@ -83,6 +83,56 @@ def test_kernel_tables_interpolate_and_scale():
     assert k.seconds(w) == pytest.approx(2 * k.gemm_s(48, 64, 64) + 1e-6 + 2e-3 + adamw)
 
 
+def test_named_element_wise_kernels_use_their_tables_and_the_memory_bounds_every_one():
+    raw = {**_tables(), "ops": {"gelu": [[1e3, 5e-6], [1e6, 5e-3]]}}
+    k = Kernels.from_json(raw, "fp32")
+    assert k is not None
+    w = Work()
+    w.ops[("gelu", 1e6, 3e6)] += 1  # timed by its own table, by its output's bytes
+    w.ops[("softmax", 1e6, 1e6)] += 2  # no table: the stream of its bytes
+    assert k.seconds(w) == pytest.approx(5e-3 + 2 * 1e-4)
+    slow = Kernels.from_json(raw, "fp32", bandwidth=1e8)  # memory slower than the tables
+    assert slow is not None and slow.seconds(w) == pytest.approx(3e6 / 1e8 + 2 * 1e6 / 1e8)
+    w.streams[1e3] += 1
+    assert slow.seconds(w) == pytest.approx(0.05 + max(1e-6, 1e3 / 1e8))
+
+
+@pytest.mark.parametrize("shape", [ENC, DEC], ids=["encoder", "decoder"])
+def test_the_tape_names_its_element_wise_kernels_and_the_embeddings_gradient_fill(shape):
+    head = "classifier" if shape is ENC else "lm"
+    full = step_cost(shape, Rule("backward", "all"), 2, 16, head=head, n_labels=3)
+    names = {name for name, _, _ in full.work.ops}
+    kinds = {"softmax", "log_softmax"} | (  # the pooler's tanh
+        {"gelu", "layernorm", "tanh"} if shape is ENC else {"silu", "rmsnorm"}
+    )
+    assert names == kinds | {k + ".backward" for k in kinds}
+    table = 4 * shape.vocab * shape.d_model  # the fp32 gradient of the word embeddings
+    lora = step_cost(shape, Rule("backward", "adapters"), 2, 16, head=head, n_labels=3)
+    assert full.work.streams[table] >= 1 and lora.work.streams[table] == 0
+
+
+def test_a_held_base_forms_each_frozen_matrix_in_each_forward_and_backward():
+    rule = Rule("backward", "adapters")
+    dense = step_cost(DEC, rule, 2, 16, head="lm")
+    held = step_cost(DEC, rule, 2, 16, head="lm", held_bytes=20 / 32)
+    assert not dense.work.dequant and held.work == dense.work + Work(dequant=held.work.dequant)
+    q_width = DEC.n_heads * DEC.head_dim
+    formed = held.work.dequant
+    # the blocks' query and output projections (square here): formed in the forward and again
+    # for their input gradients
+    assert q_width == DEC.d_model and formed[(20 / 32, q_width**2)] == 2 * 2 * DEC.n_layers
+    assert formed[(20 / 32, DEC.vocab * DEC.d_model)] == 2  # the tied LM head
+    zo = step_cost(DEC, Rule("zeroth-order", "adapters"), 2, 16, head="lm", held_bytes=20 / 32)
+    assert zo.work.dequant[(20 / 32, DEC.vocab * DEC.d_model)] == 2  # two forwards, no backward
+    raw = {**_tables(), "dequant": {"0.5625": [[1e3, 1e-5], [1e6, 1e-2]],
+                                    "1.0625": [[1e3, 1e-6], [1e6, 1e-3]]}}  # fmt: skip
+    k = Kernels.from_json(raw, "fp32")
+    assert k is not None
+    w = Work()
+    w.dequant[(20 / 32, 1e6)] += 1  # q4_1's bytes: the nearest table is q4_0's
+    assert k.seconds(w) == pytest.approx(1e-2)
+
+
 def test_malformed_tables_are_one_clear_error():
     raw = _tables()
     raw["gemm"]["fp32"] = raw["gemm"]["fp32"][:2]
@@ -104,7 +154,7 @@ def test_this_machine_times_kernels_once_measured_and_profiles_keep_the_roofline
     path.write_text(json.dumps({"when": "t", "peak_flops": {"fp32": 1e11}, "bandwidth": 2e10,
                                 "kernels": _tables()}))  # fmt: skip
     dev = load_device("this-machine")
-    timed = Kernels.from_json(_tables(), "fp32")
+    timed = Kernels.from_json(_tables(), "fp32", 2e10)
     assert timed is not None and step_time(c, dev) == pytest.approx(timed.seconds(c.work))
     assert step_time(c, dev, "bf16") is None  # neither tables nor a peak for bf16
     rpi = load_device("rpi4")

@@ -4,6 +4,7 @@ model can read."""
 import json
 
 from edgetune.cost.device import load_device, roofline, step_time
+from edgetune.cost.latency import ELEMENTWISE
 from edgetune.cost.methods import Rule, step_cost
 from edgetune.cost.shapes import ModelShape
 
@@ -21,6 +22,10 @@ def test_measure_this_machine(tmp_path, monkeypatch):
     tables = d.timed("fp32")
     assert tables is not None and tables.sides == (16, 64)
     assert tables.gemm_s(16, 16, 16) > 0 and len(tables.stream) == len(tables.adamw) == 2
+    assert tables.bandwidth == saved["bandwidth"]
+    for name in ELEMENTWISE:  # every kernel the tape names, forward and backward, timed
+        for key in (name, name + ".backward"):
+            assert len(tables.ops[key]) == 2 and all(s > 0 for _, s in tables.ops[key])
     shape = ModelShape("enc", "bert", "encoder", 100, 32, 1, 2, 2, 16, 64, n_positions=32)
     c = step_cost(shape, Rule("backward", "all"), 2, 8, head="classifier")
     assert step_time(c, d) == tables.seconds(c.work) != roofline(c, d).latency_s

@@ -59,7 +59,10 @@ class Device:
 
     def timed(self, dtype: str) -> Kernels | None:
         """The kernel tables for products in `dtype` (None: not measured)."""
-        return Kernels.from_json(self.kernels, dtype) if self.kernels else None
+        if not self.kernels:
+            return None
+        bw = self.bandwidth.value if self.bandwidth else None
+        return Kernels.from_json(self.kernels, dtype, bw)
 
 
 @overload

@@ -79,6 +79,10 @@ class Event:
     dx_gemms: tuple[Gemm, ...] = ()
     dw_gemms: tuple[Gemm, ...] = ()
     tangent_gemms: tuple[Gemm, ...] = ()  # with forward-mode AD: the tangent's products
+    # an element-wise kernel timed on its own (`edgetune.cost.latency.ELEMENTWISE`); "": one
+    # timed as the plain stream of bytes it reads and writes
+    kernel: str = ""
+    held: float = 0.0  # elements of a frozen matrix it reads (dequantized where held low)
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,8 @@ class Tape:
         dx_gemms: tuple[Gemm, ...] = (),
         dw_gemms: tuple[Gemm, ...] = (),
         tangent_gemms: tuple[Gemm, ...] = (),
+        kernel: str = "",
+        held: float = 0.0,
     ) -> None:
         self.seg.fwd_elementwise += flops
         if out.rg:
@@ -226,7 +232,7 @@ class Tape:
             out.storage, out.nbytes, out.rg, [(n.storage, n.nbytes) for n in inputs],
             sum(n.nbytes for n in inputs if n.rg) if out.rg else 0.0, self._pending_params,
             self._pending_saved, self.seg.name, weights, kind, gemms, dx_gemms, dw_gemms,
-            tangent_gemms,
+            tangent_gemms, kernel, held,
         ))  # fmt: skip
         self._pending_saved, self._pending_params = [], []
 
@@ -392,7 +398,8 @@ class Tape:
             dx += [(1, rows, d_out, r)] + ([(1, rows, r, d_in)] if x.rg else [])
         self._op(y, x, weights=d_in * d_out + (d_out if bias else 0), kind="linear",
                  gemms=tuple(gemms), dx_gemms=tuple(dx), dw_gemms=tuple(dw),
-                 tangent_gemms=tuple(tangent))  # fmt: skip
+                 tangent_gemms=tuple(tangent),
+                 held=max(0.0, 1 - t.weight) * d_in * d_out)  # fmt: skip
         return y
 
     def matmul(
@@ -433,7 +440,7 @@ class Tape:
             if self.softmax_jacobian:
                 n = x.numel // rows
                 self.seg.bwd_input_macs += rows * n * n
-        self._op(y, x, flops=5 * x.numel)
+        self._op(y, x, flops=5 * x.numel, kernel="softmax")
         return y
 
     def act(self, x: Node, kind: str) -> Node:
@@ -447,7 +454,7 @@ class Tape:
                 self.save(x)
                 for _ in range(ACT_SAVES.get(kind, 1) - 1):
                     self.save(self.new(x.numel))
-        self._op(y, x, flops=ACT_FLOPS.get(kind, 8) * x.numel)
+        self._op(y, x, flops=ACT_FLOPS.get(kind, 8) * x.numel, kernel=kind)
         return y
 
     def dropout(self, x: Node, p: float) -> Node:
@@ -502,9 +509,8 @@ class Tape:
             if t.weight > 0:
                 self.save(self.new(x.numel))
         y = self.new(x.numel, x.rg or trained)
-        self._op(
-            y, x, flops=8 * x.numel, weights=width * (2 if kind == "layernorm" else 1), kind="norm"
-        )
+        self._op(y, x, flops=8 * x.numel, weights=width * (2 if kind == "layernorm" else 1),
+                 kind="norm", kernel="layernorm" if kind == "layernorm" else "rmsnorm")  # fmt: skip
         return y
 
     def embedding(
@@ -589,7 +595,7 @@ class Tape:
         product = (1, rows, width, vocab)
         again = ((1, rows, width, vocab), (1, rows, vocab, width)) if x.rg else ()
         self._op(logits, x, weights=vocab * width, kind="linear", gemms=(product,),
-                 dx_gemms=again)  # fmt: skip
+                 dx_gemms=again, held=vocab * width)  # fmt: skip
         loss = self.new(1, x.rg, nbytes_el=4)
         self._op(loss, logits, x)  # its backward forms dL/dh (grad_in) ...
         if x.rg:
@@ -602,4 +608,4 @@ class Tape:
         if logits.rg:
             self.save(out)
             self.save(self.new(rows, nbytes_el=8))
-        self._op(out, logits, flops=5 * logits.numel)
+        self._op(out, logits, flops=5 * logits.numel, kernel="log_softmax")

@@ -43,11 +43,17 @@ class Work:
     normals: Counter = field(default_factory=Counter)
     adamw: Counter = field(default_factory=Counter)
     bernoulli: Counter = field(default_factory=Counter)  # dropout's noise draws, by bytes
+    # element-wise kernels with a table of their own: (ELEMENTWISE name, or the name +
+    # ".backward"; bytes of its output; bytes it streams, for a machine without that table)
+    ops: Counter = field(default_factory=Counter)
+    # a frozen matrix formed from a base held low: (bytes per held weight, elements) -> times
+    dequant: Counter = field(default_factory=Counter)
 
     def __add__(self, other: Work) -> Work:
         return Work(self.gemms + other.gemms, self.streams + other.streams,
                     self.normals + other.normals, self.adamw + other.adamw,
-                    self.bernoulli + other.bernoulli)  # fmt: skip
+                    self.bernoulli + other.bernoulli, self.ops + other.ops,
+                    self.dequant + other.dequant)  # fmt: skip
 
     def times(self, k: float) -> Work:
         """This work `k` times over."""
@@ -56,11 +62,19 @@ class Work:
             return Counter({key: v * k for key, v in c.items()})
 
         return Work(scale(self.gemms), scale(self.streams), scale(self.normals),
-                    scale(self.adamw), scale(self.bernoulli))  # fmt: skip
+                    scale(self.adamw), scale(self.bernoulli), scale(self.ops),
+                    scale(self.dequant))  # fmt: skip
 
     @property
     def macs(self) -> float:
         return sum(b * m * k * n * c for (b, m, k, n), c in self.gemms.items())
+
+
+# the element-wise kernels `edgetune bench hardware` times by name, forward and backward: the
+# activations, softmax, the norms (RMSNorm as transformers' Python runs it) and the loss's
+# log-softmax; the tape names them in `Event.kernel`
+ELEMENTWISE = ("gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "relu", "tanh", "softmax",
+               "layernorm", "rmsnorm", "log_softmax")  # fmt: skip
 
 
 def _stream_bytes(e: Event) -> float:
@@ -73,7 +87,8 @@ def _stream_bytes(e: Event) -> float:
 def forward_work(events: Iterable[Event], dual: bool = False) -> Work:
     """The kernels of one forward over `events`; `dual`: with forward-mode AD, where a product
     whose output carries a tangent forms two more (`Event.tangent_gemms`) and an element-wise
-    op runs again on the tangent."""
+    op runs again on the tangent (a named kernel: its derivative times the tangent, the work of
+    its backward)."""
     w = Work()
     for e in events:
         for g in e.gemms + (e.tangent_gemms if dual else ()):
@@ -82,7 +97,13 @@ def forward_work(events: Iterable[Event], dual: bool = False) -> Work:
             w.bernoulli[e.out_bytes] += 1
             w.streams[2 * e.out_bytes] += 1
         elif not e.gemms and e.out_bytes > 0:
-            w.streams[_stream_bytes(e)] += 2 if dual and e.out_rg else 1
+            tangent = dual and e.out_rg
+            if e.kernel in ELEMENTWISE:  # a tangent through it: its derivative, as a backward
+                w.ops[(e.kernel, e.out_bytes, _stream_bytes(e))] += 1
+                if tangent:
+                    w.ops[(e.kernel + ".backward", e.out_bytes, 2 * _stream_bytes(e))] += 1
+            else:
+                w.streams[_stream_bytes(e)] += 2 if tangent else 1
     return w
 
 
@@ -90,7 +111,8 @@ def backward_work(events: Sequence[Event]) -> Work:
     """The kernels of the backward through `events`: each product's gradient products, and for
     an element-wise op a kernel that reads its output's gradient and what it saved and writes
     its inputs' gradients; a linear whose parameters train also sums its output's gradient
-    over rows (the bias gradient)."""
+    over rows (the bias gradient); a trained embedding table's gradient is a dense fp32 table
+    filled with zeros before the rows are added in."""
     w = Work()
     for e in reversed(events):
         for g in e.dx_gemms + e.dw_gemms:  # recorded only where a gradient is formed
@@ -100,8 +122,14 @@ def backward_work(events: Sequence[Event]) -> Work:
         if e.gemms:
             if e.params and e.kind == "linear":
                 w.streams[e.out_bytes] += 1
+        elif e.kind == "lookup" and e.params:
+            w.streams[4 * e.weights] += 1
         elif e.out_bytes > 0:
-            w.streams[e.out_bytes + e.grad_in + sum(v for _, v in e.saved)] += 1
+            stream = e.out_bytes + e.grad_in + sum(v for _, v in e.saved)
+            if e.kernel in ELEMENTWISE:
+                w.ops[(e.kernel + ".backward", e.out_bytes, stream)] += 1
+            else:
+                w.streams[stream] += 1
     return w
 
 
@@ -111,6 +139,18 @@ def update_work(events: Iterable[Event]) -> Work:
     for e in events:
         for g in e.dw_gemms:
             w.gemms[g] += 1
+    return w
+
+
+def dequant_work(events: Iterable[Event], held_bytes: float, forwards: int,
+                 backward: bool) -> Work:  # fmt: skip
+    """A base held at `held_bytes` a weight: each frozen matrix formed in each of `forwards`
+    forwards, and again in the backward where its input gradient is formed (the runtime
+    keeps no dense copy: `edgetune.models.quantized`)."""
+    w = Work()
+    for e in events:
+        if e.held:
+            w.dequant[(held_bytes, e.held)] += forwards + (1 if backward and e.dx_gemms else 0)
     return w
 
 
@@ -183,7 +223,11 @@ class Kernels:
     `sides`: the grid's side lengths; `gemm[i][j][l]`: seconds of an (sides[i], sides[j]) by
     (sides[j], sides[l]) product; `stream`: (bytes, seconds) of out = a + b; `normal` and
     `adamw`: (elements, seconds) of a normal draw and a fused AdamW step over one tensor;
-    `bernoulli`: (bytes, seconds) of bernoulli_ over an fp32 tensor (dropout's noise)."""
+    `bernoulli`: (bytes, seconds) of bernoulli_ over an fp32 tensor (dropout's noise);
+    `ops`: per ELEMENTWISE name, and that name + ".backward", (bytes of the output, seconds)
+    (a kernel without a table is timed as the stream of its bytes); `dequant`: per held format's
+    bytes a weight, (elements, seconds) of forming a dense fp32 matrix (a base held at another
+    size reads the table nearest to it)."""
 
     sides: tuple[int, ...]
     gemm: tuple[tuple[tuple[float, ...], ...], ...]
@@ -191,10 +235,14 @@ class Kernels:
     normal: tuple[tuple[float, float], ...]
     adamw: tuple[tuple[float, float], ...]
     bernoulli: tuple[tuple[float, float], ...]
+    ops: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    bandwidth: float | None = None  # bytes/s of a copy through memory
+    dequant: dict[float, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, raw: dict, dtype: str) -> Kernels | None:
-        """The tables for products in `dtype` (None: that dtype's GEMMs were not timed)."""
+    def from_json(cls, raw: dict, dtype: str, bandwidth: float | None = None) -> Kernels | None:
+        """The tables for products in `dtype` (None: that dtype's GEMMs were not timed);
+        `bandwidth`: the machine's measured copy bandwidth."""
         if dtype not in raw.get("gemm", {}):
             return None
         try:
@@ -206,6 +254,11 @@ class Kernels:
                 tuple((float(a), float(b)) for a, b in raw["normal"]),
                 tuple((float(a), float(b)) for a, b in raw["adamw"]),
                 tuple((float(a), float(b)) for a, b in raw["bernoulli"]),
+                {str(name): tuple((float(a), float(b)) for a, b in pairs)
+                 for name, pairs in raw.get("ops", {}).items()},
+                bandwidth,
+                {float(b): tuple((float(a), float(t)) for a, t in pairs)
+                 for b, pairs in raw.get("dequant", {}).items()},
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise EdgetuneError(
@@ -240,19 +293,31 @@ class Kernels:
         return math.exp(total) * ei * ej * ec
 
     def seconds(self, work: Work) -> float:
-        """Seconds of `work` on this machine."""
+        """Seconds of `work` on this machine. An element-wise kernel takes at least the time
+        of the bytes it streams at the memory bandwidth: its table was timed from cache, and
+        in a step the products between element-wise kernels evict their operands."""
 
         def table(pairs: tuple[tuple[float, float], ...], x: float) -> float:
             return _interp([p[0] for p in pairs], [p[1] for p in pairs], x)
 
+        def memory(nbytes: float) -> float:
+            return nbytes / self.bandwidth if self.bandwidth else 0.0
+
         # a batched product as one of its batch's rows stacked: bmm pays its overhead once
         t = sum(c * self.gemm_s(b * m, k, n) for (b, m, k, n), c in work.gemms.items())
-        t += sum(c * table(self.stream, x) for x, c in work.streams.items())
+        t += sum(c * max(table(self.stream, x), memory(x)) for x, c in work.streams.items())
         t += sum(c * table(self.normal, x) for x, c in work.normals.items())
         t += sum(c * table(self.adamw, x) for x, c in work.adamw.items())
         t += sum(c * table(self.bernoulli, x) for x, c in work.bernoulli.items())
+        for (name, out, stream), c in work.ops.items():
+            timed = table(self.ops[name], out) if name in self.ops else table(self.stream, stream)
+            t += c * max(timed, memory(stream))
+        for (held, n), c in work.dequant.items():  # unmeasured: the fp32 matrix written
+            near = min(self.dequant, key=lambda b: abs(b - held), default=None)
+            formed = table(self.dequant[near], n) if near is not None else 0.0
+            t += c * max(formed, memory((held + 4) * n))
         return t
 
 
-__all__ = ["Kernels", "Work", "backward_work", "forward_work", "optimizer_work",
-           "perturbation_work", "trained_tensors", "update_work"]  # fmt: skip
+__all__ = ["ELEMENTWISE", "Kernels", "Work", "backward_work", "dequant_work", "forward_work",
+           "optimizer_work", "perturbation_work", "trained_tensors", "update_work"]  # fmt: skip

@@ -60,6 +60,7 @@ from edgetune.cost.graph import FROZEN, FULL, Tape, Train
 from edgetune.cost.latency import (
     Work,
     backward_work,
+    dequant_work,
     forward_work,
     optimizer_work,
     perturbation_work,
@@ -332,6 +333,14 @@ def step_cost(
     if held_bytes is not None and frozen:
         w -= sum(r * c for r, c in frozen) * (p.nbytes("weights") - held_bytes)
         dequant = max(dense_chunk(r, c) for r, c in frozen) * (2 * act + 1)
+
+    def formed(forwards: int, backward: bool, events: list | None = None) -> Work:
+        """The held base's matrices formed in `forwards` forwards (and a backward)."""
+        if held_bytes is None:
+            return Work()
+        return dequant_work(tape.events if events is None else events, held_bytes, forwards,
+                            backward)  # fmt: skip
+
     opt_states = OPTIMIZER_STATES[optimizer]
     e_rows = batch * (inp.tgt_seq or seq) if head == "lm" else batch
     e_width = s.vocab if head == "lm" else n_labels
@@ -362,9 +371,11 @@ def step_cost(
             forward_work(tape.events)
             + backward_work(tape.events)
             + optimizer_work(trained_tensors(tape.events), optimizer, p.nbytes("grads"))
+            + formed(1, True)
         )
         if checkpointing:  # the blocks that run a backward run their whole forward again
-            kernels += forward_work([e for e in tape.events if e.segment in again])
+            recomputed = [e for e in tape.events if e.segment in again]
+            kernels += forward_work(recomputed) + formed(1, False, recomputed)
         if rule.below is not None:  # the gradient-free forward and SPSA of the bottom
             low = _below(s, rule.below, inp, p, zo_blocks, lora_rank, lora_units, tr.head)
             top_adapters = 0.0  # a top of adapters adds their products to both forwards
@@ -390,8 +401,10 @@ def step_cost(
         zo = trained if rule.trains == "adapters" else params  # what z spans
         adapters = rule.trains == "adapters"
         spanned = trained_tensors(tape.events) if adapters else _matrices(tape)
-        kernels = forward_work(tape.events).times(2 * queries) + perturbation_work(
-            spanned, p.nbytes("weights"), 3 * queries, 2 * queries, queries
+        kernels = (
+            forward_work(tape.events).times(2 * queries)
+            + perturbation_work(spanned, p.nbytes("weights"), 3 * queries, 2 * queries, queries)
+            + formed(2 * queries, False)
         )
         return StepCost(
             method, s.name, batch, seq, inp.tgt_seq, 2 * queries * fwd, 0.0, 0.0,
@@ -406,8 +419,12 @@ def step_cost(
         tangents = trained * p.nbytes("weights")  # v of every trained tensor, whole
         dual = forward_mode_peak(tape)
         tangent = sum(g.tangent_macs for g in segs)  # two products per product with a tangent
-        kernels = forward_work(tape.events, dual=True).times(queries) + perturbation_work(
-            trained_tensors(tape.events), p.nbytes("weights"), 2 * queries, 0, queries
+        kernels = (
+            forward_work(tape.events, dual=True).times(queries)
+            + perturbation_work(
+                trained_tensors(tape.events), p.nbytes("weights"), 2 * queries, 0, queries
+            )
+            + formed(queries, False)
         )
         return StepCost(
             # the tangents drawn twice a query (the forward, the update), and the update

@@ -2,11 +2,16 @@
 (`edgetune.cost.device`) in `<cache_dir>/this-machine.json`: the GEMM peak FLOP/s per dtype and
 the copy bandwidth (the roofline's figures), and the kernel tables the step-time model reads
 (`edgetune.cost.latency.Kernels`): GEMM seconds over a grid of shapes per dtype, and the
-seconds of an element-wise kernel, a normal draw and a fused AdamW step by size.
+seconds of element-wise kernels, a normal draw and a fused AdamW step by size.
 
 Each figure is the median of timed runs after a warm-up (at least `repeats`, more for a short
 kernel, up to a tenth of a second of runs). A dtype this machine cannot multiply (an error from
 torch) is left out, never estimated.
+
+Element-wise kernels are timed on one tensor over and over: their best case, from cache. Inside
+a step the matrix products between them have evicted their operands, and they stream from
+memory: the step-time model bounds each below by its bytes over the copy bandwidth measured here
+(`edgetune.cost.latency.Kernels.seconds`).
 """
 
 from __future__ import annotations
@@ -19,15 +24,20 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from transformers.activations import NewGELUActivation
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from edgetune.cost.device import measured_path
+from edgetune.cost.latency import ELEMENTWISE
 from edgetune.io import atomic_write_text
+from edgetune.models.quantized import quantize
+from edgetune.precision import QUANTIZED, WEIGHT_BYTES
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 SIDES = (16, 64, 256, 1024, 4096)  # the GEMM grid's side lengths
-STREAM_BYTES = tuple(4096 * 4**i for i in range(9))  # 4 KiB .. 256 MiB of traffic
 ELEMENTS = tuple(1024 * 4**i for i in range(8))  # 1 Ki .. 16 Mi elements
 
 
@@ -47,11 +57,73 @@ def _linear_time(m: int, k: int, n: int, dt: torch.dtype, repeats: int) -> float
     return _median_time(lambda: torch.nn.functional.linear(x, w), repeats, 0.1)
 
 
+WIDTH = 512  # the rows' width of the element-wise kernels' tensors
+
+
+def _elementwise(name: str, width: int):
+    """The forward of the ELEMENTWISE kernel `name` on (rows, width) fp32 tensors, as the
+    models run it (transformers' Python GELU and RMSNorm modules)."""
+    ones, zeros = torch.ones(width), torch.zeros(width)
+    return {
+        "gelu": F.gelu,
+        "gelu_new": NewGELUActivation(),
+        "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+        "silu": F.silu,
+        "relu": F.relu,
+        "tanh": torch.tanh,
+        "softmax": partial(F.softmax, dim=-1),
+        "layernorm": lambda x: F.layer_norm(x, (width,), ones, zeros),
+        "rmsnorm": LlamaRMSNorm(width),
+        "log_softmax": partial(F.log_softmax, dim=-1),
+    }[name]
+
+
+def elementwise_tables(sizes: int = 9, repeats: int = 3) -> dict:
+    """Per ELEMENTWISE name, (bytes of the output, seconds) of its forward, and under the name +
+    ".backward" of its backward through autograd (forward and backward timed together, less
+    the forward), over the first `sizes` element counts of ELEMENTS, each on one tensor over
+    and over (its best case: from cache; `Kernels.seconds` bounds it below by the bytes it
+    streams over the memory bandwidth)."""
+    tables: dict[str, list] = {}
+    for name in ELEMENTWISE:
+        forward, backward = [], []
+        for n in ELEMENTS[:sizes]:
+            width = min(WIDTH, n)
+            f = _elementwise(name, width)
+            x = torch.randn(max(1, n // width), width)
+
+            def both(f=f, x=x):
+                y = f(x.requires_grad_())
+                y.backward(torch.ones_like(y))
+
+            fwd = _median_time(partial(f, x), repeats, 0.1)
+            forward.append([4 * x.numel(), fwd])
+            backward.append([4 * x.numel(), max(_median_time(both, repeats, 0.1) - fwd, 1e-7)])
+        tables[name], tables[name + ".backward"] = forward, backward
+    return tables
+
+
+def dequant_tables(sizes: int = 9, repeats: int = 3) -> dict:
+    """Per format a base can be held in (by its bytes a weight), (elements, seconds) of forming
+    a (rows, WIDTH) matrix held in it as dense fp32, as a held layer does in each forward and
+    backward (`edgetune.models.quantized`), from 1,024 elements up."""
+    tables = {}
+    for fmt in (*QUANTIZED, "bf16"):
+        rows = []
+        for n in ELEMENTS[:sizes]:
+            packed = quantize(torch.randn(max(2, n // WIDTH), WIDTH), fmt)
+            rows.append([packed.rows * WIDTH, _median_time(packed.dense, repeats, 0.1)])
+        tables[str(WEIGHT_BYTES[fmt])] = rows
+    return tables
+
+
 def kernel_tables(sides: tuple[int, ...] = SIDES, repeats: int = 3, sizes: int = 9) -> dict:
     """The step-time model's tables (`edgetune.cost.latency.Kernels.from_json` reads them):
-    GEMM seconds per dtype over `sides`^3 shapes, and (size, seconds) of out = a + b (by bytes
-    read and written), a normal draw into a tensor and a fused AdamW step (by elements), and
-    dropout's bernoulli_ draw (by bytes of fp32), at the first `sizes` sizes of each."""
+    GEMM seconds per dtype over `sides`^3 shapes; (size, seconds) of out = a + b (by bytes
+    read and written) and of the named element-wise kernels (`elementwise_tables`), a normal
+    draw into a tensor and a fused AdamW step (by elements), dropout's bernoulli_ draw (by
+    bytes of fp32), and a held base's dequantization per format (`dequant_tables`), at the
+    first `sizes` sizes of each."""
     gemm: dict[str, list] = {}
     for name, dt in DTYPES.items():
         try:
@@ -60,8 +132,7 @@ def kernel_tables(sides: tuple[int, ...] = SIDES, repeats: int = 3, sizes: int =
         except RuntimeError:
             continue
     stream = []
-    for nbytes in STREAM_BYTES[:sizes]:
-        n = max(1, nbytes // 12)  # three fp32 tensors of n elements: two read, one written
+    for n in ELEMENTS[:sizes]:  # three fp32 tensors of n elements: two read, one written
         a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
         stream.append([3 * 4 * n, _median_time(partial(torch.add, a, b, out=c), repeats, 0.1)])
     normal, adamw, bernoulli = [], [], []
@@ -75,7 +146,9 @@ def kernel_tables(sides: tuple[int, ...] = SIDES, repeats: int = 3, sizes: int =
         opt = torch.optim.AdamW([p], lr=1e-3, fused=True)
         adamw.append([n, _median_time(opt.step, repeats, 0.1)])
     return {"sides": list(sides), "gemm": gemm, "stream": stream, "normal": normal,
-            "adamw": adamw, "bernoulli": bernoulli}  # fmt: skip
+            "adamw": adamw, "bernoulli": bernoulli,
+            "ops": elementwise_tables(sizes, repeats),
+            "dequant": dequant_tables(sizes, repeats)}  # fmt: skip
 
 
 def gemm_flops(dtype: str = "fp32", n: int = 1024, repeats: int = 5) -> float:
