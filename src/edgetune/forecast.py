@@ -38,6 +38,7 @@ from edgetune.cost import (
     step_cost,
     step_time,
 )
+from edgetune.cost.latency import MAPPED_DEFAULT, MAPPED_LEAN
 from edgetune.errors import EdgetuneError
 from edgetune.families import ENCODER_DECODER
 from edgetune.methods.registry import METHODS, get_method
@@ -119,6 +120,7 @@ class StepInputs:
     held_bytes: float | None = None  # bytes per weight of a base held low (`model.weights`)
     checkpointing: bool = False  # blocks recompute their activations in the backward
     chunked_loss: bool = False  # a causal LM's logits formed a vocabulary chunk at a time
+    lean_allocator: bool = False  # glibc maps every buffer of 128 KiB or more afresh
 
 
 def predict(inputs: StepInputs, method: str, options: Any = None) -> StepCost:
@@ -126,7 +128,7 @@ def predict(inputs: StepInputs, method: str, options: Any = None) -> StepCost:
     or a mapping)."""
     spec = get_method(method)
     opts = spec.parse(options)
-    return step_cost(
+    cost = step_cost(
         inputs.shape,
         spec.rule_for(opts),
         batch=inputs.batch,
@@ -143,6 +145,8 @@ def predict(inputs: StepInputs, method: str, options: Any = None) -> StepCost:
         chunked_loss=inputs.chunked_loss,
         **spec.cost_inputs(opts, inputs.shape),
     )
+    mapped = MAPPED_LEAN if inputs.lean_allocator else MAPPED_DEFAULT  # the step's fresh pages
+    return replace(cost, work=replace(cost.work, mapped_from=mapped))
 
 
 # -- the forecast of a run and its budget -----------------------------------------------------

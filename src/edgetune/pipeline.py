@@ -151,6 +151,7 @@ class Session:
             held_bytes=bytes_per_weight(self.model),
             checkpointing=cfg.train.checkpointing,
             chunked_loss=cfg.train.chunked_loss,
+            lean_allocator=cfg.train.lean_allocator,
         )
 
     def forecast(self) -> Forecast:

@@ -3,13 +3,14 @@ the kernel tables are read as measured (interpolated between points, scaled past
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from rules import RULES
 
 from edgetune.cost.device import load_device, roofline, step_time
 from edgetune.cost.graph import Tape, Train
-from edgetune.cost.latency import Kernels, Work
+from edgetune.cost.latency import MAPPED_DEFAULT, MAPPED_LEAN, Kernels, Work
 from edgetune.cost.methods import Rule, step_cost
 from edgetune.cost.shapes import ModelShape
 from edgetune.errors import EdgetuneError
@@ -131,6 +132,27 @@ def test_a_held_base_forms_each_frozen_matrix_in_each_forward_and_backward():
     w = Work()
     w.dequant[(20 / 32, 1e6)] += 1  # q4_1's bytes: the nearest table is q4_0's
     assert k.seconds(w) == pytest.approx(1e-2)
+
+
+def test_buffers_the_allocator_maps_afresh_cost_their_first_touch():
+    from edgetune.forecast import StepInputs, predict
+
+    raw = {**_tables(), "first_touch": 1e9}
+    k = Kernels.from_json(raw, "fp32")
+    assert k is not None
+    w = Work(mapped_from=1e6)
+    w.allocs[2e6] += 3  # mapped afresh each time
+    w.allocs[1e5] += 7  # served from memory the process holds
+    assert k.seconds(w) == pytest.approx(3 * 2e6 / 1e9)
+    assert Kernels.from_json(_tables(), "fp32").seconds(w) == 0.0  # not measured: not counted
+    # the forecast says which buffers: 32 MiB and more by default, 128 KiB with the lean one
+    inputs = StepInputs(DEC, 2, 16)
+    plain, lean = predict(inputs, "backprop"), predict(replace(inputs, lean_allocator=True),
+                                                       "backprop")  # fmt: skip
+    assert plain.work.allocs == lean.work.allocs and plain.work.allocs
+    assert (plain.work.mapped_from, lean.work.mapped_from) == (MAPPED_DEFAULT, MAPPED_LEAN)
+    table = 4 * DEC.vocab * DEC.d_model  # the tied embeddings' gradient, formed each step
+    assert plain.work.allocs[table] >= 1
 
 
 def test_malformed_tables_are_one_clear_error():

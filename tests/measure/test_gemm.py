@@ -22,7 +22,8 @@ def test_measure_this_machine(tmp_path, monkeypatch):
     tables = d.timed("fp32")
     assert tables is not None and tables.sides == (16, 64)
     assert tables.gemm_s(16, 16, 16) > 0 and len(tables.stream) == len(tables.adamw) == 2
-    assert tables.bandwidth == saved["bandwidth"]
+    assert tables.bandwidth == saved["bandwidth"] and tables.first_touch > 1e6
+    assert sorted(tables.dequant) == [18 / 32, 20 / 32, 1.0, 34 / 32, 2.0]  # q4_0 .. bf16
     for name in ELEMENTWISE:  # every kernel the tape names, forward and backward, timed
         for key in (name, name + ".backward"):
             assert len(tables.ops[key]) == 2 and all(s > 0 for _, s in tables.ops[key])

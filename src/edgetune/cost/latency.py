@@ -48,12 +48,17 @@ class Work:
     ops: Counter = field(default_factory=Counter)
     # a frozen matrix formed from a base held low: (bytes per held weight, elements) -> times
     dequant: Counter = field(default_factory=Counter)
+    # buffers the step allocates (bytes -> times): operands' outputs, gradient buffers, the
+    # trained tensors' gradients; those the allocator maps afresh cost their pages' first touch
+    allocs: Counter = field(default_factory=Counter)
+    mapped_from: float = math.inf  # the allocator maps buffers of this many bytes and more
 
     def __add__(self, other: Work) -> Work:
         return Work(self.gemms + other.gemms, self.streams + other.streams,
                     self.normals + other.normals, self.adamw + other.adamw,
                     self.bernoulli + other.bernoulli, self.ops + other.ops,
-                    self.dequant + other.dequant)  # fmt: skip
+                    self.dequant + other.dequant, self.allocs + other.allocs,
+                    min(self.mapped_from, other.mapped_from))  # fmt: skip
 
     def times(self, k: float) -> Work:
         """This work `k` times over."""
@@ -63,12 +68,18 @@ class Work:
 
         return Work(scale(self.gemms), scale(self.streams), scale(self.normals),
                     scale(self.adamw), scale(self.bernoulli), scale(self.ops),
-                    scale(self.dequant))  # fmt: skip
+                    scale(self.dequant), scale(self.allocs), self.mapped_from)  # fmt: skip
 
     @property
     def macs(self) -> float:
         return sum(b * m * k * n * c for (b, m, k, n), c in self.gemms.items())
 
+
+# glibc's malloc maps a buffer of this many bytes or more afresh (and unmaps it when freed): by
+# default its threshold grows with the buffers freed up to 32 MiB on 64-bit systems; the lean
+# allocator (`train.lean_allocator`) pins it at 128 KiB
+MAPPED_DEFAULT = 32 * 2**20
+MAPPED_LEAN = 128 * 2**10
 
 # the element-wise kernels `edgetune bench hardware` times by name, forward and backward: the
 # activations, softmax, the norms (RMSNorm as transformers' Python runs it) and the loss's
@@ -93,6 +104,8 @@ def forward_work(events: Iterable[Event], dual: bool = False) -> Work:
     for e in events:
         for g in e.gemms + (e.tangent_gemms if dual else ()):
             w.gemms[g] += 1
+        if e.out_bytes > 0:
+            w.allocs[e.out_bytes] += 2 if dual and e.out_rg else 1
         if e.kind == "dropout":  # the noise drawn, then divided in place
             w.bernoulli[e.out_bytes] += 1
             w.streams[2 * e.out_bytes] += 1
@@ -119,6 +132,10 @@ def backward_work(events: Sequence[Event]) -> Work:
             w.gemms[g] += 1
         if not e.out_rg:
             continue
+        if e.grad_in:
+            w.allocs[e.grad_in] += 1
+        for _, n in e.params:
+            w.allocs[4 * n] += 1
         if e.gemms:
             if e.params and e.kind == "linear":
                 w.streams[e.out_bytes] += 1
@@ -227,7 +244,8 @@ class Kernels:
     `ops`: per ELEMENTWISE name, and that name + ".backward", (bytes of the output, seconds)
     (a kernel without a table is timed as the stream of its bytes); `dequant`: per held format's
     bytes a weight, (elements, seconds) of forming a dense fp32 matrix (a base held at another
-    size reads the table nearest to it)."""
+    size reads the table nearest to it); `first_touch`: bytes/s at which a buffer the allocator
+    has just mapped is written, less a write into memory in use (its page faults)."""
 
     sides: tuple[int, ...]
     gemm: tuple[tuple[tuple[float, ...], ...], ...]
@@ -237,6 +255,7 @@ class Kernels:
     bernoulli: tuple[tuple[float, float], ...]
     ops: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     bandwidth: float | None = None  # bytes/s of a copy through memory
+    first_touch: float | None = None  # bytes/s of writing newly mapped pages, beyond a write
     dequant: dict[float, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
     @classmethod
@@ -254,11 +273,12 @@ class Kernels:
                 tuple((float(a), float(b)) for a, b in raw["normal"]),
                 tuple((float(a), float(b)) for a, b in raw["adamw"]),
                 tuple((float(a), float(b)) for a, b in raw["bernoulli"]),
-                {str(name): tuple((float(a), float(b)) for a, b in pairs)
-                 for name, pairs in raw.get("ops", {}).items()},
-                bandwidth,
-                {float(b): tuple((float(a), float(t)) for a, t in pairs)
-                 for b, pairs in raw.get("dequant", {}).items()},
+                ops={str(name): tuple((float(a), float(b)) for a, b in pairs)
+                     for name, pairs in raw.get("ops", {}).items()},
+                bandwidth=bandwidth,
+                first_touch=float(raw["first_touch"]) if raw.get("first_touch") else None,
+                dequant={float(b): tuple((float(a), float(t)) for a, t in pairs)
+                         for b, pairs in raw.get("dequant", {}).items()},
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise EdgetuneError(
@@ -316,8 +336,12 @@ class Kernels:
             near = min(self.dequant, key=lambda b: abs(b - held), default=None)
             formed = table(self.dequant[near], n) if near is not None else 0.0
             t += c * max(formed, memory((held + 4) * n))
+        if self.first_touch:  # the pages of buffers mapped afresh, touched for the first time
+            fresh = sum(c * x for x, c in work.allocs.items() if x >= work.mapped_from)
+            t += fresh / self.first_touch
         return t
 
 
-__all__ = ["ELEMENTWISE", "Kernels", "Work", "backward_work", "dequant_work", "forward_work",
-           "optimizer_work", "perturbation_work", "trained_tensors", "update_work"]  # fmt: skip
+__all__ = ["ELEMENTWISE", "MAPPED_DEFAULT", "MAPPED_LEAN", "Kernels", "Work", "backward_work",
+           "dequant_work", "forward_work", "optimizer_work", "perturbation_work",
+           "trained_tensors", "update_work"]  # fmt: skip

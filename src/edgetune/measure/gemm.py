@@ -117,13 +117,24 @@ def dequant_tables(sizes: int = 9, repeats: int = 3) -> dict:
     return tables
 
 
+def first_touch(mbytes: int = 64, repeats: int = 5) -> float:
+    """Bytes/s at which a buffer the allocator has just mapped (`mbytes` MiB: above glibc's
+    largest threshold, so mapped afresh at every allocation) is written, counting only what
+    the first touch of its pages adds to a write into memory in use."""
+    n = mbytes * 2**20 // 4
+    buf = torch.empty(n)
+    fresh = _median_time(lambda: torch.empty(n).fill_(1.0), repeats)
+    reused = _median_time(lambda: buf.fill_(1.0), repeats)
+    return 4 * n / max(fresh - reused, 1e-9)
+
+
 def kernel_tables(sides: tuple[int, ...] = SIDES, repeats: int = 3, sizes: int = 9) -> dict:
     """The step-time model's tables (`edgetune.cost.latency.Kernels.from_json` reads them):
     GEMM seconds per dtype over `sides`^3 shapes; (size, seconds) of out = a + b (by bytes
     read and written) and of the named element-wise kernels (`elementwise_tables`), a normal
     draw into a tensor and a fused AdamW step (by elements), dropout's bernoulli_ draw (by
     bytes of fp32), and a held base's dequantization per format (`dequant_tables`), at the
-    first `sizes` sizes of each."""
+    first `sizes` sizes of each; the rate of first touches of newly mapped pages."""
     gemm: dict[str, list] = {}
     for name, dt in DTYPES.items():
         try:
@@ -148,7 +159,7 @@ def kernel_tables(sides: tuple[int, ...] = SIDES, repeats: int = 3, sizes: int =
     return {"sides": list(sides), "gemm": gemm, "stream": stream, "normal": normal,
             "adamw": adamw, "bernoulli": bernoulli,
             "ops": elementwise_tables(sizes, repeats),
-            "dequant": dequant_tables(sizes, repeats)}  # fmt: skip
+            "dequant": dequant_tables(sizes, repeats), "first_touch": first_touch()}  # fmt: skip
 
 
 def gemm_flops(dtype: str = "fp32", n: int = 1024, repeats: int = 5) -> float:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from edgetune.cost.latency import MAPPED_LEAN
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -214,7 +216,7 @@ def lean_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     m_mmap_threshold = -3
-    return bool(mallopt(m_mmap_threshold, 128 * 1024))
+    return bool(mallopt(m_mmap_threshold, MAPPED_LEAN))
 
 
 # -- the limit the system enforces ----------------------------------------------------------
